@@ -1,0 +1,90 @@
+//! Command-line interface: clap definitions and dispatch, one file per command group.
+
+mod assets;
+mod config;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{ConfigError, ConfigPaths};
+
+/// Highly available Milvus clusters on plain Linux VMs, supervised by systemd.
+#[derive(Debug, Parser)]
+#[command(name = "milvus-fleet", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Main configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "MILVUS_FLEET_CONFIG",
+        default_value = "/etc/milvus-fleet/fleet.toml"
+    )]
+    pub config: PathBuf,
+    /// Drop-in directory, lowest precedence first (repeat it); replaces the system
+    /// directories /usr/lib, /run and /etc/milvus-fleet/fleet.d.
+    #[arg(long = "dropin-dir", global = true, value_name = "DIR")]
+    pub dropin_dirs: Vec<PathBuf>,
+    /// Read no drop-in directories, only the main file.
+    #[arg(long, global = true, conflicts_with = "dropin_dirs")]
+    pub no_dropins: bool,
+}
+
+impl ConfigArgs {
+    pub fn paths(&self) -> ConfigPaths {
+        let dropin_dirs = if self.no_dropins {
+            Vec::new()
+        } else if self.dropin_dirs.is_empty() {
+            ConfigPaths::system().dropin_dirs
+        } else {
+            self.dropin_dirs.clone()
+        };
+        ConfigPaths {
+            main: self.config.clone(),
+            dropin_dirs,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Run the node daemon (what milvus-fleet.service starts).
+    Daemon,
+    /// Write the man page and shell completions into DIR (used when packaging).
+    #[command(hide = true)]
+    GenAssets {
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let paths = cli.config.paths();
+    match cli.command {
+        Command::Config(command) => config::run(command, &paths),
+        Command::Daemon => crate::daemon::run(paths),
+        Command::GenAssets { dir } => assets::generate(&dir),
+    }
+}
+
+/// Exit codes: 1 a failure, 2 a usage error (clap's), 3 an invalid configuration.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error.chain().any(|cause| cause.is::<ConfigError>()) {
+        3
+    } else {
+        1
+    }
+}

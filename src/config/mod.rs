@@ -1,0 +1,86 @@
+//! Configuration: `fleet.toml` plus drop-ins, merged, checked and turned into the
+//! [`Settings`] the rest of the program sees. Nothing is applied until every file
+//! has been read and the merged result has passed every check.
+
+mod error;
+pub mod model;
+mod sources;
+mod validate;
+
+use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
+
+pub use error::{ConfigError, Location};
+pub use model::FleetConfig;
+pub use sources::ConfigPaths;
+
+/// A validated configuration and the files it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub config: FleetConfig,
+    /// The files that were merged, in merge order.
+    pub sources: Vec<PathBuf>,
+}
+
+impl Settings {
+    /// Reads, merges and validates the configuration; the first problem is an error.
+    pub fn load(paths: &ConfigPaths) -> Result<Self, ConfigError> {
+        let files = paths.files()?;
+        let merged = sources::read_and_merge::<FleetConfig>(&files)?;
+        let mut config: FleetConfig = merged.table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            // Each file passed the schema on its own; a merge of valid files is valid, so
+            // this is only reachable through a bug. Still an error, never a panic.
+            location: Location {
+                file: merged.files.last().cloned(),
+                line_column: None,
+                key: None,
+            },
+            message: format!("merged configuration does not fit the schema: {}", e.message()),
+        })?;
+        if let Err(rejection) = validate::validate(&config) {
+            return Err(ConfigError::Invalid {
+                location: Location {
+                    file: merged.provenance.file_of(&rejection.key).map(PathBuf::from),
+                    line_column: None,
+                    key: Some(rejection.key),
+                },
+                message: rejection.message,
+            });
+        }
+        if config.local.node_name.is_empty() {
+            config.local.node_name = local_host_name();
+        }
+        Ok(Self {
+            config,
+            sources: merged.files,
+        })
+    }
+
+    /// A digest of the effective configuration: equal digests mean equal settings,
+    /// whichever files they came from.
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(&self.config).unwrap_or_default();
+        hex(&Sha256::digest(json))
+    }
+
+    /// This host's entry in `nodes`, if it has one yet.
+    pub fn local_node(&self) -> Option<&model::NodeConfig> {
+        self.config.nodes.iter().find(|n| n.name == self.config.local.node_name)
+    }
+
+    /// The effective configuration as a TOML document.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.config).unwrap_or_default()
+    }
+}
+
+fn local_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

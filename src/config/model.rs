@@ -1,0 +1,322 @@
+//! The configuration schema: what `fleet.toml` and its drop-ins may say.
+//!
+//! Every table denies unknown keys so that a typo is an error, not a silently ignored
+//! setting. Every field has a default, so an empty file is valid: it describes a host
+//! that has the package but is not part of a cluster yet.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    pub local: LocalConfig,
+    pub cluster: ClusterConfig,
+    pub nodes: Vec<NodeConfig>,
+    pub milvus: MilvusConfig,
+    pub etcd: EtcdConfig,
+    pub object_storage: ObjectStorageConfig,
+    pub pulsar: PulsarConfig,
+    pub kafka: KafkaConfig,
+    pub load_balancer: LoadBalancerConfig,
+    pub runtime: RuntimeConfig,
+    pub images: ImagesConfig,
+    pub daemon: DaemonConfig,
+}
+
+/// Settings of this host only (the rest describes the whole cluster).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalConfig {
+    /// This host's entry in `nodes`; empty means "the host name".
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    /// Milvus in cluster mode: coordinators, proxies, query/data/streaming nodes.
+    #[default]
+    Distributed,
+    /// One Milvus standalone server on the elected leader's node, the others on standby.
+    StandaloneHa,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub topology: Topology,
+    /// Where components keep their data on every node.
+    pub data_dir: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            name: "milvus-fleet".into(),
+            topology: Topology::default(),
+            data_dir: "/var/lib/milvus-fleet/data".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Runs an etcd member and a MinIO server (part of the erasure-coded pool).
+    Storage,
+    /// Runs the Milvus roles and the load balancer.
+    Compute,
+    /// Runs only an etcd member and the daemon: the tie-breaker of a two-node site.
+    Witness,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// IP address or DNS name the other nodes reach this one at.
+    pub address: String,
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Storage, Role::Compute]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MilvusVersion {
+    #[serde(rename = "2.5")]
+    V2_5,
+    #[default]
+    #[serde(rename = "2.6")]
+    V2_6,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageQueue {
+    /// Milvus 2.6's embedded write-ahead log on object storage.
+    #[default]
+    Woodpecker,
+    Pulsar,
+    Kafka,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MilvusConfig {
+    pub version: MilvusVersion,
+    pub message_queue: MessageQueue,
+    /// gRPC/REST port of each proxy.
+    pub proxy_port: u16,
+    /// Metrics and health port of each Milvus process.
+    pub metrics_port: u16,
+}
+
+impl Default for MilvusConfig {
+    fn default() -> Self {
+        Self {
+            version: MilvusVersion::default(),
+            message_queue: MessageQueue::default(),
+            proxy_port: 19530,
+            metrics_port: 9091,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    /// Run by milvus-fleet on the cluster's own nodes.
+    #[default]
+    Local,
+    /// Provided by the site; milvus-fleet only connects to it.
+    External,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtcdConfig {
+    pub mode: ServiceMode,
+    /// Client URLs of an external etcd (mode = "external" only).
+    pub endpoints: Vec<String>,
+    pub client_port: u16,
+    pub peer_port: u16,
+    /// Raft timing. Short values allow short leader leases (etcd refuses a lease TTL
+    /// below ~1.5 x the election timeout), at the cost of more heartbeat traffic.
+    pub heartbeat_interval_ms: u32,
+    pub election_timeout_ms: u32,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        Self {
+            mode: ServiceMode::Local,
+            endpoints: Vec::new(),
+            client_port: 2379,
+            peer_port: 2380,
+            heartbeat_interval_ms: 50,
+            election_timeout_ms: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectStorageKind {
+    /// A MinIO pool run by milvus-fleet on the storage nodes.
+    #[default]
+    Minio,
+    /// An S3-compatible service provided by the site.
+    S3,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObjectStorageConfig {
+    pub kind: ObjectStorageKind,
+    /// host:port of the external S3 service (kind = "s3" only).
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub use_tls: bool,
+    /// File holding `access_key_id` and `secret_access_key` (mode 0600). Secrets never
+    /// go in this file: it is world-readable and printed by `config check`.
+    pub credentials_file: String,
+    /// MinIO API port on storage nodes (kind = "minio").
+    pub minio_port: u16,
+}
+
+impl Default for ObjectStorageConfig {
+    fn default() -> Self {
+        Self {
+            kind: ObjectStorageKind::Minio,
+            endpoint: String::new(),
+            bucket: "milvus".into(),
+            region: "us-east-1".into(),
+            use_tls: false,
+            credentials_file: "/etc/milvus-fleet/credentials/object-storage".into(),
+            minio_port: 9000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PulsarConfig {
+    /// The node that runs the Pulsar broker (message_queue = "pulsar" only).
+    pub node: String,
+    pub port: u16,
+}
+
+impl Default for PulsarConfig {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            port: 6650,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// host:port of the site's Kafka brokers (message_queue = "kafka" only).
+    pub brokers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadBalancerConfig {
+    /// Port of the nginx L4 load balancer in front of the proxies.
+    pub port: u16,
+}
+
+impl Default for LoadBalancerConfig {
+    fn default() -> Self {
+        Self { port: 19537 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    #[default]
+    Docker,
+    Podman,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    pub engine: Engine,
+}
+
+/// Container images. Pinned defaults; a site with a private registry or locally built
+/// images overrides them here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImagesConfig {
+    pub etcd: String,
+    pub minio: String,
+    pub milvus: String,
+    pub nginx: String,
+    pub pulsar: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            etcd: "quay.io/coreos/etcd:v3.5.21".into(),
+            minio: "minio/minio:RELEASE.2025-04-22T22-12-26Z".into(),
+            milvus: "milvusdb/milvus:v2.6.11".into(),
+            nginx: "nginx:1.27-alpine".into(),
+            pulsar: "apachepulsar/pulsar:3.0.12".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// HTTPS API port (mutual TLS against the cluster CA).
+    pub api_port: u16,
+    /// Leader lease in seconds: how long a lost leader host can hold leadership.
+    pub lease_ttl_secs: u32,
+    pub log_level: LogLevel,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            api_port: 19500,
+            lease_ttl_secs: 2,
+            log_level: LogLevel::default(),
+        }
+    }
+}

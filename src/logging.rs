@@ -1,0 +1,39 @@
+//! Log output: structured fields to the journal when systemd connected our stderr to
+//! it, plain lines on stderr otherwise.
+
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+/// `default_level` applies unless `MILVUS_FLEET_LOG` (an EnvFilter directive) says otherwise.
+pub fn init(default_level: &str) {
+    let filter = EnvFilter::try_from_env("MILVUS_FLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let registry = tracing_subscriber::registry().with(filter);
+    if stderr_is_journal() {
+        if let Ok(journald) = tracing_journald::layer() {
+            let journald = journald.with_syslog_identifier("milvus-fleet".into());
+            let _ = registry.with(journald).try_init();
+            return;
+        }
+    }
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time();
+    let _ = registry.with(fmt).try_init();
+}
+
+/// systemd sets JOURNAL_STREAM to the device and inode of the journal stream it gave us;
+/// it only counts if stderr is still that stream (not redirected by a wrapper).
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}

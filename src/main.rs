@@ -1,0 +1,22 @@
+//! milvus-fleet: one binary for the command line and the node daemon.
+
+mod cli;
+mod config;
+mod daemon;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: the error and its causes, joined by ": ".
+            eprintln!("milvus-fleet: error: {error:#}");
+            ExitCode::from(cli::exit_code(&error))
+        }
+    }
+}
