@@ -32,17 +32,22 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         "configuration loaded"
     );
 
-    let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     // Ping at half the interval systemd expects; pings come from this loop only, so a
     // wedged loop stops them and systemd restarts us.
     let watchdog = sd_notify::watchdog_enabled();
-    let mut watchdog_tick = tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
+    let mut watchdog_tick =
+        tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
 
-    notify(&[NotifyState::Ready, NotifyState::Status(&status_line(&settings))]);
-    info!(node = %settings.config.local.node_name, "ready");
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&status_line(&settings)),
+    ]);
+    info!(node = %settings.node_name, "ready");
 
     loop {
         tokio::select! {
@@ -77,7 +82,7 @@ fn status_line(settings: &Settings) -> String {
     } else {
         format!(
             "node {} of cluster {} ({} nodes configured)",
-            config.local.node_name,
+            settings.node_name,
             config.cluster.name,
             config.nodes.len()
         )

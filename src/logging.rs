@@ -6,7 +6,8 @@ use tracing_subscriber::EnvFilter;
 
 /// `default_level` applies unless `MILVUS_FLEET_LOG` (an EnvFilter directive) says otherwise.
 pub fn init(default_level: &str) {
-    let filter = EnvFilter::try_from_env("MILVUS_FLEET_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_env("MILVUS_FLEET_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {

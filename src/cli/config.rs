@@ -26,7 +26,7 @@ fn check(paths: &ConfigPaths, as_json: bool) -> anyhow::Result<()> {
     if !settings.config.nodes.is_empty() && settings.local_node().is_none() {
         eprintln!(
             "note: this host ({}) is not one of the configured nodes; set local.node_name on a cluster node",
-            settings.config.local.node_name
+            settings.node_name
         );
     }
     if as_json {
@@ -34,6 +34,7 @@ fn check(paths: &ConfigPaths, as_json: bool) -> anyhow::Result<()> {
             "valid": true,
             "sources": settings.sources,
             "fingerprint": settings.fingerprint(),
+            "node_name": settings.node_name,
             "settings": settings.config,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -43,6 +44,7 @@ fn check(paths: &ConfigPaths, as_json: bool) -> anyhow::Result<()> {
             println!("#   {}", source.display());
         }
         println!("# fingerprint: sha256:{}", settings.fingerprint());
+        println!("# this host's node name: {}", settings.node_name);
         print!("{}", settings.to_toml());
     }
     Ok(())

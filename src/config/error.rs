@@ -7,19 +7,16 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{}: cannot read: {error}", path.display())]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     /// Syntax errors, wrong types and unknown keys, found while reading one file.
     #[error("{location}: {message}")]
-    Parse {
-        location: Location,
-        message: String,
-    },
+    Parse { location: Location, message: String },
     /// A value that is well-formed but not acceptable, found after all files are merged.
     #[error("{location}: {message}")]
-    Invalid {
-        location: Location,
-        message: String,
-    },
+    Invalid { location: Location, message: String },
 }
 
 /// Where a configuration error is: `FILE[:LINE:COLUMN][: key `KEY`]`.

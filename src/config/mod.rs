@@ -21,6 +21,8 @@ pub struct Settings {
     pub config: FleetConfig,
     /// The files that were merged, in merge order.
     pub sources: Vec<PathBuf>,
+    /// This host's node name: `local.node_name`, or the host name when that is empty.
+    pub node_name: String,
 }
 
 impl Settings {
@@ -28,17 +30,25 @@ impl Settings {
     pub fn load(paths: &ConfigPaths) -> Result<Self, ConfigError> {
         let files = paths.files()?;
         let merged = sources::read_and_merge::<FleetConfig>(&files)?;
-        let mut config: FleetConfig = merged.table.try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            // Each file passed the schema on its own; a merge of valid files is valid, so
-            // this is only reachable through a bug. Still an error, never a panic.
-            location: Location {
-                file: merged.files.last().cloned(),
-                line_column: None,
-                key: None,
-            },
-            message: format!("merged configuration does not fit the schema: {}", e.message()),
-        })?;
-        if let Err(rejection) = validate::validate(&config) {
+        let config: FleetConfig =
+            merged
+                .table
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    // Each file passed the schema on its own; a merge of valid files is valid, so
+                    // this is only reachable through a bug. Still an error, never a panic.
+                    location: Location {
+                        file: merged.files.last().cloned(),
+                        line_column: None,
+                        key: None,
+                    },
+                    message: format!(
+                        "merged configuration does not fit the schema: {}",
+                        e.message()
+                    ),
+                })?;
+        let is_set = |key: &str| merged.provenance.file_of(key).is_some();
+        if let Err(rejection) = validate::validate(&config, &is_set) {
             return Err(ConfigError::Invalid {
                 location: Location {
                     file: merged.provenance.file_of(&rejection.key).map(PathBuf::from),
@@ -48,12 +58,14 @@ impl Settings {
                 message: rejection.message,
             });
         }
-        if config.local.node_name.is_empty() {
-            config.local.node_name = local_host_name();
-        }
+        let node_name = match config.local.node_name.as_str() {
+            "" => local_host_name(),
+            name => name.to_owned(),
+        };
         Ok(Self {
             config,
             sources: merged.files,
+            node_name,
         })
     }
 
@@ -66,7 +78,7 @@ impl Settings {
 
     /// This host's entry in `nodes`, if it has one yet.
     pub fn local_node(&self) -> Option<&model::NodeConfig> {
-        self.config.nodes.iter().find(|n| n.name == self.config.local.node_name)
+        self.config.nodes.iter().find(|n| n.name == self.node_name)
     }
 
     /// The effective configuration as a TOML document.

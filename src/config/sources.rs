@@ -115,7 +115,8 @@ pub fn read_and_merge<T: DeserializeOwned>(files: &[PathBuf]) -> Result<Merged, 
     for file in files {
         let text = std::fs::read_to_string(file).map_err(|source| read_error(file, source))?;
         check_against_schema::<T>(file, &text)?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| parse_error(file, &text, None, &e))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| parse_error(file, &text, None, &e))?;
         merge_into(&mut merged.table, table, "", file, &mut merged.provenance);
         merged.files.push(file.clone());
     }
@@ -123,7 +124,8 @@ pub fn read_and_merge<T: DeserializeOwned>(files: &[PathBuf]) -> Result<Merged, 
 }
 
 fn check_against_schema<T: DeserializeOwned>(file: &Path, text: &str) -> Result<(), ConfigError> {
-    let deserializer = toml::Deserializer::parse(text).map_err(|e| parse_error(file, text, None, &e))?;
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| parse_error(file, text, None, &e))?;
     match serde_path_to_error::deserialize::<_, T>(deserializer) {
         Ok(_) => Ok(()),
         Err(e) => {
@@ -133,8 +135,17 @@ fn check_against_schema<T: DeserializeOwned>(file: &Path, text: &str) -> Result<
     }
 }
 
-fn parse_error(file: &Path, text: &str, path: Option<String>, error: &toml::de::Error) -> ConfigError {
-    let message = error.message().split_whitespace().collect::<Vec<_>>().join(" ");
+fn parse_error(
+    file: &Path,
+    text: &str,
+    path: Option<String>,
+    error: &toml::de::Error,
+) -> ConfigError {
+    let message = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let key = key_of(path.as_deref(), &message);
     ConfigError::Parse {
         location: Location {
@@ -168,7 +179,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn merge_into(acc: &mut toml::Table, overlay: toml::Table, prefix: &str, file: &Path, provenance: &mut Provenance) {
+fn merge_into(
+    acc: &mut toml::Table,
+    overlay: toml::Table,
+    prefix: &str,
+    file: &Path,
+    provenance: &mut Provenance,
+) {
     for (key, value) in overlay {
         let path = if prefix.is_empty() {
             key.clone()
@@ -200,9 +217,15 @@ mod tests {
     #[test]
     fn unknown_key_is_joined_to_its_table() {
         let msg = "unknown field `api_prot`, expected one of `api_port`";
-        assert_eq!(key_of(Some("daemon"), msg).as_deref(), Some("daemon.api_prot"));
+        assert_eq!(
+            key_of(Some("daemon"), msg).as_deref(),
+            Some("daemon.api_prot")
+        );
         assert_eq!(key_of(None, msg).as_deref(), Some("api_prot"));
-        assert_eq!(key_of(Some("daemon.api_port"), "invalid type").as_deref(), Some("daemon.api_port"));
+        assert_eq!(
+            key_of(Some("daemon.api_port"), "invalid type").as_deref(),
+            Some("daemon.api_port")
+        );
     }
 
     #[test]

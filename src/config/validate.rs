@@ -23,13 +23,15 @@ fn reject(key: impl Into<String>, message: impl Into<String>) -> Rejection {
 type Check = Result<(), Rejection>;
 
 /// Returns the first rejected value, in a fixed order, so errors are reproducible.
-pub fn validate(config: &FleetConfig) -> Check {
+/// `is_set(key)` tells whether a file set the key (rather than a default), so that a
+/// clash between a default and a set value blames the value the operator wrote.
+pub fn validate(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
     check_cluster(config)?;
     check_nodes(config)?;
     check_milvus(config)?;
     check_etcd(config)?;
     check_object_storage(config)?;
-    check_ports(config)?;
+    check_ports(config, is_set)?;
     check_images(&config.images)?;
     check_daemon(config)
 }
@@ -38,11 +40,17 @@ fn check_cluster(config: &FleetConfig) -> Check {
     dns_label("cluster.name", &config.cluster.name)?;
     let dir = &config.cluster.data_dir;
     if !dir.starts_with('/') || dir.split('/').any(|part| part == "..") {
-        return Err(reject("cluster.data_dir", format!("{dir:?} must be an absolute path without `..`")));
+        return Err(reject(
+            "cluster.data_dir",
+            format!("{dir:?} must be an absolute path without `..`"),
+        ));
     }
     let top = dir.split('/').nth(1).unwrap_or("");
     if matches!(top, "" | "proc" | "sys" | "dev" | "run" | "tmp") {
-        return Err(reject("cluster.data_dir", format!("{dir:?} is not a place for persistent data")));
+        return Err(reject(
+            "cluster.data_dir",
+            format!("{dir:?} is not a place for persistent data"),
+        ));
     }
     if !config.local.node_name.is_empty() {
         dns_label("local.node_name", &config.local.node_name)?;
@@ -57,21 +65,33 @@ fn check_nodes(config: &FleetConfig) -> Check {
         let key = |field: &str| format!("nodes[{i}].{field}");
         dns_label(&key("name"), &node.name)?;
         if !names.insert(node.name.as_str()) {
-            return Err(reject(key("name"), format!("node name {:?} is used twice", node.name)));
+            return Err(reject(
+                key("name"),
+                format!("node name {:?} is used twice", node.name),
+            ));
         }
         host_name_or_ip(&key("address"), &node.address)?;
         if !addresses.insert(node.address.as_str()) {
-            return Err(reject(key("address"), format!("address {:?} is used twice", node.address)));
+            return Err(reject(
+                key("address"),
+                format!("address {:?} is used twice", node.address),
+            ));
         }
         let roles: BTreeSet<Role> = node.roles.iter().copied().collect();
         if roles.is_empty() {
-            return Err(reject(key("roles"), "a node needs at least one role: storage, compute or witness"));
+            return Err(reject(
+                key("roles"),
+                "a node needs at least one role: storage, compute or witness",
+            ));
         }
         if roles.len() != node.roles.len() {
             return Err(reject(key("roles"), "a role is listed twice"));
         }
         if roles.contains(&Role::Witness) && roles.len() > 1 {
-            return Err(reject(key("roles"), "a witness runs only etcd and the daemon: it takes no other role"));
+            return Err(reject(
+                key("roles"),
+                "a witness runs only etcd and the daemon: it takes no other role",
+            ));
         }
     }
     if config.nodes.is_empty() {
@@ -79,7 +99,10 @@ fn check_nodes(config: &FleetConfig) -> Check {
     }
     let has = |role: Role| config.nodes.iter().any(|n| n.roles.contains(&role));
     if !has(Role::Compute) {
-        return Err(reject("nodes", "no node has the compute role, so nothing would run Milvus"));
+        return Err(reject(
+            "nodes",
+            "no node has the compute role, so nothing would run Milvus",
+        ));
     }
     if config.object_storage.kind == ObjectStorageKind::Minio && !has(Role::Storage) {
         return Err(reject(
@@ -95,7 +118,10 @@ fn check_nodes(config: &FleetConfig) -> Check {
     }
     let local = &config.local.node_name;
     if !local.is_empty() && !names.contains(local.as_str()) {
-        return Err(reject("local.node_name", format!("{local:?} is not one of the names in `nodes`")));
+        return Err(reject(
+            "local.node_name",
+            format!("{local:?} is not one of the names in `nodes`"),
+        ));
     }
     Ok(())
 }
@@ -111,7 +137,10 @@ fn check_milvus(config: &FleetConfig) -> Check {
     let brokers = &config.kafka.brokers;
     match queue {
         MessageQueue::Kafka if brokers.is_empty() => {
-            return Err(reject("kafka.brokers", "message_queue is \"kafka\" but no brokers are listed"));
+            return Err(reject(
+                "kafka.brokers",
+                "message_queue is \"kafka\" but no brokers are listed",
+            ));
         }
         MessageQueue::Kafka => {
             for (i, broker) in brokers.iter().enumerate() {
@@ -119,29 +148,44 @@ fn check_milvus(config: &FleetConfig) -> Check {
             }
         }
         _ if !brokers.is_empty() => {
-            return Err(reject("kafka.brokers", "brokers are set but milvus.message_queue is not \"kafka\""));
+            return Err(reject(
+                "kafka.brokers",
+                "brokers are set but milvus.message_queue is not \"kafka\"",
+            ));
         }
         _ => {}
     }
     let pulsar_node = &config.pulsar.node;
     if queue == MessageQueue::Pulsar {
         if pulsar_node.is_empty() && !config.nodes.is_empty() {
-            return Err(reject("pulsar.node", "message_queue is \"pulsar\": name the node that runs the broker"));
+            return Err(reject(
+                "pulsar.node",
+                "message_queue is \"pulsar\": name the node that runs the broker",
+            ));
         }
         if !pulsar_node.is_empty() {
             let node = config.nodes.iter().find(|n| &n.name == pulsar_node);
             match node {
                 None => {
-                    return Err(reject("pulsar.node", format!("{pulsar_node:?} is not one of the names in `nodes`")));
+                    return Err(reject(
+                        "pulsar.node",
+                        format!("{pulsar_node:?} is not one of the names in `nodes`"),
+                    ));
                 }
                 Some(n) if n.roles == [Role::Witness] => {
-                    return Err(reject("pulsar.node", format!("{pulsar_node:?} is a witness; it runs no broker")));
+                    return Err(reject(
+                        "pulsar.node",
+                        format!("{pulsar_node:?} is a witness; it runs no broker"),
+                    ));
                 }
                 Some(_) => {}
             }
         }
     } else if !pulsar_node.is_empty() {
-        return Err(reject("pulsar.node", "set but milvus.message_queue is not \"pulsar\""));
+        return Err(reject(
+            "pulsar.node",
+            "set but milvus.message_queue is not \"pulsar\"",
+        ));
     }
     Ok(())
 }
@@ -150,10 +194,16 @@ fn check_etcd(config: &FleetConfig) -> Check {
     let etcd = &config.etcd;
     match etcd.mode {
         ServiceMode::External if etcd.endpoints.is_empty() => {
-            return Err(reject("etcd.endpoints", "etcd.mode is \"external\" but no endpoints are listed"));
+            return Err(reject(
+                "etcd.endpoints",
+                "etcd.mode is \"external\" but no endpoints are listed",
+            ));
         }
         ServiceMode::Local if !etcd.endpoints.is_empty() => {
-            return Err(reject("etcd.endpoints", "endpoints are set but etcd.mode is \"local\""));
+            return Err(reject(
+                "etcd.endpoints",
+                "endpoints are set but etcd.mode is \"local\"",
+            ));
         }
         _ => {}
     }
@@ -162,13 +212,20 @@ fn check_etcd(config: &FleetConfig) -> Check {
         let rest = endpoint
             .strip_prefix("https://")
             .or_else(|| endpoint.strip_prefix("http://"))
-            .ok_or_else(|| reject(&key, format!("{endpoint:?} must start with http:// or https://")))?;
+            .ok_or_else(|| {
+                reject(
+                    &key,
+                    format!("{endpoint:?} must start with http:// or https://"),
+                )
+            })?;
         host_port(&key, rest.trim_end_matches('/'))?;
     }
     if etcd.heartbeat_interval_ms < 10 {
         return Err(reject("etcd.heartbeat_interval_ms", "must be at least 10"));
     }
-    if etcd.election_timeout_ms < 5 * etcd.heartbeat_interval_ms || etcd.election_timeout_ms > 50_000 {
+    if etcd.election_timeout_ms < 5 * etcd.heartbeat_interval_ms
+        || etcd.election_timeout_ms > 50_000
+    {
         return Err(reject(
             "etcd.election_timeout_ms",
             format!(
@@ -184,7 +241,10 @@ fn check_object_storage(config: &FleetConfig) -> Check {
     let storage = &config.object_storage;
     match storage.kind {
         ObjectStorageKind::S3 if storage.endpoint.is_empty() => {
-            return Err(reject("object_storage.endpoint", "kind is \"s3\": give the service's host:port"));
+            return Err(reject(
+                "object_storage.endpoint",
+                "kind is \"s3\": give the service's host:port",
+            ));
         }
         ObjectStorageKind::S3 => host_port("object_storage.endpoint", &storage.endpoint)?,
         ObjectStorageKind::Minio if !storage.endpoint.is_empty() => {
@@ -218,7 +278,7 @@ fn check_object_storage(config: &FleetConfig) -> Check {
 }
 
 /// Every port a node may listen on must be distinct and non-zero.
-fn check_ports(config: &FleetConfig) -> Check {
+fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
     let ports = [
         ("daemon.api_port", config.daemon.api_port),
         ("load_balancer.port", config.load_balancer.port),
@@ -226,7 +286,10 @@ fn check_ports(config: &FleetConfig) -> Check {
         ("milvus.metrics_port", config.milvus.metrics_port),
         ("etcd.client_port", config.etcd.client_port),
         ("etcd.peer_port", config.etcd.peer_port),
-        ("object_storage.minio_port", config.object_storage.minio_port),
+        (
+            "object_storage.minio_port",
+            config.object_storage.minio_port,
+        ),
         ("pulsar.port", config.pulsar.port),
     ];
     let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
@@ -235,7 +298,15 @@ fn check_ports(config: &FleetConfig) -> Check {
             return Err(reject(key, "port 0 is not a port"));
         }
         if let Some(other) = seen.insert(port, key) {
-            return Err(reject(key, format!("port {port} is already used by {other}")));
+            let (blamed, other) = if is_set(other) && !is_set(key) {
+                (other, key)
+            } else {
+                (key, other)
+            };
+            return Err(reject(
+                blamed,
+                format!("port {port} is already used by {other}"),
+            ));
         }
     }
     Ok(())
@@ -256,7 +327,10 @@ fn check_images(images: &ImagesConfig) -> Check {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "./:_-@".contains(c));
         if !ok {
-            return Err(reject(key, format!("{image:?} is not an image reference like registry/name:tag")));
+            return Err(reject(
+                key,
+                format!("{image:?} is not an image reference like registry/name:tag"),
+            ));
         }
     }
     Ok(())
@@ -265,7 +339,10 @@ fn check_images(images: &ImagesConfig) -> Check {
 fn check_daemon(config: &FleetConfig) -> Check {
     let ttl = config.daemon.lease_ttl_secs;
     if !(1..=60).contains(&ttl) {
-        return Err(reject("daemon.lease_ttl_secs", format!("{ttl} is outside 1..=60")));
+        return Err(reject(
+            "daemon.lease_ttl_secs",
+            format!("{ttl} is outside 1..=60"),
+        ));
     }
     // etcd grants no lease shorter than 1.5 x its election timeout.
     let min_ms = config.etcd.election_timeout_ms * 3 / 2;
@@ -315,7 +392,10 @@ fn host_name_or_ip(key: &str, value: &str) -> Check {
     if ok {
         Ok(())
     } else {
-        Err(reject(key, format!("{value:?} is neither an IP address nor a host name")))
+        Err(reject(
+            key,
+            format!("{value:?} is neither an IP address nor a host name"),
+        ))
     }
 }
 
@@ -354,13 +434,13 @@ mod tests {
     }
 
     fn key_of(config: &FleetConfig) -> String {
-        validate(config).unwrap_err().key
+        validate(config, &|_| false).unwrap_err().key
     }
 
     #[test]
     fn defaults_and_a_three_node_cluster_are_valid() {
-        assert_eq!(validate(&FleetConfig::default()), Ok(()));
-        assert_eq!(validate(&three_nodes()), Ok(()));
+        assert_eq!(validate(&FleetConfig::default(), &|_| false), Ok(()));
+        assert_eq!(validate(&three_nodes(), &|_| false), Ok(()));
     }
 
     #[test]
@@ -393,9 +473,12 @@ mod tests {
         c.milvus.message_queue = MessageQueue::Pulsar;
         assert_eq!(key_of(&c), "pulsar.node");
         c.pulsar.node = "c".into();
-        assert!(validate(&c).unwrap_err().message.contains("witness"));
+        assert!(validate(&c, &|_| false)
+            .unwrap_err()
+            .message
+            .contains("witness"));
         c.pulsar.node = "a".into();
-        assert_eq!(validate(&c), Ok(()));
+        assert_eq!(validate(&c, &|_| false), Ok(()));
 
         let mut c = three_nodes();
         c.etcd.mode = ServiceMode::External;
@@ -403,13 +486,13 @@ mod tests {
         c.etcd.endpoints = vec!["etcd.example:2379".into()];
         assert_eq!(key_of(&c), "etcd.endpoints[0]");
         c.etcd.endpoints = vec!["https://etcd.example:2379".into()];
-        assert_eq!(validate(&c), Ok(()));
+        assert_eq!(validate(&c, &|_| false), Ok(()));
 
         let mut c = three_nodes();
         c.object_storage.kind = ObjectStorageKind::S3;
         assert_eq!(key_of(&c), "object_storage.endpoint");
         c.object_storage.endpoint = "s3.example:443".into();
-        assert_eq!(validate(&c), Ok(()));
+        assert_eq!(validate(&c, &|_| false), Ok(()));
     }
 
     #[test]
@@ -417,6 +500,15 @@ mod tests {
         let mut c = three_nodes();
         c.load_balancer.port = c.milvus.proxy_port;
         assert_eq!(key_of(&c), "milvus.proxy_port");
+        let blamed = validate(&c, &|key| key == "load_balancer.port").unwrap_err();
+        assert_eq!(
+            blamed.key, "load_balancer.port",
+            "the value set in a file is blamed"
+        );
+        assert_eq!(
+            blamed.message,
+            "port 19530 is already used by milvus.proxy_port"
+        );
         let mut c = three_nodes();
         c.daemon.lease_ttl_secs = 1;
         c.etcd.election_timeout_ms = 1000;
