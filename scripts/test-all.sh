@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of milvus-fleet on a Debian 12 machine, as root: installs what it needs,
+# checks format and lints, builds the .deb and .rpm, then runs the unit tests, the CLI
+# tests, the package gates (lintian, rpmlint, file lists) and the system tests on real
+# systemd test hosts. The last lines are cargo test's summaries.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+start=$SECONDS
+step() { printf '\n==> %s (%d s)\n' "$*" $((SECONDS - start)); }
+
+step "prerequisites"
+scripts/install-prereqs.sh
+step "cargo fmt --check"
+cargo fmt --all -- --check
+step "cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+step "packages"
+scripts/build-packages.sh
+step "test hosts' root file system (cached by its inputs)"
+tests/hosts/fleet-hosts rootfs
+step "cargo test, including the package and system tests"
+cargo test --locked -- --include-ignored

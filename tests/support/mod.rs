@@ -1,0 +1,138 @@
+//! Shared helpers for the integration tests that need built packages and test hosts.
+//! Each test binary includes this module with `mod support;` and uses what it needs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The single file with `extension` in `dir` under target/ (scripts/build-packages.sh
+/// writes them there), or the path in `env_var` when that is set.
+fn built(env_var: &str, dir: &str, extension: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_var) {
+        return PathBuf::from(path);
+    }
+    let dir = repo().join("target").join(dir);
+    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-packages.sh first", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    assert_eq!(found.len(), 1, "expected one .{extension} in {}: {found:?}", dir.display());
+    found.into_iter().next().unwrap()
+}
+
+pub fn deb_path() -> PathBuf {
+    built("MILVUS_FLEET_DEB", "debian", "deb")
+}
+
+pub fn rpm_path() -> PathBuf {
+    built("MILVUS_FLEET_RPM", "generate-rpm", "rpm")
+}
+
+/// Runs a command to completion; panics with its output if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let out = run(program, args);
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A set of booted test hosts (tests/hosts/fleet-hosts); torn down when dropped, also
+/// when the test panics.
+pub struct Hosts {
+    prefix: String,
+    subnet: String,
+    names: Vec<String>,
+}
+
+impl Hosts {
+    /// Boots `count` hosts h1..hN. `prefix` and `subnet` (three octets) must be unique
+    /// among tests that may run at the same time.
+    pub fn up(prefix: &str, subnet: &str, count: usize) -> Self {
+        let hosts = Self {
+            prefix: prefix.to_owned(),
+            subnet: subnet.to_owned(),
+            names: (1..=count).map(|i| format!("h{i}")).collect(),
+        };
+        // A leftover of an interrupted run would make `up` refuse; clear it first.
+        hosts.harness(&["down"]);
+        let out = hosts.harness(&["up", &count.to_string()]);
+        assert!(out.status.success(), "hosts did not boot:\n{}", String::from_utf8_lossy(&out.stderr));
+        hosts
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    fn harness(&self, args: &[&str]) -> Output {
+        Command::new(repo().join("tests/hosts/fleet-hosts"))
+            .args(args)
+            .env("FLEET_HOSTS_PREFIX", &self.prefix)
+            .env("FLEET_HOSTS_SUBNET", &self.subnet)
+            .output()
+            .expect("tests/hosts/fleet-hosts runs")
+    }
+
+    /// Runs a shell script inside `host`, returning its output whatever the exit code.
+    pub fn sh(&self, host: &str, script: &str) -> Output {
+        self.harness(&["exec", host, "sh", "-c", script])
+    }
+
+    /// Runs a shell script inside `host` that must succeed; returns its trimmed stdout.
+    pub fn sh_ok(&self, host: &str, script: &str) -> String {
+        let out = self.sh(host, script);
+        assert!(
+            out.status.success(),
+            "on {host}: `{script}` failed ({}):\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn copy_in(&self, host: &str, source: &Path, dest: &str) {
+        let out = self.harness(&["copy-in", host, source.to_str().unwrap(), dest]);
+        assert!(out.status.success(), "copy-in: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn reboot(&self, host: &str) {
+        let out = self.harness(&["reboot", host]);
+        assert!(out.status.success(), "reboot: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn cut(&self, host: &str) {
+        assert!(self.harness(&["cut", host]).status.success());
+    }
+
+    pub fn heal(&self, host: &str) {
+        assert!(self.harness(&["heal", host]).status.success());
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        let out = self.harness(&["down"]);
+        if !out.status.success() {
+            eprintln!("teardown of {} failed: {}", self.prefix, String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
