@@ -34,47 +34,88 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {DEB_IN_HOST} && rm {DEB_IN_HOST}"),
         );
         // Installed, not enabled or started: `init`/`join` do that once there is a cluster.
-        assert_eq!(hosts.sh_ok(host, "systemctl is-enabled milvus-fleet || true"), "disabled");
-        assert_eq!(hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"), "inactive");
-        assert_eq!(hosts.sh_ok(host, "id -un milvus-fleet"), "milvus-fleet", "sysusers made the user");
+        assert_eq!(
+            hosts.sh_ok(host, "systemctl is-enabled milvus-fleet || true"),
+            "disabled"
+        );
+        assert_eq!(
+            hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"),
+            "inactive"
+        );
+        assert_eq!(
+            hosts.sh_ok(host, "id -un milvus-fleet"),
+            "milvus-fleet",
+            "sysusers made the user"
+        );
     }
 
     let h1 = &hosts.names()[0];
     // Every unit the package ships passes systemd's own checks, with nothing on stderr.
-    let units = hosts.sh_ok(h1, "dpkg -L milvus-fleet | grep -E '/systemd/system/.*\\.(service|target|socket|timer)$'");
+    let units = hosts.sh_ok(
+        h1,
+        "dpkg -L milvus-fleet | grep -E '/systemd/system/.*\\.(service|target|socket|timer)$'",
+    );
     assert!(!units.is_empty(), "the package ships units");
     for unit in units.lines() {
         let out = hosts.sh(h1, &format!("systemd-analyze verify --man=no {unit}"));
-        assert!(out.status.success(), "verify {unit}: {}", String::from_utf8_lossy(&out.stderr));
-        assert!(out.stderr.is_empty(), "verify {unit}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "verify {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "verify {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The worked examples are installed with the docs and valid as installed.
     let examples = hosts.sh_ok(h1, "ls /usr/share/doc/milvus-fleet/examples/*.toml");
     assert!(examples.lines().count() >= 3, "{examples}");
     for example in examples.lines() {
-        hosts.sh_ok(h1, &format!("milvus-fleet config check --no-dropins --config {example} >/dev/null"));
+        hosts.sh_ok(
+            h1,
+            &format!("milvus-fleet config check --no-dropins --config {example} >/dev/null"),
+        );
     }
 
     for host in hosts.names() {
         // Type=notify: `systemctl start` returns once the daemon said READY=1.
         hosts.sh_ok(host, "systemctl start milvus-fleet");
-        assert_eq!(hosts.sh_ok(host, "systemctl is-active milvus-fleet"), "active");
+        assert_eq!(
+            hosts.sh_ok(host, "systemctl is-active milvus-fleet"),
+            "active"
+        );
         let journal = hosts.sh_ok(host, "journalctl -u milvus-fleet -b --no-pager -o cat");
         assert!(journal.contains("ready"), "daemon logged ready: {journal}");
         let node_field = hosts.sh_ok(host, "journalctl -u milvus-fleet -b -o verbose --no-pager MESSAGE=ready | grep -o 'F_NODE=.*'");
-        assert_eq!(node_field, format!("F_NODE={host}"), "structured field with this host's name");
-        assert!(journal.contains("Started milvus-fleet.service"), "systemd saw READY: {journal}");
+        assert_eq!(
+            node_field,
+            format!("F_NODE={host}"),
+            "structured field with this host's name"
+        );
+        assert!(
+            journal.contains("Started milvus-fleet.service"),
+            "systemd saw READY: {journal}"
+        );
         let status = hosts.sh_ok(host, "systemctl show -P StatusText milvus-fleet");
         assert!(status.contains("not part of a cluster yet"), "{status}");
-        let user = hosts.sh_ok(host, "ps -o user= -p $(systemctl show -P MainPID milvus-fleet)");
+        let user = hosts.sh_ok(
+            host,
+            "ps -o user= -p $(systemctl show -P MainPID milvus-fleet)",
+        );
         assert_eq!(user, "milvus-fleet", "the daemon does not run as root");
-        assert_eq!(hosts.sh_ok(host, "systemctl show -P WatchdogUSec milvus-fleet"), "10s");
+        assert_eq!(
+            hosts.sh_ok(host, "systemctl show -P WatchdogUSec milvus-fleet"),
+            "10s"
+        );
     }
 
     // A broken drop-in is refused on reload and the running configuration stays.
     hosts.sh_ok(h1, "mkdir -p /etc/milvus-fleet/fleet.d && printf '[daemon]\\napi_prot = 1\\n' > /etc/milvus-fleet/fleet.d/50-typo.toml");
     hosts.sh_ok(h1, "systemctl reload milvus-fleet");
-    let rejected = "journalctl -u milvus-fleet -b --no-pager -o cat | grep -c 'reload rejected' || true";
+    let rejected =
+        "journalctl -u milvus-fleet -b --no-pager -o cat | grep -c 'reload rejected' || true";
     let mut seen = String::new();
     for _ in 0..50 {
         seen = hosts.sh_ok(h1, rejected);
@@ -85,22 +126,55 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
     }
     assert_eq!(seen, "1", "the reload was rejected and logged");
     let journal = hosts.sh_ok(h1, "journalctl -u milvus-fleet -b --no-pager -o cat");
-    assert!(journal.contains("50-typo.toml:2:1: key `daemon.api_prot`"), "{journal}");
-    assert_eq!(hosts.sh_ok(h1, "systemctl is-active milvus-fleet"), "active");
+    assert!(
+        journal.contains("50-typo.toml:2:1: key `daemon.api_prot`"),
+        "{journal}"
+    );
+    assert_eq!(
+        hosts.sh_ok(h1, "systemctl is-active milvus-fleet"),
+        "active"
+    );
 
     // SIGTERM stops it cleanly (exit 0, not a kill), and a restart gets READY again.
-    hosts.sh_ok(h1, "rm /etc/milvus-fleet/fleet.d/50-typo.toml && systemctl restart milvus-fleet");
-    assert_eq!(hosts.sh_ok(h1, "systemctl show -P ExecMainStatus milvus-fleet"), "0");
-    assert_eq!(hosts.sh_ok(h1, "systemctl show -P NRestarts milvus-fleet"), "0");
+    hosts.sh_ok(
+        h1,
+        "rm /etc/milvus-fleet/fleet.d/50-typo.toml && systemctl restart milvus-fleet",
+    );
+    assert_eq!(
+        hosts.sh_ok(h1, "systemctl show -P ExecMainStatus milvus-fleet"),
+        "0"
+    );
+    assert_eq!(
+        hosts.sh_ok(h1, "systemctl show -P NRestarts milvus-fleet"),
+        "0"
+    );
 
     for host in hosts.names() {
-        hosts.sh_ok(host, "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q milvus-fleet");
-        assert_eq!(hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"), "inactive");
-        assert_eq!(hosts.sh_ok(host, "test -e /usr/bin/milvus-fleet && echo present || echo gone"), "gone");
+        hosts.sh_ok(
+            host,
+            "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q milvus-fleet",
+        );
+        assert_eq!(
+            hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"),
+            "inactive"
+        );
+        assert_eq!(
+            hosts.sh_ok(
+                host,
+                "test -e /usr/bin/milvus-fleet && echo present || echo gone"
+            ),
+            "gone"
+        );
         let journal = hosts.sh_ok(host, "journalctl -u milvus-fleet -b --no-pager -o cat");
-        assert!(journal.contains("stopped"), "the daemon stopped cleanly on remove: {journal}");
+        assert!(
+            journal.contains("stopped"),
+            "the daemon stopped cleanly on remove: {journal}"
+        );
 
-        hosts.sh_ok(host, "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q milvus-fleet");
+        hosts.sh_ok(
+            host,
+            "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q milvus-fleet",
+        );
         for path in FOOTPRINT {
             let left = hosts.sh_ok(host, &format!("test -e {path} && echo left || echo gone"));
             assert_eq!(left, "gone", "{path} after purge on {host}");
@@ -109,9 +183,21 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             host,
             "find / -xdev \\( -path /proc -o -path /sys \\) -prune -o -name '*milvus-fleet*' -print",
         );
-        assert_eq!(leftovers, "", "files named after the package after purge on {host}");
-        let units = hosts.sh_ok(host, "systemctl list-unit-files --no-legend 'milvus-fleet*' | wc -l");
+        assert_eq!(
+            leftovers, "",
+            "files named after the package after purge on {host}"
+        );
+        let units = hosts.sh_ok(
+            host,
+            "systemctl list-unit-files --no-legend 'milvus-fleet*' | wc -l",
+        );
         assert_eq!(units, "0", "no unit files after purge on {host}");
-        assert_eq!(hosts.sh_ok(host, "dpkg-query -W -f='${Status}' milvus-fleet 2>&1 || true"), "dpkg-query: no packages found matching milvus-fleet");
+        assert_eq!(
+            hosts.sh_ok(
+                host,
+                "dpkg-query -W -f='${Status}' milvus-fleet 2>&1 || true"
+            ),
+            "dpkg-query: no packages found matching milvus-fleet"
+        );
     }
 }

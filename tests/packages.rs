@@ -22,7 +22,11 @@ fn deb_files() -> BTreeMap<String, String> {
         .lines()
         .filter(|line| line.starts_with('-'))
         .map(|line| {
-            let path = line.split_whitespace().last().unwrap().trim_start_matches('.');
+            let path = line
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .trim_start_matches('.');
             (path.to_owned(), line[..10].to_owned())
         })
         .collect()
@@ -34,7 +38,12 @@ fn rpm_files() -> BTreeMap<String, String> {
     listing
         .lines()
         .filter(|line| line.starts_with('-'))
-        .map(|line| (line.split_whitespace().last().unwrap().to_owned(), line[..10].to_owned()))
+        .map(|line| {
+            (
+                line.split_whitespace().last().unwrap().to_owned(),
+                line[..10].to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -42,20 +51,39 @@ fn rpm_files() -> BTreeMap<String, String> {
 #[ignore = "needs the built packages: scripts/test-all.sh runs it"]
 fn lintian_finds_no_errors_or_warnings() {
     let deb = deb_path();
-    let out = run("lintian", &["--fail-on", "error,warning", "--display-info", deb.to_str().unwrap()]);
+    let out = run(
+        "lintian",
+        &[
+            "--fail-on",
+            "error,warning",
+            "--display-info",
+            deb.to_str().unwrap(),
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let problems: Vec<&str> = stdout.lines().filter(|l| l.starts_with("E:") || l.starts_with("W:")).collect();
-    assert!(out.status.success() && problems.is_empty(), "lintian: {stdout}");
+    let problems: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("E:") || l.starts_with("W:"))
+        .collect();
+    assert!(
+        out.status.success() && problems.is_empty(),
+        "lintian: {stdout}"
+    );
 }
 
 #[test]
 #[ignore = "needs the built packages: scripts/test-all.sh runs it"]
 fn every_lintian_override_says_why() {
-    let overrides = std::fs::read_to_string(support::repo().join("packaging/debian/lintian-overrides")).unwrap();
+    let overrides =
+        std::fs::read_to_string(support::repo().join("packaging/debian/lintian-overrides"))
+            .unwrap();
     let mut previous = "";
     for line in overrides.lines() {
         if line.starts_with("milvus-fleet:") {
-            assert!(previous.starts_with('#'), "override without a reason above it: {line}");
+            assert!(
+                previous.starts_with('#'),
+                "override without a reason above it: {line}"
+            );
         }
         previous = line;
     }
@@ -66,9 +94,16 @@ fn every_lintian_override_says_why() {
 fn rpmlint_finds_no_errors() {
     let config = support::repo().join("packaging/rpm/rpmlint.toml");
     let rpm = rpm_path();
-    let out = run("rpmlint", &["-c", config.to_str().unwrap(), rpm.to_str().unwrap()]);
+    let out = run(
+        "rpmlint",
+        &["-c", config.to_str().unwrap(), rpm.to_str().unwrap()],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "rpmlint: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "rpmlint: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains(" 0 errors"), "rpmlint: {stdout}");
 }
 
@@ -98,7 +133,14 @@ fn rpm_installs_into_a_scratch_root() {
     let rpm = rpm_path();
     run_ok(
         "rpm",
-        &["--root", root_arg, "-i", "--nodeps", "--noscripts", rpm.to_str().unwrap()],
+        &[
+            "--root",
+            root_arg,
+            "-i",
+            "--nodeps",
+            "--noscripts",
+            rpm.to_str().unwrap(),
+        ],
     );
     for path in [
         "usr/bin/milvus-fleet",
@@ -110,7 +152,11 @@ fn rpm_installs_into_a_scratch_root() {
         assert!(root.path().join(path).is_file(), "{path} installed");
     }
     let config_files = run_ok("rpm", &["-qcp", rpm.to_str().unwrap()]);
-    assert_eq!(config_files.trim(), "/etc/milvus-fleet/fleet.toml", "the config is %config(noreplace)");
+    assert_eq!(
+        config_files.trim(),
+        "/etc/milvus-fleet/fleet.toml",
+        "the config is %config(noreplace)"
+    );
 }
 
 #[test]
@@ -120,7 +166,10 @@ fn deb_marks_the_config_as_conffile_and_depends_on_sysusers() {
     let conffiles = run_ok("dpkg-deb", &["--info", deb.to_str().unwrap(), "conffiles"]);
     assert_eq!(conffiles.trim(), "/etc/milvus-fleet/fleet.toml");
     let depends = run_ok("dpkg-deb", &["--field", deb.to_str().unwrap(), "Depends"]);
-    assert!(depends.contains("systemd | systemd-standalone-sysusers"), "{depends}");
+    assert!(
+        depends.contains("systemd | systemd-standalone-sysusers"),
+        "{depends}"
+    );
     let size = std::fs::metadata(&deb).unwrap().len();
     assert!(size < 8 * 1024 * 1024, ".deb is {size} bytes, over 8 MiB");
 }

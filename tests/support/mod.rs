@@ -17,11 +17,21 @@ fn built(env_var: &str, dir: &str, extension: &str) -> PathBuf {
     }
     let dir = repo().join("target").join(dir);
     let found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-packages.sh first", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/build-packages.sh first",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == extension))
         .collect();
-    assert_eq!(found.len(), 1, "expected one .{extension} in {}: {found:?}", dir.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one .{extension} in {}: {found:?}",
+        dir.display()
+    );
     found.into_iter().next().unwrap()
 }
 
@@ -74,7 +84,11 @@ impl Hosts {
         // A leftover of an interrupted run would make `up` refuse; clear it first.
         hosts.harness(&["down"]);
         let out = hosts.harness(&["up", &count.to_string()]);
-        assert!(out.status.success(), "hosts did not boot:\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "hosts did not boot:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         hosts
     }
 
@@ -111,12 +125,20 @@ impl Hosts {
 
     pub fn copy_in(&self, host: &str, source: &Path, dest: &str) {
         let out = self.harness(&["copy-in", host, source.to_str().unwrap(), dest]);
-        assert!(out.status.success(), "copy-in: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "copy-in: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn reboot(&self, host: &str) {
         let out = self.harness(&["reboot", host]);
-        assert!(out.status.success(), "reboot: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "reboot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn cut(&self, host: &str) {
@@ -132,7 +154,11 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         let out = self.harness(&["down"]);
         if !out.status.success() {
-            eprintln!("teardown of {} failed: {}", self.prefix, String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "teardown of {} failed: {}",
+                self.prefix,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
