@@ -20,4 +20,4 @@ scripts/build-packages.sh
 step "test hosts' root file system (cached by its inputs)"
 tests/hosts/fleet-hosts rootfs
 step "cargo test, including the package and system tests"
-cargo test --locked -- --include-ignored
+cargo test --locked --no-fail-fast -- --include-ignored

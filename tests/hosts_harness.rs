@@ -114,3 +114,31 @@ fn hosts_boot_talk_partition_reboot_and_tear_down() {
         .unwrap();
     assert!(nspawns.stdout.is_empty(), "nspawn processes left");
 }
+
+/// Later system tests run the data plane as containers inside the hosts: the harness's
+/// Docker option must give an engine that starts at boot and runs a container.
+#[test]
+#[ignore = "needs root and systemd-nspawn: scripts/test-all.sh runs it"]
+fn a_docker_engine_runs_containers_inside_a_host() {
+    let hosts = Hosts::up_with(
+        "mfhdk",
+        "172.31.95",
+        1,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    hosts.sh_ok("h1", "for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; docker info");
+    assert_eq!(hosts.sh_ok("h1", "systemctl is-active docker"), "active");
+    // No registry: build an image from the host's own files, as the data-plane tests will.
+    hosts.sh_ok(
+        "h1",
+        "tar -C / -ch usr/bin/echo lib64/ld-linux-x86-64.so.2 lib/x86_64-linux-gnu/libc.so.6 | docker import - local/echo:1 >/dev/null",
+    );
+    let said = hosts.sh_ok(
+        "h1",
+        "docker run --rm local/echo:1 /usr/bin/echo from-a-container",
+    );
+    assert_eq!(said, "from-a-container");
+}

@@ -70,16 +70,28 @@ pub struct Hosts {
     prefix: String,
     subnet: String,
     names: Vec<String>,
+    /// More FLEET_HOSTS_* settings (packages baked in, Docker inside).
+    env: Vec<(String, String)>,
 }
 
 impl Hosts {
     /// Boots `count` hosts h1..hN. `prefix` and `subnet` (three octets) must be unique
     /// among tests that may run at the same time.
     pub fn up(prefix: &str, subnet: &str, count: usize) -> Self {
+        Self::up_with(prefix, subnet, count, &[])
+    }
+
+    /// Like [`Hosts::up`], with more FLEET_HOSTS_* settings, e.g.
+    /// `("FLEET_HOSTS_PACKAGES", "docker.io")` and `("FLEET_HOSTS_DOCKER", "1")`.
+    pub fn up_with(prefix: &str, subnet: &str, count: usize, env: &[(&str, &str)]) -> Self {
         let hosts = Self {
             prefix: prefix.to_owned(),
             subnet: subnet.to_owned(),
             names: (1..=count).map(|i| format!("h{i}")).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         // A leftover of an interrupted run would make `up` refuse; clear it first.
         hosts.harness(&["down"]);
@@ -101,6 +113,7 @@ impl Hosts {
             .args(args)
             .env("FLEET_HOSTS_PREFIX", &self.prefix)
             .env("FLEET_HOSTS_SUBNET", &self.subnet)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("tests/hosts/fleet-hosts runs")
     }
