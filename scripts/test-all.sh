@@ -7,6 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 start=$SECONDS
+# Test hosts are torn down by the tests themselves, also when one fails; this catches
+# an interrupted run (Ctrl-C, a CI timeout) too.
+trap 'tests/hosts/fleet-hosts down-all' EXIT
 step() { printf '\n==> %s (%d s)\n' "$*" $((SECONDS - start)); }
 
 step "prerequisites"
