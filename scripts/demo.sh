@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
-export FLEET_HOSTS_PREFIX=${FLEET_HOSTS_PREFIX:-mfdemo} FLEET_HOSTS_SUBNET=${FLEET_HOSTS_SUBNET:-172.31.92}
+# The harness's default prefix and subnet, so the commands printed at the end work as they are.
+unset FLEET_HOSTS_PREFIX FLEET_HOSTS_SUBNET FLEET_HOSTS_STATE
 HOSTS=tests/hosts/fleet-hosts
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -21,21 +22,23 @@ $HOSTS up 3
 for host in h1 h2 h3; do
     say "$host: apt install $(basename "$deb"), systemctl start milvus-fleet"
     $HOSTS copy-in "$host" "$deb" /var/tmp/milvus-fleet.deb
-    $HOSTS exec "$host" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/tmp/milvus-fleet.deb >/dev/null && rm /var/tmp/milvus-fleet.deb'
+    if ! $HOSTS exec "$host" sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/tmp/milvus-fleet.deb && rm /var/tmp/milvus-fleet.deb' >/tmp/milvus-fleet-demo-apt.log 2>&1; then
+        cat /tmp/milvus-fleet-demo-apt.log >&2; exit 1
+    fi
     $HOSTS exec "$host" systemctl start milvus-fleet
 done
 say "milvus-fleet on h1"
-$HOSTS exec h1 systemctl --no-pager status milvus-fleet | head -12
-$HOSTS exec h1 journalctl --no-pager -u milvus-fleet -o short-precise | tail -5
+$HOSTS exec h1 systemctl --no-pager --lines=0 status milvus-fleet
+$HOSTS exec h1 journalctl --no-pager -u milvus-fleet -o short-precise
 cat <<MSG
 
 The hosts are up (the daemons wait for a cluster: \`milvus-fleet init\` arrives in a later release):
 $($HOSTS list | sed 's/^/  /')
 Look around:
   $HOSTS exec h1 bash                         # a root shell on h1
-  systemctl -M $FLEET_HOSTS_PREFIX-h2 status milvus-fleet      # systemd on h2, from here
+  systemctl -M mfh-h2 status milvus-fleet              # systemd on h2, from here
   $HOSTS exec h3 journalctl -u milvus-fleet   # its journal
   $HOSTS exec h1 milvus-fleet config check    # the configuration h1 runs with
-Tear down (with the same environment):
-  FLEET_HOSTS_PREFIX=$FLEET_HOSTS_PREFIX FLEET_HOSTS_SUBNET=$FLEET_HOSTS_SUBNET $HOSTS down
+Tear down:
+  $HOSTS down
 MSG
