@@ -11,7 +11,14 @@ use crate::config::{ConfigError, ConfigPaths};
 
 /// Highly available Milvus clusters on plain Linux VMs, supervised by systemd.
 #[derive(Debug, Parser)]
-#[command(name = "milvus-fleet", version, propagate_version = true)]
+#[command(
+    name = "milvus-fleet",
+    version,
+    propagate_version = true,
+    after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 invalid configuration.\n\
+                  Configuration: /etc/milvus-fleet/fleet.toml, then *.toml drop-ins from \
+                  /usr/lib, /run and /etc/milvus-fleet/fleet.d (later wins)."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub config: ConfigArgs,
