@@ -111,6 +111,38 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         );
     }
 
+    // The watchdog is real both ways: with a 1 s watchdog the daemon's pings keep it
+    // alive for several intervals, and a frozen daemon is killed and restarted.
+    let h2 = &hosts.names()[1];
+    hosts.sh_ok(
+        h2,
+        "mkdir -p /run/systemd/system/milvus-fleet.service.d && \
+         printf '[Service]\\nWatchdogSec=1s\\n' > /run/systemd/system/milvus-fleet.service.d/watchdog.conf && \
+         systemctl daemon-reload && systemctl restart milvus-fleet && sleep 4",
+    );
+    assert_eq!(
+        hosts.sh_ok(h2, "systemctl show -P NRestarts milvus-fleet"),
+        "0"
+    );
+    assert_eq!(
+        hosts.sh_ok(h2, "systemctl is-active milvus-fleet"),
+        "active"
+    );
+    hosts.sh_ok(h2, "kill -STOP $(systemctl show -P MainPID milvus-fleet)");
+    let restarted =
+        "for i in $(seq 1 100); do [ \"$(systemctl show -P NRestarts milvus-fleet)\" = 1 ] && \
+                     systemctl is-active -q milvus-fleet && exit 0; sleep 0.1; done; exit 1";
+    hosts.sh_ok(h2, restarted);
+    let journal = hosts.sh_ok(h2, "journalctl -u milvus-fleet -b --no-pager -o cat");
+    assert!(
+        journal.contains("Watchdog timeout"),
+        "systemd's watchdog fired: {journal}"
+    );
+    hosts.sh_ok(
+        h2,
+        "rm -r /run/systemd/system/milvus-fleet.service.d && systemctl daemon-reload",
+    );
+
     // A broken drop-in is refused on reload and the running configuration stays.
     hosts.sh_ok(h1, "mkdir -p /etc/milvus-fleet/fleet.d && printf '[daemon]\\napi_prot = 1\\n' > /etc/milvus-fleet/fleet.d/50-typo.toml");
     hosts.sh_ok(h1, "systemctl reload milvus-fleet");
