@@ -111,14 +111,14 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         );
     }
 
-    // The watchdog is real both ways: with a 1 s watchdog the daemon's pings keep it
+    // The watchdog is real both ways: with a 2 s watchdog the daemon's pings keep it
     // alive for several intervals, and a frozen daemon is killed and restarted.
     let h2 = &hosts.names()[1];
     hosts.sh_ok(
         h2,
         "mkdir -p /run/systemd/system/milvus-fleet.service.d && \
-         printf '[Service]\\nWatchdogSec=1s\\n' > /run/systemd/system/milvus-fleet.service.d/watchdog.conf && \
-         systemctl daemon-reload && systemctl restart milvus-fleet && sleep 4",
+         printf '[Service]\\nWatchdogSec=2s\\n' > /run/systemd/system/milvus-fleet.service.d/watchdog.conf && \
+         systemctl daemon-reload && systemctl restart milvus-fleet && sleep 5",
     );
     assert_eq!(
         hosts.sh_ok(h2, "systemctl show -P NRestarts milvus-fleet"),
@@ -130,7 +130,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
     );
     hosts.sh_ok(h2, "kill -STOP $(systemctl show -P MainPID milvus-fleet)");
     let restarted =
-        "for i in $(seq 1 100); do [ \"$(systemctl show -P NRestarts milvus-fleet)\" = 1 ] && \
+        "for i in $(seq 1 150); do [ \"$(systemctl show -P NRestarts milvus-fleet)\" = 1 ] && \
                      systemctl is-active -q milvus-fleet && exit 0; sleep 0.1; done; exit 1";
     hosts.sh_ok(h2, restarted);
     let journal = hosts.sh_ok(h2, "journalctl -u milvus-fleet -b --no-pager -o cat");
