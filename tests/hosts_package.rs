@@ -34,14 +34,8 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {DEB_IN_HOST} && rm {DEB_IN_HOST}"),
         );
         // Installed, not enabled or started: `init`/`join` do that once there is a cluster.
-        assert_eq!(
-            hosts.sh_ok(host, "systemctl is-enabled milvus-fleet || true"),
-            "disabled"
-        );
-        assert_eq!(
-            hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"),
-            "inactive"
-        );
+        assert_eq!(hosts.systemctl(host, "is-enabled milvus-fleet"), "disabled");
+        assert_eq!(hosts.systemctl(host, "is-active milvus-fleet"), "inactive");
         assert_eq!(
             hosts.sh_ok(host, "id -un milvus-fleet"),
             "milvus-fleet",
@@ -82,10 +76,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
     for host in hosts.names() {
         // Type=notify: `systemctl start` returns once the daemon said READY=1.
         hosts.sh_ok(host, "systemctl start milvus-fleet");
-        assert_eq!(
-            hosts.sh_ok(host, "systemctl is-active milvus-fleet"),
-            "active"
-        );
+        assert_eq!(hosts.systemctl(host, "is-active milvus-fleet"), "active");
         let journal = hosts.sh_ok(host, "journalctl -u milvus-fleet -b --no-pager -o cat");
         assert!(journal.contains("ready"), "daemon logged ready: {journal}");
         let node_field = hosts.sh_ok(host, "journalctl -u milvus-fleet -b -o verbose --no-pager MESSAGE=ready | grep -o 'F_NODE=.*'");
@@ -98,7 +89,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             journal.contains("Started milvus-fleet.service"),
             "systemd saw READY: {journal}"
         );
-        let status = hosts.sh_ok(host, "systemctl show -P StatusText milvus-fleet");
+        let status = hosts.systemctl(host, "show -P StatusText milvus-fleet");
         assert!(status.contains("not part of a cluster yet"), "{status}");
         let user = hosts.sh_ok(
             host,
@@ -106,7 +97,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         );
         assert_eq!(user, "milvus-fleet", "the daemon does not run as root");
         assert_eq!(
-            hosts.sh_ok(host, "systemctl show -P WatchdogUSec milvus-fleet"),
+            hosts.systemctl(host, "show -P WatchdogUSec milvus-fleet"),
             "10s"
         );
     }
@@ -120,14 +111,8 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
          printf '[Service]\\nWatchdogSec=2s\\n' > /run/systemd/system/milvus-fleet.service.d/watchdog.conf && \
          systemctl daemon-reload && systemctl restart milvus-fleet && sleep 5",
     );
-    assert_eq!(
-        hosts.sh_ok(h2, "systemctl show -P NRestarts milvus-fleet"),
-        "0"
-    );
-    assert_eq!(
-        hosts.sh_ok(h2, "systemctl is-active milvus-fleet"),
-        "active"
-    );
+    assert_eq!(hosts.systemctl(h2, "show -P NRestarts milvus-fleet"), "0");
+    assert_eq!(hosts.systemctl(h2, "is-active milvus-fleet"), "active");
     hosts.sh_ok(h2, "kill -STOP $(systemctl show -P MainPID milvus-fleet)");
     let restarted =
         "for i in $(seq 1 150); do [ \"$(systemctl show -P NRestarts milvus-fleet)\" = 1 ] && \
@@ -162,10 +147,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         journal.contains("50-typo.toml:2:1: key `daemon.api_prot`"),
         "{journal}"
     );
-    assert_eq!(
-        hosts.sh_ok(h1, "systemctl is-active milvus-fleet"),
-        "active"
-    );
+    assert_eq!(hosts.systemctl(h1, "is-active milvus-fleet"), "active");
 
     // SIGTERM stops it cleanly (exit 0, not a kill), and a restart gets READY again.
     hosts.sh_ok(
@@ -173,23 +155,17 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         "rm /etc/milvus-fleet/fleet.d/50-typo.toml && systemctl restart milvus-fleet",
     );
     assert_eq!(
-        hosts.sh_ok(h1, "systemctl show -P ExecMainStatus milvus-fleet"),
+        hosts.systemctl(h1, "show -P ExecMainStatus milvus-fleet"),
         "0"
     );
-    assert_eq!(
-        hosts.sh_ok(h1, "systemctl show -P NRestarts milvus-fleet"),
-        "0"
-    );
+    assert_eq!(hosts.systemctl(h1, "show -P NRestarts milvus-fleet"), "0");
 
     for host in hosts.names() {
         hosts.sh_ok(
             host,
             "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q milvus-fleet",
         );
-        assert_eq!(
-            hosts.sh_ok(host, "systemctl is-active milvus-fleet || true"),
-            "inactive"
-        );
+        assert_eq!(hosts.systemctl(host, "is-active milvus-fleet"), "inactive");
         assert_eq!(
             hosts.sh_ok(
                 host,
@@ -219,10 +195,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             leftovers, "",
             "files named after the package after purge on {host}"
         );
-        let units = hosts.sh_ok(
-            host,
-            "systemctl list-unit-files --no-legend 'milvus-fleet*' | wc -l",
-        );
+        let units = hosts.systemctl(host, "list-unit-files --no-legend 'milvus-fleet*' | wc -l");
         assert_eq!(units, "0", "no unit files after purge on {host}");
         assert_eq!(
             hosts.sh_ok(

@@ -136,6 +136,13 @@ impl Hosts {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// `systemctl ARGS` inside `host`: trimmed stdout whatever the exit code, since
+    /// `is-active`/`is-enabled` answer "inactive"/"disabled" with a non-zero code.
+    pub fn systemctl(&self, host: &str, args: &str) -> String {
+        let out = self.sh(host, &format!("systemctl {args}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     pub fn copy_in(&self, host: &str, source: &Path, dest: &str) {
         let out = self.harness(&["copy-in", host, source.to_str().unwrap(), dest]);
         assert!(
