@@ -187,6 +187,11 @@ pub struct ObjectStorageConfig {
     pub credentials_file: String,
     /// MinIO API port on storage nodes (kind = "minio").
     pub minio_port: u16,
+    /// MinIO console port on storage nodes (kind = "minio").
+    pub minio_console_port: u16,
+    /// Drives (data directories) per storage node in the MinIO pool; the pool needs at
+    /// least 4 in all for erasure coding.
+    pub minio_drives_per_node: u32,
 }
 
 impl Default for ObjectStorageConfig {
@@ -199,6 +204,8 @@ impl Default for ObjectStorageConfig {
             use_tls: false,
             credentials_file: "/etc/milvus-fleet/credentials/object-storage".into(),
             minio_port: 9000,
+            minio_console_port: 9001,
+            minio_drives_per_node: 2,
         }
     }
 }
@@ -230,13 +237,19 @@ pub struct KafkaConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoadBalancerConfig {
-    /// Port of the nginx L4 load balancer in front of the proxies.
+    /// Port of the nginx L4 load balancer in front of the proxies (what clients use).
     pub port: u16,
+    /// Port on compute nodes through which the Milvus roles reach the MinIO pool, so
+    /// that losing one storage node does not cut any compute node off its objects.
+    pub s3_port: u16,
 }
 
 impl Default for LoadBalancerConfig {
     fn default() -> Self {
-        Self { port: 19537 }
+        Self {
+            port: 19537,
+            s3_port: 19538,
+        }
     }
 }
 

@@ -22,6 +22,12 @@ fn reject(key: impl Into<String>, message: impl Into<String>) -> Rejection {
 
 type Check = Result<(), Rejection>;
 
+/// How many metrics ports after `milvus.metrics_port` the Milvus roles of one node use.
+pub const MILVUS_ROLE_METRICS_PORTS: u16 = 6;
+
+/// MinIO's erasure coding needs at least this many drives in a pool.
+pub const MIN_ERASURE_DRIVES: u32 = 4;
+
 /// Returns the first rejected value, in a fixed order, so errors are reproducible.
 /// `is_set(key)` tells whether a file set the key (rather than a default), so that a
 /// clash between a default and a set value blames the value the operator wrote.
@@ -114,6 +120,23 @@ fn check_nodes(config: &FleetConfig) -> Check {
         return Err(reject(
             "nodes",
             "etcd.mode is \"local\" but no node has the storage or witness role to run an etcd member",
+        ));
+    }
+    let storage_nodes = config
+        .nodes
+        .iter()
+        .filter(|n| n.roles.contains(&Role::Storage))
+        .count() as u32;
+    let drives = storage_nodes * config.object_storage.minio_drives_per_node;
+    if config.object_storage.kind == ObjectStorageKind::Minio && drives < MIN_ERASURE_DRIVES {
+        return Err(reject(
+            "nodes",
+            format!(
+                "the MinIO pool is too small for erasure coding: {storage_nodes} storage node(s) x \
+                 {} drive(s) = {drives}, at least {MIN_ERASURE_DRIVES} needed (add storage nodes or raise \
+                 object_storage.minio_drives_per_node)",
+                config.object_storage.minio_drives_per_node
+            ),
         ));
     }
     let local = &config.local.node_name;
@@ -255,6 +278,12 @@ fn check_object_storage(config: &FleetConfig) -> Check {
         }
         ObjectStorageKind::Minio => {}
     }
+    if !(1..=16).contains(&storage.minio_drives_per_node) {
+        return Err(reject(
+            "object_storage.minio_drives_per_node",
+            "must be 1..=16",
+        ));
+    }
     let bucket = &storage.bucket;
     let bucket_ok = (3..=63).contains(&bucket.len())
         && bucket
@@ -282,6 +311,7 @@ fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
     let ports = [
         ("daemon.api_port", config.daemon.api_port),
         ("load_balancer.port", config.load_balancer.port),
+        ("load_balancer.s3_port", config.load_balancer.s3_port),
         ("milvus.proxy_port", config.milvus.proxy_port),
         ("milvus.metrics_port", config.milvus.metrics_port),
         ("etcd.client_port", config.etcd.client_port),
@@ -293,6 +323,24 @@ fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
         ("pulsar.port", config.pulsar.port),
     ];
     let mut seen: BTreeMap<u16, &str> = BTreeMap::new();
+    // The Milvus roles on one node share the host network, each with its own metrics port
+    // after milvus.metrics_port (see render::plan); those must not clash either.
+    for offset in 1..=MILVUS_ROLE_METRICS_PORTS {
+        let port = config
+            .milvus
+            .metrics_port
+            .checked_add(offset)
+            .ok_or_else(|| {
+                reject(
+                    "milvus.metrics_port",
+                    "leaves no room for the roles' metrics ports after it",
+                )
+            })?;
+        seen.insert(
+            port,
+            "milvus.metrics_port (one of the roles' metrics ports after it)",
+        );
+    }
     for (key, port) in ports {
         if port == 0 {
             return Err(reject(key, "port 0 is not a port"));
