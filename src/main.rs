@@ -4,6 +4,7 @@ mod cli;
 mod config;
 mod daemon;
 mod logging;
+mod render;
 
 use std::process::ExitCode;
 

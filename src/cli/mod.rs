@@ -2,6 +2,7 @@
 
 mod assets;
 mod config;
+mod render;
 
 use std::path::PathBuf;
 
@@ -68,6 +69,8 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Render the compose files, units and settings a node runs into a directory.
+    Render(render::RenderArgs),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let paths = cli.config.paths();
     match cli.command {
         Command::Config(command) => config::run(command, &paths),
+        Command::Render(args) => render::run(args, &paths),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }

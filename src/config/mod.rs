@@ -5,7 +5,7 @@
 mod error;
 pub mod model;
 mod sources;
-mod validate;
+pub(crate) mod validate;
 
 use std::path::PathBuf;
 

@@ -51,6 +51,7 @@ fn check_cluster(config: &FleetConfig) -> Check {
             format!("{dir:?} must be an absolute path without `..`"),
         ));
     }
+    safe_path("cluster.data_dir", dir)?;
     let top = dir.split('/').nth(1).unwrap_or("");
     if matches!(top, "" | "proc" | "sys" | "dev" | "run" | "tmp") {
         return Err(reject(
@@ -297,6 +298,17 @@ fn check_object_storage(config: &FleetConfig) -> Check {
             format!("{bucket:?} is not a valid bucket name (3-63 of a-z, 0-9, '-', '.')"),
         ));
     }
+    let region = &storage.region;
+    if region.is_empty()
+        || region.len() > 32
+        || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err(reject(
+            "object_storage.region",
+            format!("{region:?} is not a region name (1-32 of a-z, 0-9, '-')"),
+        ));
+    }
+    safe_path("object_storage.credentials_file", &storage.credentials_file)?;
     if !storage.credentials_file.starts_with('/') {
         return Err(reject(
             "object_storage.credentials_file",
@@ -422,6 +434,19 @@ fn dns_label(key: &str, value: &str) -> Check {
             key,
             format!("{value:?} must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'"),
         ))
+    }
+}
+
+/// Paths end up in compose volume specs and unit lines: plain characters only, so no
+/// value can smuggle in a second mount, option or line.
+fn safe_path(key: &str, value: &str) -> Check {
+    let ok = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(reject(key, format!("{value:?} may hold only a-z, A-Z, 0-9, '/', '.', '_' and '-'")))
     }
 }
 
@@ -561,6 +586,22 @@ mod tests {
         c.daemon.lease_ttl_secs = 1;
         c.etcd.election_timeout_ms = 1000;
         assert_eq!(key_of(&c), "daemon.lease_ttl_secs");
+    }
+
+    #[test]
+    fn values_that_reach_compose_files_cannot_inject() {
+        let mut c = three_nodes();
+        c.cluster.data_dir = "/srv/data:/host".into();
+        assert_eq!(key_of(&c), "cluster.data_dir");
+        let mut c = three_nodes();
+        c.object_storage.credentials_file = "/etc/x\nExecStartPre=/bin/sh".into();
+        assert_eq!(key_of(&c), "object_storage.credentials_file");
+        let mut c = three_nodes();
+        c.object_storage.region = "eu\"\n  privileged: true".into();
+        assert_eq!(key_of(&c), "object_storage.region");
+        let mut c = three_nodes();
+        c.images.milvus = "milvus:1\n    privileged: true".into();
+        assert_eq!(key_of(&c), "images.milvus");
     }
 
     #[test]

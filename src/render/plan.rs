@@ -1,0 +1,431 @@
+//! What one node runs: the desired state derived from the cluster configuration.
+//!
+//! The plan holds typed values only (names, addresses, ports, image references that
+//! passed validation); the templates turn it into files. Nothing node-specific leaks
+//! into another node's plan except what truly is shared (etcd members, the MinIO pool,
+//! the proxies behind the load balancer), so adding a compute node changes only the
+//! load balancer of the existing nodes.
+
+use serde::Serialize;
+
+use crate::config::model::*;
+use crate::config::validate::MILVUS_ROLE_METRICS_PORTS;
+
+/// Where the rendered tree lives on a node; units and compose files refer to it.
+pub const RENDERED_DIR: &str = "/var/lib/milvus-fleet/rendered";
+
+/// One thing a node runs, as one compose project under one systemd unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    Etcd,
+    Minio,
+    Pulsar,
+    Lb,
+    Mixcoord,
+    Streamingnode,
+    Datanode,
+    Indexnode,
+    Querynode,
+    Proxy,
+    Standalone,
+}
+
+impl Component {
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Etcd => "etcd",
+            Component::Minio => "minio",
+            Component::Pulsar => "pulsar",
+            Component::Lb => "lb",
+            Component::Mixcoord => "mixcoord",
+            Component::Streamingnode => "streamingnode",
+            Component::Datanode => "datanode",
+            Component::Indexnode => "indexnode",
+            Component::Querynode => "querynode",
+            Component::Proxy => "proxy",
+            Component::Standalone => "standalone",
+        }
+    }
+
+    pub fn unit_name(self) -> String {
+        format!("milvus-fleet-{}.service", self.name())
+    }
+
+    fn is_milvus(self) -> bool {
+        matches!(
+            self,
+            Component::Mixcoord
+                | Component::Streamingnode
+                | Component::Datanode
+                | Component::Indexnode
+                | Component::Querynode
+                | Component::Proxy
+                | Component::Standalone
+        )
+    }
+
+    /// The compose template this component is rendered from.
+    fn compose_template(self) -> &'static str {
+        match self {
+            Component::Etcd => "compose/etcd.yaml",
+            Component::Minio => "compose/minio.yaml",
+            Component::Pulsar => "compose/pulsar.yaml",
+            Component::Lb => "compose/lb.yaml",
+            _ => "compose/milvus.yaml",
+        }
+    }
+
+    /// Units this one starts after, when they run on the same node. Ordering only: a
+    /// Milvus role on a compute-only node uses the cluster's etcd elsewhere.
+    fn after(self) -> Vec<Component> {
+        use Component::*;
+        match self {
+            Etcd | Minio | Pulsar | Lb => vec![],
+            Mixcoord | Standalone => vec![Etcd, Minio, Pulsar, Lb],
+            _ => vec![Etcd, Minio, Pulsar, Lb, Mixcoord],
+        }
+    }
+
+    /// Arguments of `milvus run` for the Milvus roles.
+    fn milvus_run(self) -> Vec<&'static str> {
+        match self {
+            // One process holds every coordinator; with active-standby on, the copies
+            // on the other compute nodes wait to take over.
+            Component::Mixcoord => vec![
+                "mixture",
+                "-rootcoord=true",
+                "-querycoord=true",
+                "-datacoord=true",
+                "-indexcoord=true",
+            ],
+            c => vec![c.name()],
+        }
+    }
+
+    /// Each Milvus role on a node serves metrics and /healthz on its own port.
+    fn metrics_port(self, base: u16) -> u16 {
+        let offset = match self {
+            Component::Proxy | Component::Standalone => 0,
+            Component::Mixcoord => 1,
+            Component::Querynode => 2,
+            Component::Datanode => 3,
+            Component::Streamingnode => 4,
+            Component::Indexnode => 5,
+            _ => return 0,
+        };
+        debug_assert!(offset <= MILVUS_ROLE_METRICS_PORTS);
+        base + offset
+    }
+}
+
+/// The template context: every value a template may use.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodePlan {
+    pub cluster: String,
+    pub node: NodeView,
+    pub components: Vec<Component>,
+    pub engine: EngineView,
+    pub rendered_dir: &'static str,
+    pub data_dir: String,
+    pub credentials_file: String,
+    pub images: ImagesConfig,
+    pub etcd: EtcdView,
+    pub minio: Option<MinioView>,
+    pub s3: S3View,
+    pub milvus: MilvusView,
+    pub lb: LbView,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineView {
+    /// The command that runs compose, e.g. `/usr/bin/docker compose`.
+    pub compose: &'static str,
+    /// The engine's own unit, when it has a daemon.
+    pub unit: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EtcdView {
+    pub local: bool,
+    pub members: Vec<NodeView>,
+    /// Client URLs, comma separated (what Milvus and the daemon use).
+    pub endpoints: String,
+    pub initial_cluster: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub heartbeat_interval_ms: u32,
+    pub election_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MinioView {
+    pub port: u16,
+    pub console_port: u16,
+    /// Every drive of the pool, as MinIO's server arguments.
+    pub volumes: String,
+    pub drives: Vec<u32>,
+    pub servers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct S3View {
+    /// host:port the Milvus roles use.
+    pub address: String,
+    pub bucket: String,
+    pub region: String,
+    pub use_tls: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MilvusView {
+    pub version: &'static str,
+    pub message_queue: &'static str,
+    pub standalone: bool,
+    pub proxy_port: u16,
+    pub pulsar_address: String,
+    pub kafka_brokers: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LbView {
+    pub port: u16,
+    pub s3_port: u16,
+    /// host:port of every Milvus endpoint behind the load balancer.
+    pub upstreams: Vec<String>,
+}
+
+/// What a single component's templates see on top of the node plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComponentView {
+    pub name: &'static str,
+    pub unit: String,
+    pub after: Vec<String>,
+    pub compose_file: String,
+    pub milvus_run: Vec<&'static str>,
+    pub metrics_port: u16,
+    /// Whether the compose file takes the object-storage credentials from the unit's
+    /// environment (systemd reads the 0600 credentials file; no file of ours holds them).
+    pub needs_credentials: bool,
+    /// Whether milvus-fleet.target pulls the unit in. The standalone server is started
+    /// by the daemon on the leader's node only.
+    pub wanted_by_target: bool,
+}
+
+impl NodePlan {
+    /// The plan of node `name`; `None` when the configuration has no such node.
+    pub fn for_node(config: &FleetConfig, name: &str) -> Option<Self> {
+        let node = config.nodes.iter().find(|n| n.name == name)?;
+        let has = |role: Role| node.roles.contains(&role);
+        let standalone = config.cluster.topology == Topology::StandaloneHa;
+        let etcd_local = config.etcd.mode == ServiceMode::Local;
+        let minio_local = config.object_storage.kind == ObjectStorageKind::Minio;
+
+        let mut components = Vec::new();
+        if etcd_local && (has(Role::Storage) || has(Role::Witness)) {
+            components.push(Component::Etcd);
+        }
+        if minio_local && has(Role::Storage) {
+            components.push(Component::Minio);
+        }
+        if config.milvus.message_queue == MessageQueue::Pulsar && config.pulsar.node == node.name {
+            components.push(Component::Pulsar);
+        }
+        if has(Role::Compute) {
+            components.push(Component::Lb);
+            if standalone {
+                components.push(Component::Standalone);
+            } else {
+                components.extend([
+                    Component::Mixcoord,
+                    Component::Streamingnode,
+                    Component::Datanode,
+                    Component::Querynode,
+                    Component::Proxy,
+                ]);
+                if config.milvus.version == MilvusVersion::V2_5 {
+                    // 2.5 has no streaming node and builds indexes in index nodes.
+                    components.retain(|c| *c != Component::Streamingnode);
+                    components.push(Component::Indexnode);
+                }
+            }
+        }
+        components.sort();
+
+        let with_role = |roles: &[Role]| -> Vec<&NodeConfig> {
+            config
+                .nodes
+                .iter()
+                .filter(|n| n.roles.iter().any(|r| roles.contains(r)))
+                .collect()
+        };
+        let etcd_members: Vec<NodeView> = with_role(&[Role::Storage, Role::Witness])
+            .into_iter()
+            .map(|n| NodeView {
+                name: n.name.clone(),
+                address: n.address.clone(),
+            })
+            .collect();
+        let etcd = &config.etcd;
+        let endpoints = if etcd_local {
+            etcd_members
+                .iter()
+                .map(|m| format!("http://{}:{}", m.address, etcd.client_port))
+                .collect::<Vec<_>>()
+                .join(",")
+        } else {
+            etcd.endpoints.join(",")
+        };
+        let initial_cluster = etcd_members
+            .iter()
+            .map(|m| format!("{}=http://{}:{}", m.name, m.address, etcd.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+
+        let storage = &config.object_storage;
+        let minio = minio_local.then(|| {
+            let drives: Vec<u32> = (1..=storage.minio_drives_per_node).collect();
+            let servers: Vec<String> = with_role(&[Role::Storage])
+                .iter()
+                .map(|n| format!("{}:{}", n.address, storage.minio_port))
+                .collect();
+            let volumes = servers
+                .iter()
+                .flat_map(|server| drives.iter().map(move |d| format!("http://{server}/data{d}")))
+                .collect::<Vec<_>>()
+                .join(" ");
+            MinioView {
+                port: storage.minio_port,
+                console_port: storage.minio_console_port,
+                volumes,
+                drives,
+                servers,
+            }
+        });
+        let s3_address = if minio_local {
+            format!("127.0.0.1:{}", config.load_balancer.s3_port)
+        } else {
+            storage.endpoint.clone()
+        };
+
+        let upstreams = with_role(&[Role::Compute])
+            .iter()
+            .map(|n| format!("{}:{}", n.address, config.milvus.proxy_port))
+            .collect();
+        let pulsar_address = config
+            .nodes
+            .iter()
+            .find(|n| n.name == config.pulsar.node)
+            .map(|n| format!("pulsar://{}:{}", n.address, config.pulsar.port))
+            .unwrap_or_default();
+
+        Some(Self {
+            cluster: config.cluster.name.clone(),
+            node: NodeView {
+                name: node.name.clone(),
+                address: node.address.clone(),
+            },
+            components,
+            engine: match config.runtime.engine {
+                Engine::Docker => EngineView {
+                    compose: "/usr/bin/docker compose",
+                    unit: Some("docker.service"),
+                },
+                Engine::Podman => EngineView {
+                    compose: "/usr/bin/podman compose",
+                    unit: None,
+                },
+            },
+            rendered_dir: RENDERED_DIR,
+            data_dir: config.cluster.data_dir.clone(),
+            credentials_file: storage.credentials_file.clone(),
+            images: config.images.clone(),
+            etcd: EtcdView {
+                local: etcd_local,
+                members: etcd_members,
+                endpoints,
+                initial_cluster,
+                client_port: etcd.client_port,
+                peer_port: etcd.peer_port,
+                heartbeat_interval_ms: etcd.heartbeat_interval_ms,
+                election_timeout_ms: etcd.election_timeout_ms,
+            },
+            minio,
+            s3: S3View {
+                address: s3_address,
+                bucket: storage.bucket.clone(),
+                region: storage.region.clone(),
+                use_tls: storage.use_tls,
+            },
+            milvus: MilvusView {
+                version: match config.milvus.version {
+                    MilvusVersion::V2_5 => "2.5",
+                    MilvusVersion::V2_6 => "2.6",
+                },
+                message_queue: match config.milvus.message_queue {
+                    MessageQueue::Woodpecker => "woodpecker",
+                    MessageQueue::Pulsar => "pulsar",
+                    MessageQueue::Kafka => "kafka",
+                },
+                standalone,
+                proxy_port: config.milvus.proxy_port,
+                pulsar_address,
+                kafka_brokers: config.kafka.brokers.join(","),
+            },
+            lb: LbView {
+                port: config.load_balancer.port,
+                s3_port: config.load_balancer.s3_port,
+                upstreams,
+            },
+        })
+    }
+
+    pub fn component_view(&self, component: Component, metrics_base: u16) -> ComponentView {
+        ComponentView {
+            name: component.name(),
+            unit: component.unit_name(),
+            after: component
+                .after()
+                .into_iter()
+                .filter(|dep| self.components.contains(dep))
+                .map(Component::unit_name)
+                .collect(),
+            compose_file: compose_path(component),
+            milvus_run: if component.is_milvus() {
+                component.milvus_run()
+            } else {
+                vec![]
+            },
+            metrics_port: component.metrics_port(metrics_base),
+            needs_credentials: component == Component::Minio || component.is_milvus(),
+            wanted_by_target: component != Component::Standalone,
+        }
+    }
+}
+
+/// Paths inside the rendered tree, relative to its root.
+pub fn compose_path(component: Component) -> String {
+    format!("compose/{}.yaml", component.name())
+}
+
+pub fn unit_path(component: Component) -> String {
+    format!("units/{}", component.unit_name())
+}
+
+/// The compose template of a component and the configuration files it reads.
+pub fn component_templates(component: Component) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    let configs: &'static [(&'static str, &'static str)] = match component {
+        Component::Etcd => &[("config/etcd.env", "config/etcd.env")],
+        Component::Minio => &[("config/minio.env", "config/minio.env")],
+        Component::Lb => &[("config/nginx.conf", "config/nginx.conf")],
+        Component::Pulsar => &[],
+        _ => &[("config/milvus-user.yaml", "config/milvus-user.yaml")],
+    };
+    (component.compose_template(), configs)
+}
