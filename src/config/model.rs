@@ -242,6 +242,9 @@ pub struct LoadBalancerConfig {
     /// Port on compute nodes through which the Milvus roles reach the MinIO pool, so
     /// that losing one storage node does not cut any compute node off its objects.
     pub s3_port: u16,
+    /// Port on compute nodes through which the Milvus roles reach the etcd members, so
+    /// that adding or losing a member changes nothing in the Milvus roles' settings.
+    pub etcd_port: u16,
 }
 
 impl Default for LoadBalancerConfig {
@@ -249,6 +252,7 @@ impl Default for LoadBalancerConfig {
         Self {
             port: 19537,
             s3_port: 19538,
+            etcd_port: 23790,
         }
     }
 }

@@ -301,7 +301,9 @@ fn check_object_storage(config: &FleetConfig) -> Check {
     let region = &storage.region;
     if region.is_empty()
         || region.len() > 32
-        || !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     {
         return Err(reject(
             "object_storage.region",
@@ -324,6 +326,7 @@ fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
         ("daemon.api_port", config.daemon.api_port),
         ("load_balancer.port", config.load_balancer.port),
         ("load_balancer.s3_port", config.load_balancer.s3_port),
+        ("load_balancer.etcd_port", config.load_balancer.etcd_port),
         ("milvus.proxy_port", config.milvus.proxy_port),
         ("milvus.metrics_port", config.milvus.metrics_port),
         ("etcd.client_port", config.etcd.client_port),
@@ -446,7 +449,10 @@ fn safe_path(key: &str, value: &str) -> Check {
     if ok {
         Ok(())
     } else {
-        Err(reject(key, format!("{value:?} may hold only a-z, A-Z, 0-9, '/', '.', '_' and '-'")))
+        Err(reject(
+            key,
+            format!("{value:?} may hold only a-z, A-Z, 0-9, '/', '.', '_' and '-'"),
+        ))
     }
 }
 

@@ -25,15 +25,46 @@ pub const TEMPLATE_OVERRIDE_DIR: &str = "/etc/milvus-fleet/templates";
 /// The templates shipped in the binary, by name.
 const EMBEDDED: &[(&str, &str)] = &[
     ("unit.service", include_str!("../../templates/unit.service")),
-    ("compose/etcd.yaml", include_str!("../../templates/compose/etcd.yaml")),
-    ("compose/minio.yaml", include_str!("../../templates/compose/minio.yaml")),
-    ("compose/pulsar.yaml", include_str!("../../templates/compose/pulsar.yaml")),
-    ("compose/lb.yaml", include_str!("../../templates/compose/lb.yaml")),
-    ("compose/milvus.yaml", include_str!("../../templates/compose/milvus.yaml")),
-    ("config/etcd.env", include_str!("../../templates/config/etcd.env")),
-    ("config/minio.env", include_str!("../../templates/config/minio.env")),
-    ("config/nginx.conf", include_str!("../../templates/config/nginx.conf")),
-    ("config/milvus-user.yaml", include_str!("../../templates/config/milvus-user.yaml")),
+    (
+        "compose/etcd.yaml",
+        include_str!("../../templates/compose/etcd.yaml"),
+    ),
+    (
+        "compose/minio.yaml",
+        include_str!("../../templates/compose/minio.yaml"),
+    ),
+    (
+        "compose/pulsar.yaml",
+        include_str!("../../templates/compose/pulsar.yaml"),
+    ),
+    (
+        "compose/lb.yaml",
+        include_str!("../../templates/compose/lb.yaml"),
+    ),
+    (
+        "compose/milvus.yaml",
+        include_str!("../../templates/compose/milvus.yaml"),
+    ),
+    (
+        "config/etcd.env",
+        include_str!("../../templates/config/etcd.env"),
+    ),
+    (
+        "config/etcd-bootstrap.env",
+        include_str!("../../templates/config/etcd-bootstrap.env"),
+    ),
+    (
+        "config/minio.env",
+        include_str!("../../templates/config/minio.env"),
+    ),
+    (
+        "config/nginx.conf",
+        include_str!("../../templates/config/nginx.conf"),
+    ),
+    (
+        "config/milvus-user.yaml",
+        include_str!("../../templates/config/milvus-user.yaml"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -41,11 +72,20 @@ pub enum RenderError {
     #[error("node {0:?} is not one of the configured nodes")]
     UnknownNode(String),
     #[error("{}: cannot read template override: {error}", path.display())]
-    ReadOverride { path: PathBuf, error: std::io::Error },
+    ReadOverride {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("template {name}: {error}")]
-    Template { name: String, error: minijinja::Error },
+    Template {
+        name: String,
+        error: minijinja::Error,
+    },
     #[error("{}: {error}", path.display())]
-    Write { path: PathBuf, error: std::io::Error },
+    Write {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// The rendered tree of one node, in memory.
@@ -53,7 +93,7 @@ pub enum RenderError {
 pub struct Rendered {
     /// Path relative to the tree's root -> contents.
     pub files: BTreeMap<String, String>,
-    /// Component -> the files it is made of.
+    /// Component -> the files whose change means it must restart.
     pub components: BTreeMap<&'static str, Vec<String>>,
 }
 
@@ -78,7 +118,10 @@ impl Rendered {
             .components
             .iter()
             .map(|(name, paths)| {
-                let joined: String = paths.iter().map(|p| format!("{p} {}\n", files[p])).collect();
+                let joined: String = paths
+                    .iter()
+                    .map(|p| format!("{p} {}\n", files[p]))
+                    .collect();
                 (name.to_string(), sha256(joined.as_bytes()))
             })
             .collect();
@@ -135,13 +178,22 @@ impl Templates {
             name: name.to_owned(),
             error,
         };
-        self.env.get_template(name).map_err(error)?.render(ctx).map_err(error)
+        self.env
+            .get_template(name)
+            .map_err(error)?
+            .render(ctx)
+            .map_err(error)
     }
 }
 
 /// Renders everything node `node` runs.
-pub fn render_node(config: &FleetConfig, node: &str, templates: &Templates) -> Result<Rendered, RenderError> {
-    let plan = NodePlan::for_node(config, node).ok_or_else(|| RenderError::UnknownNode(node.to_owned()))?;
+pub fn render_node(
+    config: &FleetConfig,
+    node: &str,
+    templates: &Templates,
+) -> Result<Rendered, RenderError> {
+    let plan = NodePlan::for_node(config, node)
+        .ok_or_else(|| RenderError::UnknownNode(node.to_owned()))?;
     let mut files = BTreeMap::new();
     let mut components = BTreeMap::new();
     for &component in &plan.components {
@@ -149,14 +201,23 @@ pub fn render_node(config: &FleetConfig, node: &str, templates: &Templates) -> R
         let ctx = context! { plan => Serde(&plan), component => Serde(&view) };
         let (compose_template, configs) = component_templates(component);
         let mut own = vec![plan::compose_path(component), unit_path(component)];
-        files.insert(own[0].clone(), templates.render(compose_template, ctx.clone())?);
-        files.insert(own[1].clone(), templates.render("unit.service", ctx.clone())?);
-        for (path, template) in configs {
+        files.insert(
+            own[0].clone(),
+            templates.render(compose_template, ctx.clone())?,
+        );
+        files.insert(
+            own[1].clone(),
+            templates.render("unit.service", ctx.clone())?,
+        );
+        for config_file in configs {
             // Shared files (the milvus.yaml overlay) render the same for every role.
-            if !files.contains_key(*path) {
-                files.insert(path.to_string(), templates.render(template, ctx.clone())?);
+            if !files.contains_key(config_file.path) {
+                let contents = templates.render(config_file.path, ctx.clone())?;
+                files.insert(config_file.path.to_owned(), contents);
             }
-            own.push(path.to_string());
+            if !config_file.bootstrap_only {
+                own.push(config_file.path.to_owned());
+            }
         }
         own.sort();
         components.insert(component.name(), own);

@@ -42,11 +42,17 @@ impl Rendered {
                 match std::fs::remove_file(&target) {
                     Ok(()) => report.removed.push(path.clone()),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => return Err(RenderError::Write { path: target, error }),
+                    Err(error) => {
+                        return Err(RenderError::Write {
+                            path: target,
+                            error,
+                        })
+                    }
                 }
             }
         }
-        let manifest = serde_json::to_string_pretty(&self.manifest(node)).unwrap_or_default() + "\n";
+        let manifest =
+            serde_json::to_string_pretty(&self.manifest(node)).unwrap_or_default() + "\n";
         write_atomically(&dir.join(MANIFEST), manifest.as_bytes())?;
         Ok(report)
     }
@@ -66,9 +72,14 @@ fn write_atomically(target: &Path, bytes: &[u8]) -> Result<(), RenderError> {
     std::fs::create_dir_all(parent).map_err(error)?;
     let tmp = parent.join(format!(
         ".{}.tmp",
-        target.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        target
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("file")
     ));
     let mut file = std::fs::File::create(&tmp).map_err(error)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(error)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(error)?;
     std::fs::rename(&tmp, target).map_err(error)
 }

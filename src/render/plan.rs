@@ -155,8 +155,13 @@ pub struct EngineView {
 pub struct EtcdView {
     pub local: bool,
     pub members: Vec<NodeView>,
-    /// Client URLs, comma separated (what Milvus and the daemon use).
+    /// Client URLs of every member, comma separated.
     pub endpoints: String,
+    /// What the Milvus roles use: the node's own load balancer in front of the members
+    /// when etcd is local (constant as members come and go), else the external list.
+    pub milvus_endpoints: String,
+    /// host:port of every member's client port, for the load balancer.
+    pub client_servers: Vec<String>,
     pub initial_cluster: String,
     pub client_port: u16,
     pub peer_port: u16,
@@ -197,6 +202,7 @@ pub struct MilvusView {
 pub struct LbView {
     pub port: u16,
     pub s3_port: u16,
+    pub etcd_port: u16,
     /// host:port of every Milvus endpoint behind the load balancer.
     pub upstreams: Vec<String>,
 }
@@ -213,6 +219,8 @@ pub struct ComponentView {
     /// Whether the compose file takes the object-storage credentials from the unit's
     /// environment (systemd reads the 0600 credentials file; no file of ours holds them).
     pub needs_credentials: bool,
+    /// Whether the component takes a new configuration on SIGHUP (nginx) instead of a restart.
+    pub reloads: bool,
     /// Whether milvus-fleet.target pulls the unit in. The standalone server is started
     /// by the daemon on the leader's node only.
     pub wanted_by_target: bool,
@@ -282,6 +290,15 @@ impl NodePlan {
         } else {
             etcd.endpoints.join(",")
         };
+        let client_servers = etcd_members
+            .iter()
+            .map(|m| format!("{}:{}", m.address, etcd.client_port))
+            .collect();
+        let milvus_endpoints = if etcd_local {
+            format!("http://127.0.0.1:{}", config.load_balancer.etcd_port)
+        } else {
+            endpoints.clone()
+        };
         let initial_cluster = etcd_members
             .iter()
             .map(|m| format!("{}=http://{}:{}", m.name, m.address, etcd.peer_port))
@@ -297,7 +314,11 @@ impl NodePlan {
                 .collect();
             let volumes = servers
                 .iter()
-                .flat_map(|server| drives.iter().map(move |d| format!("http://{server}/data{d}")))
+                .flat_map(|server| {
+                    drives
+                        .iter()
+                        .map(move |d| format!("http://{server}/data{d}"))
+                })
                 .collect::<Vec<_>>()
                 .join(" ");
             MinioView {
@@ -350,6 +371,8 @@ impl NodePlan {
                 local: etcd_local,
                 members: etcd_members,
                 endpoints,
+                milvus_endpoints,
+                client_servers,
                 initial_cluster,
                 client_port: etcd.client_port,
                 peer_port: etcd.peer_port,
@@ -381,6 +404,7 @@ impl NodePlan {
             lb: LbView {
                 port: config.load_balancer.port,
                 s3_port: config.load_balancer.s3_port,
+                etcd_port: config.load_balancer.etcd_port,
                 upstreams,
             },
         })
@@ -404,6 +428,7 @@ impl NodePlan {
             },
             metrics_port: component.metrics_port(metrics_base),
             needs_credentials: component == Component::Minio || component.is_milvus(),
+            reloads: component == Component::Lb,
             wanted_by_target: component != Component::Standalone,
         }
     }
@@ -418,14 +443,41 @@ pub fn unit_path(component: Component) -> String {
     format!("units/{}", component.unit_name())
 }
 
-/// The compose template of a component and the configuration files it reads.
-pub fn component_templates(component: Component) -> (&'static str, &'static [(&'static str, &'static str)]) {
-    let configs: &'static [(&'static str, &'static str)] = match component {
-        Component::Etcd => &[("config/etcd.env", "config/etcd.env")],
-        Component::Minio => &[("config/minio.env", "config/minio.env")],
-        Component::Lb => &[("config/nginx.conf", "config/nginx.conf")],
+/// A settings file a component reads, rendered from the template of the same name.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigFile {
+    pub path: &'static str,
+    /// Read only when the component first starts with empty data (etcd's initial
+    /// cluster): a change to it must not restart the component.
+    pub bootstrap_only: bool,
+}
+
+const fn config_file(path: &'static str) -> ConfigFile {
+    ConfigFile {
+        path,
+        bootstrap_only: false,
+    }
+}
+
+const ETCD_FILES: &[ConfigFile] = &[
+    config_file("config/etcd.env"),
+    ConfigFile {
+        path: "config/etcd-bootstrap.env",
+        bootstrap_only: true,
+    },
+];
+const MINIO_FILES: &[ConfigFile] = &[config_file("config/minio.env")];
+const LB_FILES: &[ConfigFile] = &[config_file("config/nginx.conf")];
+const MILVUS_FILES: &[ConfigFile] = &[config_file("config/milvus-user.yaml")];
+
+/// The compose template of a component and the settings files it reads.
+pub fn component_templates(component: Component) -> (&'static str, &'static [ConfigFile]) {
+    let configs = match component {
+        Component::Etcd => ETCD_FILES,
+        Component::Minio => MINIO_FILES,
+        Component::Lb => LB_FILES,
         Component::Pulsar => &[],
-        _ => &[("config/milvus-user.yaml", "config/milvus-user.yaml")],
+        _ => MILVUS_FILES,
     };
     (component.compose_template(), configs)
 }
