@@ -20,7 +20,9 @@ step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 step "packages"
 scripts/build-packages.sh
-step "test hosts' root file system (cached by its inputs)"
+step "test hosts' root file system, container images, client virtualenv (cached by their inputs)"
 tests/hosts/fleet-hosts rootfs
+tests/images/build.sh
+tests/client/venv.sh
 step "cargo test, including the package and system tests"
 cargo test --locked --no-fail-fast -- --include-ignored

@@ -144,12 +144,51 @@ impl Hosts {
     }
 
     pub fn copy_in(&self, host: &str, source: &Path, dest: &str) {
-        let out = self.harness(&["copy-in", host, source.to_str().unwrap(), dest]);
+        self.copy_in_with_mode(host, source, dest, "0644");
+    }
+
+    pub fn copy_in_with_mode(&self, host: &str, source: &Path, dest: &str, mode: &str) {
+        let out = self.harness(&["copy-in", host, source.to_str().unwrap(), dest, mode]);
         assert!(
             out.status.success(),
             "copy-in: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Writes `contents` to `dest` inside `host` with `mode`.
+    pub fn write_file(&self, host: &str, dest: &str, contents: &str, mode: &str) {
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), contents).unwrap();
+        self.copy_in_with_mode(host, tmp.path(), dest, mode);
+    }
+
+    /// `docker load` of an image tarball into the engine inside `host`.
+    pub fn docker_load(&self, host: &str, tarball: &Path) {
+        let out = Command::new(repo().join("tests/hosts/fleet-hosts"))
+            .args(["exec", host, "docker", "load", "--quiet"])
+            .env("FLEET_HOSTS_PREFIX", &self.prefix)
+            .env("FLEET_HOSTS_SUBNET", &self.subnet)
+            .stdin(std::fs::File::open(tarball).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker load on {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The network namespace that holds the hosts' bridge: a client run in it reaches
+    /// every host by its address.
+    pub fn switch_netns(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+
+    /// The address of host `name` (h1 is .11, h2 .12, ...).
+    pub fn address(&self, name: &str) -> String {
+        let index: usize = name.trim_start_matches('h').parse().unwrap();
+        format!("{}.{}", self.subnet, 10 + index)
     }
 
     pub fn reboot(&self, host: &str) {
