@@ -141,7 +141,7 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
     std::thread::scope(|scope| {
         for host in hosts.names() {
             let (hosts, deb, images, plugin) = (&hosts, &deb, &images, &compose_plugin);
-            let (credentials, config) = (&credentials, config(&hosts));
+            let (credentials, config) = (&credentials, config(hosts));
             scope.spawn(move || {
                 hosts.copy_in(host, deb, "/var/tmp/milvus-fleet.deb");
                 hosts.sh_ok(host, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q /var/tmp/milvus-fleet.deb >/dev/null");
@@ -224,7 +224,9 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
     );
     hosts.sh_ok("h1", "systemctl start milvus-fleet-standalone");
     wait_until("the Milvus container", Duration::from_secs(60), || {
-        hosts.sh_ok("h1", "docker ps --quiet --filter name=mf-standalone") != ""
+        !hosts
+            .sh_ok("h1", "docker ps --quiet --filter name=mf-standalone")
+            .is_empty()
     });
     let checked = client(&hosts, &python, &hosts.address("h1"), 19537, "check");
     assert!(
