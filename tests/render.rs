@@ -20,18 +20,22 @@ fn bin() -> Command {
     cmd
 }
 
-/// Renders `node` of `config` into `out`; returns the JSON report, or the error line.
+/// Renders `node` of `config` into `out` with the built-in templates; returns the JSON
+/// report, or the error line.
 fn render(config: &Path, node: &str, out: &Path) -> Result<Value, String> {
+    render_with_templates(config, node, out, Path::new("/nonexistent"))
+}
+
+fn render_with_templates(
+    config: &Path,
+    node: &str,
+    out: &Path,
+    templates: &Path,
+) -> Result<Value, String> {
     let output = bin()
-        .args([
-            "render",
-            "--no-dropins",
-            "--json",
-            "--templates",
-            "/nonexistent",
-            "--node",
-            node,
-        ])
+        .args(["render", "--no-dropins", "--json", "--node", node])
+        .arg("--templates")
+        .arg(templates)
         .arg("--config")
         .arg(config)
         .arg("--out")
@@ -472,20 +476,8 @@ fn a_template_in_the_override_directory_replaces_the_built_in_one() {
     let config = dir.path().join("fleet.toml");
     fs::write(&config, BASE).unwrap();
     let out = dir.path().join("out");
-    let status = bin()
-        .args(["render", "--no-dropins", "--node", "a", "--templates"])
-        .arg(dir.path().join("templates"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
+    let templates = dir.path().join("templates");
+    render_with_templates(&config, "a", &out, &templates).unwrap();
     assert_eq!(
         fs::read_to_string(out.join("config/milvus-user.yaml")).unwrap(),
         "# site overlay for grow\n"
@@ -493,18 +485,9 @@ fn a_template_in_the_override_directory_replaces_the_built_in_one() {
     let broken = overrides.join("milvus-user.yaml");
     fs::write(&broken, "{{ plan.no_such_value }}\n").unwrap();
     let fresh = dir.path().join("fresh");
-    let status = bin()
-        .args(["render", "--no-dropins", "--node", "a", "--templates"])
-        .arg(dir.path().join("templates"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--out")
-        .arg(&fresh)
-        .output()
-        .unwrap();
-    assert!(!status.status.success());
+    let err = render_with_templates(&config, "a", &fresh, &templates).unwrap_err();
     assert!(!fresh.exists(), "a broken template writes nothing");
-    assert!(String::from_utf8_lossy(&status.stderr).contains("template config/milvus-user.yaml"));
+    assert!(err.contains("template config/milvus-user.yaml"), "{err}");
 }
 
 #[test]
