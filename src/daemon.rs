@@ -12,6 +12,7 @@ use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+use crate::cluster::election::{Election, Role};
 use crate::config::{ConfigPaths, Settings};
 
 pub fn run(paths: ConfigPaths) -> anyhow::Result<()> {
@@ -43,10 +44,14 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
 
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&status_line(&settings)),
-    ]);
+    // The election runs beside this loop; it is told to stop, and waited for, at SIGTERM.
+    let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
+    let (role_tx, mut role) = tokio::sync::watch::channel(Role::Unknown);
+    let election = (!settings.config.nodes.is_empty())
+        .then(|| tokio::spawn(campaign(settings.clone(), role_tx, election_stopped)));
+
+    let status = status_line(&settings, &role.borrow());
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     info!(node = %settings.node_name, "ready");
 
     loop {
@@ -54,39 +59,103 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
             _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
-            _ = hangup.recv() => reload(&paths, &mut settings),
+            _ = hangup.recv() => {
+                let current = role.borrow().clone();
+                reload(&paths, &mut settings, &current);
+            }
+            Ok(()) = role.changed() => {
+                let status = status_line(&settings, &role.borrow());
+                notify(&[NotifyState::Status(&status)]);
+            }
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    if let Some(task) = election {
+        // Resigning is one guarded delete; a dead etcd must not hold the stop up.
+        let _ = stop_election.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
     info!("stopped");
     Ok(())
 }
 
+/// Connects to etcd (retrying while it is unreachable) and runs the election, publishing
+/// this daemon's role, until told to stop.
+async fn campaign(
+    settings: Settings,
+    role: tokio::sync::watch::Sender<Role>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let config = &settings.config;
+    let client = loop {
+        match crate::cluster::connect(config).await {
+            Ok(client) => break client,
+            Err(e) => {
+                warn!("cannot reach etcd yet: {e}");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    };
+    let election = Election::new(
+        client,
+        crate::cluster::prefix(config),
+        settings.node_name.clone(),
+        config.daemon.lease_ttl_secs,
+        &state_dir(),
+    );
+    let mut updates = election.subscribe();
+    let forward = async {
+        while updates.changed().await.is_ok() {
+            role.send_replace(updates.borrow().clone());
+        }
+    };
+    tokio::select! {
+        _ = election.run(stop) => {}
+        _ = forward => {}
+    }
+}
+
+/// systemd's StateDirectory= (set for the service), else the packaged default.
+fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/milvus-fleet".into())
+}
+
 /// Replaces the settings only when the new configuration is valid as a whole.
-fn reload(paths: &ConfigPaths, settings: &mut Settings) {
+fn reload(paths: &ConfigPaths, settings: &mut Settings, role: &Role) {
     match Settings::load(paths) {
         Ok(new) if new == *settings => info!("configuration reloaded: unchanged"),
         Ok(new) => {
             info!(fingerprint = %new.fingerprint(), "configuration reloaded: changed");
             *settings = new;
-            notify(&[NotifyState::Status(&status_line(settings))]);
+            notify(&[NotifyState::Status(&status_line(settings, role))]);
         }
         Err(e) => error!("configuration reload rejected, keeping the running configuration: {e}"),
     }
 }
 
-fn status_line(settings: &Settings) -> String {
+fn status_line(settings: &Settings, role: &Role) -> String {
     let config = &settings.config;
     if config.nodes.is_empty() {
-        "not part of a cluster yet: run `milvus-fleet init` or `milvus-fleet join`".to_owned()
-    } else {
-        format!(
-            "node {} of cluster {} ({} nodes configured)",
-            settings.node_name,
-            config.cluster.name,
-            config.nodes.len()
-        )
+        return "not part of a cluster yet: run `milvus-fleet init` or `milvus-fleet join`"
+            .to_owned();
     }
+    let role = match role {
+        Role::Unknown => "connecting to etcd".to_owned(),
+        Role::Leader { term } => format!("leader (term {term})"),
+        Role::Follower {
+            leader: Some(leader),
+        } => format!("follower of {leader}"),
+        Role::Follower { leader: None } => "follower, no leader yet".to_owned(),
+    };
+    format!(
+        "node {} of cluster {}: {role}",
+        settings.node_name, config.cluster.name
+    )
 }
 
 fn notify(state: &[NotifyState]) {

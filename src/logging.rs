@@ -16,8 +16,11 @@ pub fn init(default_level: &str) {
             return;
         }
     }
+    use std::io::IsTerminal;
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time();
     let _ = registry.with(fmt).try_init();

@@ -1,6 +1,7 @@
 //! milvus-fleet: one binary for the command line and the node daemon.
 
 mod cli;
+mod cluster;
 mod config;
 mod daemon;
 mod logging;

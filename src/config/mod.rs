@@ -88,6 +88,27 @@ impl Settings {
 }
 
 /// The kernel's host name (not /proc/sys/kernel/hostname: the daemon's sandbox hides /proc/sys).
+impl FleetConfig {
+    /// The client URLs of the cluster's etcd: every local member (storage and witness
+    /// nodes), or the external endpoints.
+    pub fn etcd_client_urls(&self) -> Vec<String> {
+        use model::{Role, ServiceMode};
+        match self.etcd.mode {
+            ServiceMode::External => self.etcd.endpoints.clone(),
+            ServiceMode::Local => self
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.roles
+                        .iter()
+                        .any(|r| matches!(r, Role::Storage | Role::Witness))
+                })
+                .map(|n| format!("http://{}:{}", n.address, self.etcd.client_port))
+                .collect(),
+        }
+    }
+}
+
 fn local_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it

@@ -281,15 +281,7 @@ impl NodePlan {
             })
             .collect();
         let etcd = &config.etcd;
-        let endpoints = if etcd_local {
-            etcd_members
-                .iter()
-                .map(|m| format!("http://{}:{}", m.address, etcd.client_port))
-                .collect::<Vec<_>>()
-                .join(",")
-        } else {
-            etcd.endpoints.join(",")
-        };
+        let endpoints = config.etcd_client_urls().join(",");
         let client_servers = etcd_members
             .iter()
             .map(|m| format!("{}:{}", m.address, etcd.client_port))

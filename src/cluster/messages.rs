@@ -1,0 +1,7 @@
+//! journald MESSAGE_IDs of the events an operator looks for:
+//! `journalctl MESSAGE_ID=<id>` lists every occurrence.
+
+/// This daemon became the cluster's leader (fields: TERM, NODE).
+pub const LEADER_ELECTED: &str = "ad7e514e78b14466b1d62e0895a7e250";
+/// This daemon stopped being the leader: lease lost, fenced, or resigned (fields: TERM, REASON).
+pub const LEADER_LOST: &str = "8b6f66f41af649208c7581d7e6ce86de";
