@@ -100,13 +100,19 @@ async fn campaign(
         }
     };
     let election = Election::new(
-        client,
+        client.clone(),
         crate::cluster::prefix(config),
         settings.node_name.clone(),
         config.daemon.lease_ttl_secs,
         &state_dir(),
     );
     let mut updates = election.subscribe();
+    let prefix = crate::cluster::prefix(config);
+    let jobs = crate::cluster::runner::run(
+        crate::cluster::jobs::JobStore::new(client.clone(), prefix.clone()),
+        format!("{prefix}leader"),
+        election.subscribe(),
+    );
     let forward = async {
         while updates.changed().await.is_ok() {
             role.send_replace(updates.borrow().clone());
@@ -115,6 +121,7 @@ async fn campaign(
     tokio::select! {
         _ = election.run(stop) => {}
         _ = forward => {}
+        _ = jobs => {}
     }
 }
 

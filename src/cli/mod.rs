@@ -2,6 +2,7 @@
 
 mod assets;
 mod config;
+mod job;
 mod render;
 
 use std::path::PathBuf;
@@ -71,6 +72,9 @@ pub enum Command {
     Config(config::ConfigCommand),
     /// Render the compose files, units and settings a node runs into a directory.
     Render(render::RenderArgs),
+    /// Submit, list, show and cancel cluster jobs.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config(command) => config::run(command, &paths),
         Command::Render(args) => render::run(args, &paths),
+        Command::Job(command) => job::run(command, &paths),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }

@@ -3,7 +3,9 @@
 //! `/milvus-fleet/<cluster>/`.
 
 pub mod election;
+pub mod jobs;
 pub mod messages;
+pub mod runner;
 
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! Each test binary includes this module with `mod support;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

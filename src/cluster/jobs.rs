@@ -1,0 +1,318 @@
+//! Durable jobs: records in etcd that the leader runs step by step.
+//!
+//! A job is `<prefix>jobs/<id>` (JSON) plus a lock `<prefix>locks/<resource>` holding its
+//! id, both created in one transaction, so two jobs never work on one resource. The
+//! leader runs a step, then commits its effects and the job's progress in one
+//! transaction guarded by its term and by the job record's revision: a step's effects
+//! are recorded exactly once, a deposed leader records nothing, and a new leader resumes
+//! from the last committed step (steps are idempotent, so re-running an uncommitted one
+//! is safe). Cancellation is a flag the runner honours at the next step boundary.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+use super::ClusterError;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum JobKind {
+    /// A fire drill: `steps` steps that each wait `sleep_ms` and record one side effect.
+    Drill { steps: u32, sleep_ms: u64 },
+}
+
+impl JobKind {
+    fn steps(&self) -> u32 {
+        match self {
+            JobKind::Drill { steps, .. } => *steps,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub kind: JobKind,
+    pub resource: String,
+    pub state: JobState,
+    /// Steps committed so far (the next step to run).
+    pub done_steps: u32,
+    pub steps: u32,
+    /// The leader term that last committed progress.
+    pub owner_term: i64,
+    pub created_unix_ms: u64,
+    pub updated_unix_ms: u64,
+    pub cancel_requested: bool,
+    pub log: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("resource {resource:?} is locked by job {holder}; wait for it or cancel it")]
+    Locked { resource: String, holder: String },
+    #[error("no job {0:?}")]
+    NotFound(String),
+    #[error("job {0} has already ended")]
+    Ended(String),
+    #[error("job {id}: stored record is not valid: {error}")]
+    Corrupt {
+        id: String,
+        error: serde_json::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+}
+
+impl From<etcd_client::Error> for JobError {
+    fn from(e: etcd_client::Error) -> Self {
+        JobError::Cluster(e.into())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Job records and locks of one cluster.
+#[derive(Clone)]
+pub struct JobStore {
+    client: Client,
+    prefix: String,
+}
+
+impl JobStore {
+    pub fn new(client: Client, prefix: String) -> Self {
+        Self { client, prefix }
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}jobs/{id}", self.prefix)
+    }
+
+    fn lock_key(&self, resource: &str) -> String {
+        format!("{}locks/{resource}", self.prefix)
+    }
+
+    /// Where a drill records its side effects, one key per step.
+    pub fn effect_key(prefix: &str, id: &str, step: u32) -> String {
+        format!("{prefix}drill-effects/{id}/{step:04}")
+    }
+
+    /// Queues a job, refused when its resource is locked by another.
+    pub async fn submit(&mut self, kind: JobKind, resource: &str) -> Result<Job, JobError> {
+        let created = now_ms();
+        let id = format!("{created:013x}{:04x}", std::process::id() & 0xffff);
+        let job = Job {
+            id: id.clone(),
+            steps: kind.steps(),
+            kind,
+            resource: resource.to_owned(),
+            state: JobState::Queued,
+            done_steps: 0,
+            owner_term: 0,
+            created_unix_ms: created,
+            updated_unix_ms: created,
+            cancel_requested: false,
+            log: vec![],
+        };
+        let lock = self.lock_key(resource);
+        let txn = Txn::new()
+            .when([Compare::create_revision(lock.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    self.job_key(&id),
+                    serde_json::to_vec(&job).unwrap_or_default(),
+                    None,
+                ),
+                TxnOp::put(lock.clone(), id.clone(), None),
+            ])
+            .or_else([TxnOp::get(lock, None)]);
+        let response = self.client.txn(txn).await?;
+        if response.succeeded() {
+            return Ok(job);
+        }
+        let holder = first_value(&response.op_responses()).unwrap_or_default();
+        Err(JobError::Locked {
+            resource: resource.to_owned(),
+            holder,
+        })
+    }
+
+    /// A job and its record's revision.
+    pub async fn get(&mut self, id: &str) -> Result<(Job, i64), JobError> {
+        let response = self.client.get(self.job_key(id), None).await?;
+        let kv = response
+            .kvs()
+            .first()
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
+        let job = serde_json::from_slice(kv.value()).map_err(|error| JobError::Corrupt {
+            id: id.to_owned(),
+            error,
+        })?;
+        Ok((job, kv.mod_revision()))
+    }
+
+    /// Every job, oldest first.
+    pub async fn list(&mut self) -> Result<Vec<Job>, JobError> {
+        let prefix = format!("{}jobs/", self.prefix);
+        let response = self
+            .client
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut jobs: Vec<Job> = response
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect();
+        jobs.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(jobs)
+    }
+
+    /// Asks the runner to stop the job at its next step boundary.
+    pub async fn request_cancel(&mut self, id: &str) -> Result<Job, JobError> {
+        loop {
+            let (mut job, revision) = self.get(id).await?;
+            if job.state.is_final() {
+                return Err(JobError::Ended(id.to_owned()));
+            }
+            job.cancel_requested = true;
+            let key = self.job_key(id);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )])
+                .and_then([TxnOp::put(
+                    key,
+                    serde_json::to_vec(&job).unwrap_or_default(),
+                    None,
+                )]);
+            if self.client.txn(txn).await?.succeeded() {
+                return Ok(job);
+            }
+            // The runner committed a step meanwhile: read again.
+        }
+    }
+}
+
+fn first_value(responses: &[TxnOpResponse]) -> Option<String> {
+    responses.iter().find_map(|op| match op {
+        TxnOpResponse::Get(get) => get
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().unwrap_or("").to_owned()),
+        _ => None,
+    })
+}
+
+/// Why a runner stopped working on a job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stop {
+    Finished(JobState),
+    /// This daemon is no longer the leader of `term`.
+    Fenced,
+}
+
+/// Runs `id` to its end as the leader of `term`.
+pub async fn run_job(
+    store: &mut JobStore,
+    leader_key: &str,
+    term: i64,
+    id: &str,
+) -> Result<Stop, JobError> {
+    loop {
+        let (mut job, revision) = store.get(id).await?;
+        if job.state.is_final() {
+            return Ok(Stop::Finished(job.state));
+        }
+        let key = store.job_key(id);
+        let guard = [
+            Compare::create_revision(leader_key.to_owned(), CompareOp::Equal, term),
+            Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+        ];
+        let mut effects: Vec<TxnOp> = Vec::new();
+        if job.cancel_requested {
+            job.state = JobState::Cancelled;
+            job.log.push(format!(
+                "cancelled after step {} of {}",
+                job.done_steps, job.steps
+            ));
+        } else if job.done_steps >= job.steps {
+            job.state = JobState::Succeeded;
+            job.log.push("succeeded".into());
+        } else {
+            let step = job.done_steps;
+            match &job.kind {
+                JobKind::Drill { sleep_ms, .. } => {
+                    tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
+                    let effect = JobStore::effect_key(&store.prefix, id, step);
+                    effects.push(TxnOp::put(effect, format!("term {term}"), None));
+                }
+            }
+            job.state = JobState::Running;
+            job.done_steps = step + 1;
+            job.log.push(format!(
+                "step {} of {} done (term {term})",
+                step + 1,
+                job.steps
+            ));
+        }
+        job.owner_term = term;
+        job.updated_unix_ms = now_ms();
+        let mut ops = vec![TxnOp::put(
+            key.clone(),
+            serde_json::to_vec(&job).unwrap_or_default(),
+            None,
+        )];
+        ops.extend(effects);
+        if job.state.is_final() {
+            ops.push(TxnOp::delete(store.lock_key(&job.resource), None));
+        }
+        let txn = Txn::new()
+            .when(guard)
+            .and_then(ops)
+            .or_else([TxnOp::get(leader_key.to_owned(), None)]);
+        let response = store.client.txn(txn).await?;
+        if !response.succeeded() {
+            // Either another term holds the leader key (stop at once) or the record
+            // changed under us (a cancel request): read it again.
+            let still_ours = response.op_responses().iter().any(|op| match op {
+                TxnOpResponse::Get(get) => get
+                    .kvs()
+                    .first()
+                    .is_some_and(|kv| kv.create_revision() == term),
+                _ => false,
+            });
+            if !still_ours {
+                return Ok(Stop::Fenced);
+            }
+            continue;
+        }
+        if job.state.is_final() {
+            return Ok(Stop::Finished(job.state));
+        }
+    }
+}

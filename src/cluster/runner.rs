@@ -1,0 +1,68 @@
+//! The leader's job runner: while this daemon leads term T, every unfinished job runs
+//! under T (one task per job); when the term ends the tasks are dropped, and the guard
+//! on every commit makes sure a late one records nothing.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use super::election::Role;
+use super::jobs::{run_job, JobStore, Stop};
+use super::messages::JOB_STATE;
+
+/// Runs jobs whenever `role` says this daemon leads; returns when `role` closes.
+pub async fn run(store: JobStore, leader_key: String, mut role: watch::Receiver<Role>) {
+    loop {
+        let current = role.borrow_and_update().clone();
+        if let Role::Leader { term } = current {
+            tokio::select! {
+                _ = lead(store.clone(), &leader_key, term) => {}
+                changed = role.changed() => if changed.is_err() { return },
+            }
+        } else if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
+    let mut running: HashSet<String> = HashSet::new();
+    let mut tasks = JoinSet::new();
+    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = poll.tick() => {
+                let jobs = match store.list().await {
+                    Ok(jobs) => jobs,
+                    Err(e) => { warn!("listing jobs: {e}"); continue }
+                };
+                for job in jobs.into_iter().filter(|j| !j.state.is_final()) {
+                    if running.insert(job.id.clone()) {
+                        info!(message_id = JOB_STATE, job = %job.id, state = "running", term, step = job.done_steps, "job taken up");
+                        let (mut store, key, id) = (store.clone(), leader_key.to_owned(), job.id.clone());
+                        tasks.spawn(async move {
+                            let result = run_job(&mut store, &key, term, &id).await;
+                            (id, result)
+                        });
+                    }
+                }
+            }
+            Some(Ok((id, result))) = tasks.join_next() => {
+                running.remove(&id);
+                match result {
+                    Ok(Stop::Finished(state)) => {
+                        info!(message_id = JOB_STATE, job = %id, state = ?state, term, "job ended")
+                    }
+                    Ok(Stop::Fenced) => {
+                        warn!(job = %id, term, "job stopped: this daemon no longer leads");
+                        return;
+                    }
+                    Err(e) => warn!(job = %id, "job runner: {e}; retrying"),
+                }
+            }
+        }
+    }
+}
