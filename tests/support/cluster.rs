@@ -145,6 +145,10 @@ impl Daemon {
         self.child.take().unwrap().wait().unwrap().code()
     }
 
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

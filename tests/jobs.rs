@@ -1,0 +1,193 @@
+//! Durable jobs on a real 3-member etcd with three real daemons: a job whose leader is
+//! killed after every step is resumed by the next leader and finishes with each step's
+//! effect recorded exactly once; a second job on a locked resource is refused; cancel
+//! stops a job at a step boundary; bad input is refused with a message.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use serde_json::Value;
+use support::cluster::{by_name, client, daemons, leader, next_acting, Etcd};
+use tempfile::TempDir;
+
+const PREFIX: &str = "/milvus-fleet/elect/";
+
+fn cli(config: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .args(["--no-dropins", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn submit(config: &Path, steps: u32, sleep_ms: u32) -> String {
+    let out = cli(
+        config,
+        &[
+            "job",
+            "submit",
+            "drill",
+            "--steps",
+            &steps.to_string(),
+            "--sleep-ms",
+            &sleep_ms.to_string(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "submit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn job(client: &mut Client, id: &str) -> Value {
+    let response = client
+        .get(format!("{PREFIX}jobs/{id}"), None)
+        .await
+        .unwrap();
+    serde_json::from_slice(response.kvs()[0].value()).unwrap()
+}
+
+async fn wait_final(client: &mut Client, id: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let record = job(client, id).await;
+        if ["succeeded", "failed", "cancelled"].contains(&record["state"].as_str().unwrap()) {
+            return record;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "job {id} did not end within {limit:?}: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Each step's side effect: (step key, how many times it was written).
+async fn effects(client: &mut Client, id: &str) -> Vec<(String, i64)> {
+    let response = client
+        .get(
+            format!("{PREFIX}drill-effects/{id}/"),
+            Some(GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    response
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_owned(), kv.version()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd-server: scripts/test-all.sh runs it"]
+async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step() {
+    let dir = TempDir::new().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut client = client(&etcd).await;
+    let mut daemons = daemons(dir.path(), &etcd);
+    let config = daemons[0].config().to_owned();
+    let ((_, first_term), _) =
+        next_acting(&mut client, 0, Instant::now(), Duration::from_secs(15)).await;
+
+    let id = submit(&config, 5, 400);
+    // The resource is locked while the job lives.
+    let second = cli(&config, &["job", "submit", "drill", "--steps", "1"]);
+    assert!(!second.status.success());
+    let message = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        message.contains(&format!("is locked by job {id}")),
+        "{message}"
+    );
+
+    // Kill the leader (and restart it, as systemd would) right after every step it commits.
+    let start = Instant::now();
+    let (mut seen, mut kills) = (0, 0);
+    loop {
+        let record = job(&mut client, &id).await;
+        if record["state"] == "succeeded" {
+            break;
+        }
+        let done = record["done_steps"].as_u64().unwrap();
+        if done > seen && done < 5 {
+            seen = done;
+            if let Some((node, _)) = leader(&mut client).await {
+                let victim = by_name(&mut daemons, &node);
+                victim.signal("-KILL");
+                victim.reap();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                victim.start();
+                kills += 1;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "job did not finish: {record}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        kills >= 4,
+        "the leader was killed after each of the first steps ({kills})"
+    );
+    let record = job(&mut client, &id).await;
+    assert!(
+        record["owner_term"].as_i64().unwrap() > first_term,
+        "finished under a later term"
+    );
+    let written = effects(&mut client, &id).await;
+    assert_eq!(written.len(), 5, "{written:?}");
+    assert!(
+        written.iter().all(|(_, times)| *times == 1),
+        "each effect exactly once: {written:?}"
+    );
+
+    // The lock went with the job; cancel stops the next one at a step boundary.
+    let id = submit(&config, 50, 200);
+    let start = Instant::now();
+    while job(&mut client, &id).await["done_steps"].as_u64().unwrap() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cancel = cli(&config, &["job", "cancel", &id]);
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    let record = wait_final(&mut client, &id, Duration::from_secs(10)).await;
+    assert_eq!(record["state"], "cancelled");
+    let done = record["done_steps"].as_u64().unwrap();
+    assert!(done < 50);
+    assert_eq!(
+        effects(&mut client, &id).await.len() as u64,
+        done,
+        "no effect past the last committed step"
+    );
+    let again = cli(&config, &["job", "cancel", &id]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("has already ended"));
+
+    // Bad input: refused with a message, nothing queued.
+    let unknown = cli(&config, &["job", "cancel", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job \"nope\""));
+    let zero = cli(&config, &["job", "submit", "drill", "--steps", "0"]);
+    assert_eq!(zero.status.code(), Some(2));
+    let bad_resource = cli(&config, &["job", "submit", "drill", "--resource", "a/b"]);
+    assert!(String::from_utf8_lossy(&bad_resource.stderr).contains("--resource \"a/b\""));
+    let listed = cli(&config, &["job", "list", "--json"]);
+    let jobs: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        2,
+        "only the two accepted jobs exist"
+    );
+    drop(daemons);
+    drop(etcd);
+}
