@@ -116,8 +116,9 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
         }
         let done = record["done_steps"].as_u64().unwrap();
         if done > seen && done < 5 {
-            seen = done;
+            // Between two leaders there is briefly none: try again at the next poll.
             if let Some((node, _)) = leader(&mut client).await {
+                seen = done;
                 let victim = by_name(&mut daemons, &node);
                 victim.signal("-KILL");
                 victim.reap();
