@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod logging;
+mod pki;
 mod render;
 
 use std::process::ExitCode;

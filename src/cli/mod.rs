@@ -3,6 +3,7 @@
 mod assets;
 mod config;
 mod job;
+mod pki;
 mod render;
 
 use std::path::PathBuf;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Submit, list, show and cancel cluster jobs.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// The cluster CA and node certificates, by hand.
+    #[command(subcommand)]
+    Pki(pki::PkiCommand),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -91,6 +95,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(command) => config::run(command, &paths),
         Command::Render(args) => render::run(args, &paths),
         Command::Job(command) => job::run(command, &paths),
+        Command::Pki(command) => pki::run(command),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }
