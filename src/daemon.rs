@@ -47,8 +47,24 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     // The election runs beside this loop; it is told to stop, and waited for, at SIGTERM.
     let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
     let (role_tx, mut role) = tokio::sync::watch::channel(Role::Unknown);
-    let election = (!settings.config.nodes.is_empty())
-        .then(|| tokio::spawn(campaign(settings.clone(), role_tx, election_stopped)));
+    let (jobs_tx, jobs_rx) = tokio::sync::watch::channel(None);
+    let election = (!settings.config.nodes.is_empty()).then(|| {
+        tokio::spawn(campaign(
+            settings.clone(),
+            role_tx,
+            jobs_tx,
+            election_stopped,
+        ))
+    });
+    let api = crate::api::ApiState {
+        node: settings.node_name.clone(),
+        cluster: settings.config.cluster.name.clone(),
+        role: role.clone(),
+        jobs: jobs_rx,
+        started: std::time::Instant::now(),
+    };
+    // Listeners are bound before READY, so a started daemon answers at once.
+    let _listeners = listen(&settings, crate::api::router(api)).await?;
 
     let status = status_line(&settings, &role.borrow());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -84,6 +100,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
 async fn campaign(
     settings: Settings,
     role: tokio::sync::watch::Sender<Role>,
+    jobs_store: tokio::sync::watch::Sender<Option<crate::cluster::jobs::JobStore>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let config = &settings.config;
@@ -108,6 +125,10 @@ async fn campaign(
     );
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
+    jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(
+        client.clone(),
+        prefix.clone(),
+    )));
     let jobs = crate::cluster::runner::run(
         crate::cluster::jobs::JobStore::new(client.clone(), prefix.clone()),
         format!("{prefix}leader"),
@@ -123,6 +144,49 @@ async fn campaign(
         _ = forward => {}
         _ = jobs => {}
     }
+}
+
+/// Binds the API: mutual TLS on daemon.api_port when the node has its certificates
+/// (state directory, pki/), and the local Unix socket in the runtime directory.
+async fn listen(
+    settings: &Settings,
+    router: axum::Router,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let tls = crate::api::TlsFiles::in_dir(&state_dir().join("pki"));
+    if tls.exist() {
+        let config = tls
+            .server_config()
+            .context("loading the node's TLS certificates")?;
+        let port = settings.config.daemon.api_port;
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("binding the API port {port}"))?;
+        info!(port, "API listening (mutual TLS)");
+        tasks.push(tokio::spawn(crate::api::serve_tls(
+            listener,
+            config,
+            router.clone(),
+        )));
+    }
+    let runtime = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/run/milvus-fleet".into());
+    if runtime.is_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = runtime.join("api.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        // Owner and group only: the group is the local API's access list.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("{}: setting its mode", path.display()))?;
+        info!(socket = %path.display(), "local API listening");
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        }));
+    }
+    Ok(tasks)
 }
 
 /// systemd's StateDirectory= (set for the service), else the packaged default.

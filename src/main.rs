@@ -1,5 +1,6 @@
 //! milvus-fleet: one binary for the command line and the node daemon.
 
+mod api;
 mod cli;
 mod cluster;
 mod config;

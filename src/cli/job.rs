@@ -60,7 +60,6 @@ pub fn run(command: JobCommand, paths: &ConfigPaths) -> anyhow::Result<()> {
                 sleep_ms,
                 resource,
             }) => {
-                check_resource(&resource)?;
                 let job = store
                     .submit(JobKind::Drill { steps, sleep_ms }, &resource)
                     .await?;
@@ -98,18 +97,4 @@ fn summary(job: &Job) -> String {
         job.steps,
         job.resource
     )
-}
-
-/// Resource names become etcd key segments.
-fn check_resource(resource: &str) -> anyhow::Result<()> {
-    let ok = !resource.is_empty()
-        && resource.len() <= 64
-        && resource
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    anyhow::ensure!(
-        ok,
-        "--resource {resource:?}: use 1-64 of a-z, A-Z, 0-9, '-', '_', '.'"
-    );
-    Ok(())
 }

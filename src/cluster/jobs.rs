@@ -72,6 +72,10 @@ pub enum JobError {
     Locked { resource: String, holder: String },
     #[error("no job {0:?}")]
     NotFound(String),
+    #[error("resource {0:?}: use 1-64 of a-z, A-Z, 0-9, '-', '_', '.'")]
+    InvalidResource(String),
+    #[error("drill: steps must be 1..=1000 and sleep_ms at most 3600000")]
+    InvalidDrill,
     #[error("job {0} has already ended")]
     Ended(String),
     #[error("job {id}: stored record is not valid: {error}")]
@@ -122,6 +126,19 @@ impl JobStore {
 
     /// Queues a job, refused when its resource is locked by another.
     pub async fn submit(&mut self, kind: JobKind, resource: &str) -> Result<Job, JobError> {
+        // Resource names become etcd key segments.
+        let resource_ok = !resource.is_empty()
+            && resource.len() <= 64
+            && resource
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !resource_ok {
+            return Err(JobError::InvalidResource(resource.to_owned()));
+        }
+        let JobKind::Drill { steps, sleep_ms } = &kind;
+        if !(1..=1000).contains(steps) || *sleep_ms > 3_600_000 {
+            return Err(JobError::InvalidDrill);
+        }
         let created = now_ms();
         let id = format!("{created:013x}{:04x}", std::process::id() & 0xffff);
         let job = Job {

@@ -75,6 +75,9 @@ impl Drop for Etcd {
 /// One `milvus-fleet daemon` with its own state directory and log.
 pub struct Daemon {
     pub name: String,
+    /// The port of its HTTPS API, and its runtime directory (local API socket).
+    pub api_port: u16,
+    pub runtime: PathBuf,
     child: Option<Child>,
     config: PathBuf,
     pub state: PathBuf,
@@ -83,6 +86,19 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(dir: &Path, name: &str, endpoints: &[String]) -> Self {
+        let mut daemon = Self::prepare(dir, name, endpoints);
+        daemon.start();
+        daemon
+    }
+
+    /// Writes the daemon's configuration and directories without starting it.
+    pub fn prepare(dir: &Path, name: &str, endpoints: &[String]) -> Self {
+        // A free port for its API: bound and released at once.
+        let api_port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let nodes: String = (1..=3)
             .map(|i| format!("[[nodes]]\nname = \"n{i}\"\naddress = \"10.9.0.{i}\"\n\n"))
             .collect();
@@ -93,22 +109,24 @@ impl Daemon {
             format!(
                 "[local]\nnode_name = \"{name}\"\n[cluster]\nname = \"{CLUSTER}\"\n\
                  [etcd]\nmode = \"external\"\nendpoints = [{}]\n[object_storage]\nkind = \"s3\"\n\
-                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = 2\n\n{nodes}",
+                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = 2\napi_port = {api_port}\n\n{nodes}",
                 quoted.join(", ")
             ),
         )
         .unwrap();
         let state = dir.join(format!("state-{name}"));
+        let runtime = dir.join(format!("run-{name}"));
         fs::create_dir_all(&state).unwrap();
-        let mut daemon = Self {
+        fs::create_dir_all(&runtime).unwrap();
+        Self {
             name: name.to_owned(),
+            api_port,
+            runtime,
             child: None,
             config,
             state,
             log: dir.join(format!("{name}.log")),
-        };
-        daemon.start();
-        daemon
+        }
     }
 
     pub fn start(&mut self) {
@@ -121,6 +139,7 @@ impl Daemon {
             .args(["daemon", "--no-dropins", "--config"])
             .arg(&self.config)
             .env("STATE_DIRECTORY", &self.state)
+            .env("RUNTIME_DIRECTORY", &self.runtime)
             .env("MILVUS_FLEET_LOG", "info")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("JOURNAL_STREAM")

@@ -1,0 +1,59 @@
+//! API errors: each kind maps to one HTTP status, with a one-line message as JSON.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::cluster::jobs::JobError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("this node is not part of a cluster yet, or has not reached etcd")]
+    NoCluster,
+    #[error("{0}")]
+    Unavailable(String),
+    /// A request body axum refused (bad JSON, wrong type, too large), with its status.
+    #[error("{1}")]
+    Rejected(StatusCode, String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NoCluster | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Rejected(status, _) => *status,
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::Locked { .. } | JobError::Ended(_) => ApiError::Conflict(e.to_string()),
+            JobError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            JobError::InvalidResource(_) | JobError::InvalidDrill => {
+                ApiError::BadRequest(e.to_string())
+            }
+            JobError::Corrupt { .. } | JobError::Cluster(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response()
+    }
+}

@@ -1,0 +1,214 @@
+//! The daemon's API: HTTPS with mutual TLS against the cluster CA on `daemon.api_port`,
+//! and the same routes over a Unix socket under /run/milvus-fleet for the local CLI
+//! (guarded by the socket's mode and group).
+//!
+//! Routes: `GET /v1/status`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs`,
+//! `POST /v1/jobs/{id}/cancel`, `GET /metrics` (Prometheus text).
+
+mod error;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::cluster::election::Role;
+use crate::cluster::jobs::{JobKind, JobStore};
+
+/// Requests larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: String,
+    pub cluster: String,
+    pub role: watch::Receiver<Role>,
+    /// Set once the daemon has reached etcd.
+    pub jobs: watch::Receiver<Option<JobStore>>,
+    pub started: Instant,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/jobs", get(list_jobs).post(submit_job))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(Arc::new(state))
+}
+
+type Shared = State<Arc<ApiState>>;
+
+fn role_json(role: &Role) -> serde_json::Value {
+    match role {
+        Role::Unknown => serde_json::json!({ "role": "unknown" }),
+        Role::Follower { leader } => serde_json::json!({ "role": "follower", "leader": leader }),
+        Role::Leader { term } => serde_json::json!({ "role": "leader", "term": term }),
+    }
+}
+
+async fn status(State(state): Shared) -> Json<serde_json::Value> {
+    let mut body = role_json(&state.role.borrow());
+    body["node"] = state.node.clone().into();
+    body["cluster"] = state.cluster.clone().into();
+    body["uptime_secs"] = state.started.elapsed().as_secs().into();
+    Json(body)
+}
+
+fn store(state: &ApiState) -> Result<JobStore, ApiError> {
+    state.jobs.borrow().clone().ok_or(ApiError::NoCluster)
+}
+
+async fn list_jobs(State(state): Shared) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(store(&state)?.list().await?))
+}
+
+async fn show_job(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(store(&state)?.get(&id).await?.0))
+}
+
+/// The body of `POST /v1/jobs`: `{"type": "drill", "steps": N, "sleep_ms": N, "resource": "..."}`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+enum SubmitRequest {
+    Drill {
+        steps: u32,
+        sleep_ms: u64,
+        #[serde(default = "default_resource")]
+        resource: String,
+    },
+}
+
+fn default_resource() -> String {
+    "drill".into()
+}
+
+async fn submit_job(
+    State(state): Shared,
+    body: Result<Json<SubmitRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::Rejected(e.status(), e.body_text()))?;
+    let SubmitRequest::Drill {
+        steps,
+        sleep_ms,
+        resource,
+    } = request;
+    let job = store(&state)?
+        .submit(JobKind::Drill { steps, sleep_ms }, &resource)
+        .await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+async fn cancel_job(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(store(&state)?.request_cancel(&id).await?))
+}
+
+async fn metrics(State(state): Shared) -> String {
+    let (leader, term) = match *state.role.borrow() {
+        Role::Leader { term } => (1, term),
+        _ => (0, 0),
+    };
+    format!(
+        "# HELP milvus_fleet_leader Whether this daemon is the cluster's leader.\n\
+         # TYPE milvus_fleet_leader gauge\nmilvus_fleet_leader {leader}\n\
+         # HELP milvus_fleet_term The leader term this daemon holds (0 when it does not lead).\n\
+         # TYPE milvus_fleet_term gauge\nmilvus_fleet_term {term}\n\
+         # HELP milvus_fleet_uptime_seconds Seconds since the daemon started.\n\
+         # TYPE milvus_fleet_uptime_seconds gauge\nmilvus_fleet_uptime_seconds {}\n",
+        state.started.elapsed().as_secs()
+    )
+}
+
+/// The node's TLS material under the state directory.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+        }
+    }
+
+    pub fn exist(&self) -> bool {
+        self.ca.is_file() && self.cert.is_file() && self.key.is_file()
+    }
+
+    /// A server config that requires a client certificate from the cluster CA.
+    pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
+        use anyhow::Context;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&self.ca)
+            .with_context(|| format!("{}", self.ca.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()?;
+        let chain = CertificateDer::pem_file_iter(&self.cert)
+            .with_context(|| format!("{}", self.cert.display()))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .with_context(|| format!("{}", self.key.display()))?;
+        Ok(rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?)
+    }
+}
+
+/// Serves `router` over mutual TLS on `listener` until the task is dropped.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    config: rustls::ServerConfig,
+    router: Router,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    loop {
+        let Ok((stream, _peer)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            // A client without a certificate of ours fails here, before any route runs.
+            let Ok(tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+        });
+    }
+}

@@ -1,0 +1,259 @@
+//! The daemon's API: mutual TLS against the cluster CA (clients without a certificate,
+//! with one from another CA, or with an expired one are refused), the routes with good
+//! and bad input, /metrics, and the local Unix socket.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
+use reqwest::{Certificate, Client, Identity, StatusCode};
+use serde_json::Value;
+use support::cluster::{client as etcd_client, next_acting, Daemon, Etcd};
+use tempfile::TempDir;
+
+fn pki(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .arg("pki")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
+
+/// An HTTPS client that trusts the cluster CA and presents `identity` (PEM cert + key).
+fn https(ca: &Path, identity: Option<String>) -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = Client::builder()
+        .tls_certs_only([Certificate::from_pem(read(ca).as_bytes()).unwrap()])
+        .timeout(Duration::from_secs(5));
+    if let Some(pem) = identity {
+        builder = builder.identity(Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+fn identity(dir: &Path) -> String {
+    read(&dir.join("node.crt")) + &read(&dir.join("node.key"))
+}
+
+/// A certificate of our CA that expired yesterday.
+fn expired_identity(ca_dir: &Path) -> String {
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))).unwrap();
+    let issuer = Issuer::from_ca_cert_pem(&read(&ca_dir.join("ca.crt")), ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["operator".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(30);
+    params.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.signed_by(&key, &issuer).unwrap().pem() + &key.serialize_pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd-server: scripts/test-all.sh runs it"]
+async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx() {
+    let dir = TempDir::new().unwrap();
+    let etcd = Etcd::start(dir.path());
+    let mut etcd_client = etcd_client(&etcd).await;
+
+    let ca = dir.path().join("ca");
+    pki(&[
+        "create-ca",
+        "--cluster",
+        "elect",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    let mut daemon = Daemon::prepare(dir.path(), "n1", &etcd.endpoints);
+    let node_pki = daemon.state.join("pki");
+    pki(&[
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--node",
+        "n1",
+        "--out",
+        node_pki.to_str().unwrap(),
+    ]);
+    std::fs::copy(ca.join("ca.crt"), node_pki.join("ca.crt")).unwrap();
+    let operator = dir.path().join("operator");
+    pki(&[
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--node",
+        "operator",
+        "--out",
+        operator.to_str().unwrap(),
+    ]);
+    let other_ca = dir.path().join("other-ca");
+    let stranger = dir.path().join("stranger");
+    pki(&[
+        "create-ca",
+        "--cluster",
+        "elect",
+        "--out",
+        other_ca.to_str().unwrap(),
+    ]);
+    pki(&[
+        "issue",
+        "--ca",
+        other_ca.to_str().unwrap(),
+        "--node",
+        "operator",
+        "--out",
+        stranger.to_str().unwrap(),
+    ]);
+    daemon.start();
+    next_acting(&mut etcd_client, 0, Instant::now(), Duration::from_secs(15)).await;
+
+    let base = format!("https://127.0.0.1:{}", daemon.api_port);
+    let ca_cert = ca.join("ca.crt");
+    let good = https(&ca_cert, Some(identity(&operator)));
+    let status: Value = good
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["node"], "n1");
+    assert_eq!(status["role"], "leader");
+
+    // Refused before any route runs: no certificate, another CA's, an expired one.
+    for (what, client) in [
+        ("no client certificate", https(&ca_cert, None)),
+        (
+            "a certificate from another CA",
+            https(&ca_cert, Some(identity(&stranger))),
+        ),
+        (
+            "an expired certificate",
+            https(&ca_cert, Some(expired_identity(&ca))),
+        ),
+    ] {
+        let result = client.get(format!("{base}/v1/status")).send().await;
+        assert!(result.is_err(), "{what} was let in: {result:?}");
+    }
+
+    // Bad input gets a 4xx with a message.
+    let post = |body: String| {
+        good.post(format!("{base}/v1/jobs"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let cases = [
+        ("not json", "{ nope".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            "unknown job type",
+            r#"{"type":"reboot-everything"}"#.to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "missing field",
+            r#"{"type":"drill","steps":3}"#.to_owned(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "out of range",
+            r#"{"type":"drill","steps":0,"sleep_ms":1}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad resource",
+            r#"{"type":"drill","steps":1,"sleep_ms":1,"resource":"../x"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "huge body",
+            format!(r#"{{"type":"drill","pad":"{}"}}"#, "x".repeat(200_000)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (what, body, expected) in cases {
+        let response = post(body).await.unwrap();
+        assert_eq!(response.status(), expected, "{what}");
+        if expected != StatusCode::PAYLOAD_TOO_LARGE {
+            let error: Value = response.json().await.unwrap();
+            assert!(
+                !error["error"].as_str().unwrap().is_empty(),
+                "{what}: a message"
+            );
+        }
+    }
+    let missing = good
+        .get(format!("{base}/v1/jobs/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    // Good input: a job is queued and run; a second on its resource conflicts.
+    let created = post(r#"{"type":"drill","steps":2,"sleep_ms":300}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let job: Value = created.json().await.unwrap();
+    let conflict = post(r#"{"type":"drill","steps":1,"sleep_ms":1}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    let id = job["id"].as_str().unwrap();
+    let start = Instant::now();
+    loop {
+        let shown: Value = good
+            .get(format!("{base}/v1/jobs/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if shown["state"] == "succeeded" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{shown}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = good
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("milvus_fleet_leader 1"), "{metrics}");
+
+    // The local socket: same routes, owner and group only.
+    let socket = daemon.runtime.join("api.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    stream
+        .write_all(b"GET /v1/status HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"node\":\"n1\""), "{response}");
+    drop(daemon);
+    drop(etcd);
+}
