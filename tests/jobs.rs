@@ -181,7 +181,7 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
     let zero = cli(&config, &["job", "submit", "drill", "--steps", "0"]);
     assert_eq!(zero.status.code(), Some(2));
     let bad_resource = cli(&config, &["job", "submit", "drill", "--resource", "a/b"]);
-    assert!(String::from_utf8_lossy(&bad_resource.stderr).contains("--resource \"a/b\""));
+    assert!(String::from_utf8_lossy(&bad_resource.stderr).contains("resource \"a/b\": use 1-64"));
     let listed = cli(&config, &["job", "list", "--json"]);
     let jobs: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(
