@@ -254,6 +254,36 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"node\":\"n1\""), "{response}");
+    // `milvus-fleet status` asks over the socket.
+    let status = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["role"], "leader");
+    let human = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&human.stdout).contains("role      leader (term"));
     drop(daemon);
+    let gone = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&gone.stderr);
+    assert!(
+        message.contains("is milvus-fleet.service running?") && message.lines().count() == 1,
+        "{message}"
+    );
     drop(etcd);
 }

@@ -96,6 +96,13 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
             "ps -o user= -p $(systemctl show -P MainPID milvus-fleet)",
         );
         assert_eq!(user, "milvus-fleet", "the daemon does not run as root");
+        // The local API answers on its socket, which only the daemon's group may use.
+        let status = hosts.sh_ok(host, "milvus-fleet status --json");
+        assert!(status.contains(&format!("\"node\":\"{host}\"")), "{status}");
+        assert_eq!(
+            hosts.sh_ok(host, "stat -c '%a %U %G' /run/milvus-fleet/api.sock"),
+            "660 milvus-fleet milvus-fleet"
+        );
         assert_eq!(
             hosts.systemctl(host, "show -P WatchdogUSec milvus-fleet"),
             "10s"

@@ -5,6 +5,7 @@ mod config;
 mod job;
 mod pki;
 mod render;
+mod status;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,8 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Show this node's daemon: its role, the leader and term.
+    Status(status::StatusArgs),
     /// Render the compose files, units and settings a node runs into a directory.
     Render(render::RenderArgs),
     /// Submit, list, show and cancel cluster jobs.
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     let paths = cli.config.paths();
     match cli.command {
         Command::Config(command) => config::run(command, &paths),
+        Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args, &paths),
         Command::Job(command) => job::run(command, &paths),
         Command::Pki(command) => pki::run(command),
