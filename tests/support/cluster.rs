@@ -11,6 +11,10 @@ use etcd_client::Client;
 pub const CLUSTER: &str = "elect";
 pub const LEADER_KEY: &str = "/milvus-fleet/elect/leader";
 pub const ACTING_KEY: &str = "/milvus-fleet/elect/leader-acting";
+/// The test daemons' lease. Longer than the 2 s default so that "well under the TTL"
+/// (a restarted daemon revoking its predecessor's lease) stays distinguishable from
+/// "waited out the TTL" even on a heavily loaded machine.
+pub const TTL_SECS: u64 = 5;
 
 /// Three etcd members on their own loopback addresses; killed when dropped.
 pub struct Etcd {
@@ -109,7 +113,7 @@ impl Daemon {
             format!(
                 "[local]\nnode_name = \"{name}\"\n[cluster]\nname = \"{CLUSTER}\"\n\
                  [etcd]\nmode = \"external\"\nendpoints = [{}]\n[object_storage]\nkind = \"s3\"\n\
-                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = 2\napi_port = {api_port}\n\n{nodes}",
+                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = {TTL_SECS}\napi_port = {api_port}\n\n{nodes}",
                 quoted.join(", ")
             ),
         )
