@@ -16,18 +16,19 @@ use tempfile::TempDir;
 
 const PREFIX: &str = "/milvus-fleet/elect/";
 
-fn cli(config: &Path, args: &[&str]) -> Output {
+/// The job CLI, talking to a daemon's local API socket.
+fn cli(socket: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(["--no-dropins", "--config"])
-        .arg(config)
         .args(args)
+        .arg("--socket")
+        .arg(socket)
         .output()
         .unwrap()
 }
 
-fn submit(config: &Path, steps: u32, sleep_ms: u32) -> String {
+fn submit(socket: &Path, steps: u32, sleep_ms: u32) -> String {
     let out = cli(
-        config,
+        socket,
         &[
             "job",
             "submit",
@@ -92,13 +93,13 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
     let etcd = Etcd::start(dir.path());
     let mut client = client(&etcd).await;
     let mut daemons = daemons(dir.path(), &etcd);
-    let config = daemons[0].config().to_owned();
+    let socket = daemons[0].runtime.join("api.sock");
     let ((_, first_term), _) =
         next_acting(&mut client, 0, Instant::now(), Duration::from_secs(15)).await;
 
-    let id = submit(&config, 5, 400);
+    let id = submit(&socket, 5, 400);
     // The resource is locked while the job lives.
-    let second = cli(&config, &["job", "submit", "drill", "--steps", "1"]);
+    let second = cli(&socket, &["job", "submit", "drill", "--steps", "1"]);
     assert!(!second.status.success());
     let message = String::from_utf8_lossy(&second.stderr);
     assert!(
@@ -150,13 +151,13 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
     );
 
     // The lock went with the job; cancel stops the next one at a step boundary.
-    let id = submit(&config, 50, 200);
+    let id = submit(&socket, 50, 200);
     let start = Instant::now();
     while job(&mut client, &id).await["done_steps"].as_u64().unwrap() < 2 {
         assert!(start.elapsed() < Duration::from_secs(30));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let cancel = cli(&config, &["job", "cancel", &id]);
+    let cancel = cli(&socket, &["job", "cancel", &id]);
     assert!(
         cancel.status.success(),
         "{}",
@@ -171,18 +172,18 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
         done,
         "no effect past the last committed step"
     );
-    let again = cli(&config, &["job", "cancel", &id]);
+    let again = cli(&socket, &["job", "cancel", &id]);
     assert!(String::from_utf8_lossy(&again.stderr).contains("has already ended"));
 
     // Bad input: refused with a message, nothing queued.
-    let unknown = cli(&config, &["job", "cancel", "nope"]);
+    let unknown = cli(&socket, &["job", "cancel", "nope"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no job \"nope\""));
-    let zero = cli(&config, &["job", "submit", "drill", "--steps", "0"]);
+    let zero = cli(&socket, &["job", "submit", "drill", "--steps", "0"]);
     assert_eq!(zero.status.code(), Some(2));
-    let bad_resource = cli(&config, &["job", "submit", "drill", "--resource", "a/b"]);
+    let bad_resource = cli(&socket, &["job", "submit", "drill", "--resource", "a/b"]);
     assert!(String::from_utf8_lossy(&bad_resource.stderr).contains("resource \"a/b\": use 1-64"));
-    let listed = cli(&config, &["job", "list", "--json"]);
+    let listed = cli(&socket, &["job", "list", "--json"]);
     let jobs: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(
         jobs.as_array().unwrap().len(),

@@ -1,13 +1,23 @@
 //! `milvus-fleet job ...`: submit, list, show and cancel cluster jobs.
 //!
-//! For now the command line reads and writes job records in etcd itself, with the
-//! node's etcd endpoints; the leader's daemon runs them.
+//! Through the local daemon's API (its Unix socket); the leader's daemon runs them.
+
+use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use crate::cluster::jobs::{Job, JobKind, JobStore};
-use crate::config::{ConfigPaths, Settings};
+use super::local::request;
+use crate::cluster::jobs::Job;
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The daemon's local API socket.
+    #[arg(long, global = true, value_name = "PATH", default_value = super::local::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: JobCommand,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
@@ -39,53 +49,66 @@ pub enum SubmitCommand {
     },
 }
 
-pub fn run(command: JobCommand, paths: &ConfigPaths) -> anyhow::Result<()> {
-    let settings = Settings::load(paths)?;
-    anyhow::ensure!(
-        !settings.config.nodes.is_empty(),
-        "this host is not part of a cluster yet: no nodes in the configuration"
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let client = crate::cluster::connect(&settings.config)
-            .await
-            .context("connecting to etcd")?;
-        let mut store = JobStore::new(client, crate::cluster::prefix(&settings.config));
-        match command {
-            JobCommand::Submit(SubmitCommand::Drill {
-                steps,
-                sleep_ms,
-                resource,
-            }) => {
-                let job = store
-                    .submit(JobKind::Drill { steps, sleep_ms }, &resource)
-                    .await?;
-                println!("{}", job.id);
-            }
-            JobCommand::List { json } => {
-                let jobs = store.list().await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&jobs)?);
-                } else {
-                    for job in &jobs {
-                        println!("{}", summary(job));
-                    }
+pub fn run(args: JobArgs) -> anyhow::Result<()> {
+    let socket = &args.socket;
+    match args.command {
+        JobCommand::Submit(SubmitCommand::Drill {
+            steps,
+            sleep_ms,
+            resource,
+        }) => {
+            let body = serde_json::json!({ "type": "drill", "steps": steps, "sleep_ms": sleep_ms, "resource": resource });
+            let answer = request(socket, "POST", "/v1/jobs", Some(&body.to_string()))?;
+            let job: Job = serde_json::from_str(&answer).context("the daemon's answer")?;
+            println!("{}", job.id);
+        }
+        JobCommand::List { json } => {
+            let answer = request(socket, "GET", "/v1/jobs", None)?;
+            if json {
+                println!("{answer}");
+            } else {
+                let jobs: Vec<Job> =
+                    serde_json::from_str(&answer).context("the daemon's answer")?;
+                for job in &jobs {
+                    println!("{}", summary(job));
                 }
             }
-            JobCommand::Show { id } => {
-                let (job, _) = store.get(&id).await?;
-                println!("{}", serde_json::to_string_pretty(&job)?);
-            }
-            JobCommand::Cancel { id } => {
-                store.request_cancel(&id).await?;
-                println!("cancel requested: {id} stops at its next step boundary");
-            }
         }
-        Ok(())
-    })
+        JobCommand::Show { id } => {
+            let answer = request(
+                socket,
+                "GET",
+                &format!("/v1/jobs/{}", path_segment(&id)?),
+                None,
+            )?;
+            let job: serde_json::Value =
+                serde_json::from_str(&answer).context("the daemon's answer")?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
+        JobCommand::Cancel { id } => {
+            request(
+                socket,
+                "POST",
+                &format!("/v1/jobs/{}/cancel", path_segment(&id)?),
+                Some("{}"),
+            )?;
+            println!("cancel requested: {id} stops at its next step boundary");
+        }
+    }
+    Ok(())
+}
+
+/// Job ids go into the request path as they are: only plain characters.
+fn path_segment(id: &str) -> anyhow::Result<&str> {
+    anyhow::ensure!(
+        !id.is_empty()
+            && id.len() <= 64
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+        "no job {id:?}"
+    );
+    Ok(id)
 }
 
 fn summary(job: &Job) -> String {

@@ -3,6 +3,7 @@
 mod assets;
 mod config;
 mod job;
+mod local;
 mod pki;
 mod render;
 mod status;
@@ -77,8 +78,7 @@ pub enum Command {
     /// Render the compose files, units and settings a node runs into a directory.
     Render(render::RenderArgs),
     /// Submit, list, show and cancel cluster jobs.
-    #[command(subcommand)]
-    Job(job::JobCommand),
+    Job(job::JobArgs),
     /// The cluster CA and node certificates, by hand.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
@@ -98,7 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(command) => config::run(command, &paths),
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args, &paths),
-        Command::Job(command) => job::run(command, &paths),
+        Command::Job(args) => job::run(args),
         Command::Pki(command) => pki::run(command),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
