@@ -30,6 +30,8 @@ done
 say "milvus-fleet on h1"
 $HOSTS exec h1 systemctl --no-pager --lines=0 status milvus-fleet
 $HOSTS exec h1 journalctl --no-pager -u milvus-fleet -o short-precise
+say "milvus-fleet status on h2 (the local API socket)"
+$HOSTS exec h2 milvus-fleet status
 cat <<MSG
 
 The hosts are up (the daemons wait for a cluster: \`milvus-fleet init\` arrives in a later release):
@@ -39,6 +41,7 @@ Look around:
   systemctl -M mfh-h2 status milvus-fleet              # systemd on h2, from here
   $HOSTS exec h3 journalctl -u milvus-fleet   # its journal
   $HOSTS exec h1 milvus-fleet config check    # the configuration h1 runs with
+  $HOSTS exec h2 milvus-fleet status          # its daemon, over the local API socket
 Tear down:
   $HOSTS down
 MSG

@@ -59,6 +59,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let api = crate::api::ApiState {
         node: settings.node_name.clone(),
         cluster: settings.config.cluster.name.clone(),
+        in_cluster: !settings.config.nodes.is_empty(),
         role: role.clone(),
         jobs: jobs_rx,
         started: std::time::Instant::now(),

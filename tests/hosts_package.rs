@@ -99,6 +99,10 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         // The local API answers on its socket, which only the daemon's group may use.
         let status = hosts.sh_ok(host, "milvus-fleet status --json");
         assert!(status.contains(&format!("\"node\":\"{host}\"")), "{status}");
+        assert!(
+            status.contains("\"role\":\"none\""),
+            "not in a cluster: {status}"
+        );
         assert_eq!(
             hosts.sh_ok(host, "stat -c '%a %U %G' /run/milvus-fleet/api.sock"),
             "660 milvus-fleet milvus-fleet"

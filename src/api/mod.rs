@@ -33,6 +33,8 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     pub node: String,
     pub cluster: String,
+    /// False until the configuration lists the cluster's nodes.
+    pub in_cluster: bool,
     pub role: watch::Receiver<Role>,
     /// Set once the daemon has reached etcd.
     pub jobs: watch::Receiver<Option<JobStore>>,
@@ -61,7 +63,11 @@ fn role_json(role: &Role) -> serde_json::Value {
 }
 
 async fn status(State(state): Shared) -> Json<serde_json::Value> {
-    let mut body = role_json(&state.role.borrow());
+    let mut body = if state.in_cluster {
+        role_json(&state.role.borrow())
+    } else {
+        serde_json::json!({ "role": "none" })
+    };
     body["node"] = state.node.clone().into();
     body["cluster"] = state.cluster.clone().into();
     body["uptime_secs"] = state.started.elapsed().as_secs().into();

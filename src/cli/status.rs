@@ -31,6 +31,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     let role = match text("role").as_str() {
         "leader" => format!("leader (term {})", status["term"]),
         "follower" => format!("follower of {}", text("leader")),
+        "none" => {
+            "not part of a cluster yet: run `milvus-fleet init` or `milvus-fleet join`".to_owned()
+        }
+        "unknown" => "connecting to etcd".to_owned(),
         other => other.to_owned(),
     };
     println!("node      {}", text("node"));
