@@ -46,6 +46,20 @@ fn https(ca: &Path, identity: Option<String>) -> Client {
     builder.build().unwrap()
 }
 
+async fn get_json(client: &Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// `milvus-fleet status` against a daemon's socket.
+fn status_command(socket: &Path, json: bool) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"));
+    command.arg("status");
+    if json {
+        command.arg("--json");
+    }
+    command.arg("--socket").arg(socket).output().unwrap()
+}
+
 fn identity(dir: &Path) -> String {
     read(&dir.join("node.crt")) + &read(&dir.join("node.key"))
 }
@@ -123,14 +137,7 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     let base = format!("https://127.0.0.1:{}", daemon.api_port);
     let ca_cert = ca.join("ca.crt");
     let good = https(&ca_cert, Some(identity(&operator)));
-    let status: Value = good
-        .get(format!("{base}/v1/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(&good, format!("{base}/v1/status")).await;
     assert_eq!(status["node"], "n1");
     assert_eq!(status["role"], "leader");
 
@@ -216,14 +223,7 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     let id = job["id"].as_str().unwrap();
     let start = Instant::now();
     loop {
-        let shown: Value = good
-            .get(format!("{base}/v1/jobs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let shown: Value = get_json(&good, format!("{base}/v1/jobs/{id}")).await;
         if shown["state"] == "succeeded" {
             break;
         }
@@ -255,11 +255,7 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"node\":\"n1\""), "{response}");
     // `milvus-fleet status` asks over the socket.
-    let status = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(["status", "--json", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
+    let status = status_command(&socket, true);
     assert!(
         status.status.success(),
         "{}",
@@ -267,18 +263,10 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     );
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["role"], "leader");
-    let human = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
+    let human = status_command(&socket, false);
     assert!(String::from_utf8_lossy(&human.stdout).contains("role      leader (term"));
     drop(daemon);
-    let gone = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(["status", "--socket"])
-        .arg(&socket)
-        .output()
-        .unwrap();
+    let gone = status_command(&socket, false);
     assert_eq!(gone.status.code(), Some(1));
     let message = String::from_utf8_lossy(&gone.stderr);
     assert!(
