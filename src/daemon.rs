@@ -62,6 +62,17 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         in_cluster: !settings.config.nodes.is_empty(),
         role: role.clone(),
         jobs: jobs_rx,
+        forwarder: {
+            let tls = crate::api::TlsFiles::in_dir(&state_dir().join("pki"));
+            if tls.exist() {
+                Some(
+                    tls.client()
+                        .context("the API client for forwarding to the leader")?,
+                )
+            } else {
+                None
+            }
+        },
         started: std::time::Instant::now(),
     };
     // Listeners are bound before READY, so a started daemon answers at once.
@@ -121,6 +132,7 @@ async fn campaign(
         client.clone(),
         crate::cluster::prefix(config),
         settings.node_name.clone(),
+        settings.api_url(),
         config.daemon.lease_ttl_secs,
         &state_dir(),
     );

@@ -254,6 +254,50 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"node\":\"n1\""), "{response}");
+    // A follower forwards mutating calls to the leader over mutual TLS.
+    let mut follower = Daemon::prepare(dir.path(), "n2", &etcd.endpoints);
+    let follower_pki = follower.state.join("pki");
+    pki(&[
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--node",
+        "n2",
+        "--out",
+        follower_pki.to_str().unwrap(),
+    ]);
+    std::fs::copy(ca.join("ca.crt"), follower_pki.join("ca.crt")).unwrap();
+    follower.start();
+    let follower_socket = follower.runtime.join("api.sock");
+    let start = Instant::now();
+    loop {
+        let out = status_command(&follower_socket, true);
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"follower\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "n2 did not become a follower"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = r#"{"type":"drill","steps":1,"sleep_ms":1,"resource":"forwarded"}"#;
+    let mut stream = UnixStream::connect(&follower_socket).unwrap();
+    write!(
+        stream,
+        "POST /v1/jobs HTTP/1.1\r\nHost: local\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("x-served-by: n1"),
+        "served by the leader: {answer}"
+    );
+    drop(follower);
+
     // `milvus-fleet status` asks over the socket.
     let status = status_command(&socket, true);
     assert!(

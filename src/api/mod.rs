@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -38,6 +38,10 @@ pub struct ApiState {
     pub role: watch::Receiver<Role>,
     /// Set once the daemon has reached etcd.
     pub jobs: watch::Receiver<Option<JobStore>>,
+    /// An HTTPS client with this node's certificate: a follower forwards mutating calls
+    /// to the leader with it. None without TLS material (the call is then served here,
+    /// which is still safe: every mutation is an etcd transaction).
+    pub forwarder: Option<reqwest::Client>,
     pub started: Instant,
 }
 
@@ -49,7 +53,66 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response_with_state(
+            state.node.clone(),
+            served_by,
+        ))
         .with_state(Arc::new(state))
+}
+
+/// Every answer says which daemon served it (a forwarded one keeps the leader's).
+async fn served_by(State(node): State<String>, mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&node) {
+        response.headers_mut().entry(SERVED_BY).or_insert(value);
+    }
+    response
+}
+
+pub const SERVED_BY: &str = "x-served-by";
+
+/// On a follower that knows its leader, sends the call to the leader and returns its answer.
+async fn forward(state: &ApiState, path: &str, body: &Bytes) -> Result<Option<Response>, ApiError> {
+    let Some(client) = &state.forwarder else {
+        return Ok(None);
+    };
+    let leader = match &*state.role.borrow() {
+        Role::Follower {
+            leader: Some(leader),
+        } => leader.clone(),
+        _ => return Ok(None),
+    };
+    let url = store(state)?.member_api(&leader).await?.ok_or_else(|| {
+        ApiError::Unavailable(format!("the leader {leader} has no API registered"))
+    })?;
+    let answer = client
+        .post(format!("{url}{path}"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("forwarding to the leader {leader}: {e}")))?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let served = answer.headers().get(SERVED_BY).cloned();
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the leader {leader}'s answer: {e}")))?;
+    let mut response = (status, [("content-type", "application/json")], bytes).into_response();
+    if let Some(served) = served {
+        response.headers_mut().insert(SERVED_BY, served);
+    }
+    Ok(Some(response))
+}
+
+/// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let status = match e.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::Rejected(status, format!("request body: {e}"))
+    })
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -105,27 +168,30 @@ fn default_resource() -> String {
     "drill".into()
 }
 
-async fn submit_job(
-    State(state): Shared,
-    body: Result<Json<SubmitRequest>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(request) = body.map_err(|e| ApiError::Rejected(e.status(), e.body_text()))?;
+async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    if let Some(answer) = forward(&state, "/v1/jobs", &body).await? {
+        return Ok(answer);
+    }
     let SubmitRequest::Drill {
         steps,
         sleep_ms,
         resource,
-    } = request;
+    } = parse(&body)?;
     let job = store(&state)?
         .submit(JobKind::Drill { steps, sleep_ms }, &resource)
         .await?;
-    Ok((StatusCode::CREATED, Json(job)))
+    Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
 async fn cancel_job(
     State(state): Shared,
     UrlPath(id): UrlPath<String>,
-) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(store(&state)?.request_cancel(&id).await?))
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if let Some(answer) = forward(&state, &format!("/v1/jobs/{id}/cancel"), &body).await? {
+        return Ok(answer);
+    }
+    Ok(Json(store(&state)?.request_cancel(&id).await?).into_response())
 }
 
 async fn metrics(State(state): Shared) -> String {
@@ -152,6 +218,21 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// An HTTPS client that presents this node's certificate and trusts only the CA.
+    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
+        use anyhow::Context;
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &Path| std::fs::read(path).with_context(|| format!("{}", path.display()));
+        let ca = reqwest::Certificate::from_pem(&read(&self.ca)?)?;
+        let identity =
+            reqwest::Identity::from_pem(&[read(&self.cert)?, read(&self.key)?].concat())?;
+        Ok(reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .timeout(std::time::Duration::from_secs(10))
+            .build()?)
+    }
+
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             ca: dir.join("ca.crt"),

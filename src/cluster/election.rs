@@ -43,6 +43,9 @@ pub struct Election {
     client: Client,
     prefix: String,
     node: String,
+    /// This daemon's API URL, registered under `<prefix>members/<node>` with its lease so
+    /// that followers can forward to the leader and the entry goes with the daemon.
+    api_url: String,
     ttl_secs: i64,
     lease_file: PathBuf,
     role: watch::Sender<Role>,
@@ -60,6 +63,7 @@ impl Election {
         client: Client,
         prefix: String,
         node: String,
+        api_url: String,
         ttl_secs: u32,
         state_dir: &Path,
     ) -> Self {
@@ -68,6 +72,7 @@ impl Election {
             client,
             prefix,
             node,
+            api_url,
             ttl_secs: i64::from(ttl_secs),
             lease_file: state_dir.join("leader-lease"),
             role,
@@ -148,6 +153,11 @@ impl Election {
         let lease_id = lease.id();
         let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
         self.record_lease(lease_id)?;
+        let member = format!("{}members/{}", self.prefix, self.node);
+        let options = PutOptions::new().with_lease(lease_id);
+        self.client
+            .put(member, self.api_url.clone(), Some(options))
+            .await?;
         let (mut keeper, mut responses) = self.client.lease_keep_alive(lease_id).await?;
         // The lease is ours until this deadline; every answered keepalive moves it on.
         // A leader past it stops acting without asking anyone.
@@ -370,7 +380,14 @@ mod tests {
     async fn a_write_with_a_superseded_term_is_refused_by_etcd() {
         let (_etcd, mut client) = etcd().await;
         let state = tempfile::TempDir::new().unwrap();
-        let mut election = Election::new(client.clone(), "/t/".into(), "a".into(), 2, state.path());
+        let mut election = Election::new(
+            client.clone(),
+            "/t/".into(),
+            "a".into(),
+            "https://127.0.0.1:1".into(),
+            2,
+            state.path(),
+        );
         let term = client
             .put("/t/leader", "a", None)
             .await

@@ -207,6 +207,18 @@ impl JobStore {
         Ok(jobs)
     }
 
+    /// The API URL a daemon registered for itself (`<prefix>members/<node>`), while it lives.
+    pub async fn member_api(&mut self, node: &str) -> Result<Option<String>, JobError> {
+        let response = self
+            .client
+            .get(format!("{}members/{node}", self.prefix), None)
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| kv.value_str().unwrap_or("").to_owned()))
+    }
+
     /// Asks the runner to stop the job at its next step boundary.
     pub async fn request_cancel(&mut self, id: &str) -> Result<Job, JobError> {
         loop {

@@ -81,6 +81,23 @@ impl Settings {
         self.config.nodes.iter().find(|n| n.name == self.node_name)
     }
 
+    /// The HTTPS URL other daemons reach this one's API at.
+    pub fn api_url(&self) -> String {
+        let daemon = &self.config.daemon;
+        if !daemon.api_advertise.is_empty() {
+            return format!("https://{}", daemon.api_advertise);
+        }
+        let address = self
+            .local_node()
+            .map_or("127.0.0.1", |n| n.address.as_str());
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address.to_owned()
+        };
+        format!("https://{host}:{}", daemon.api_port)
+    }
+
     /// The effective configuration as a TOML document.
     pub fn to_toml(&self) -> String {
         toml::to_string(&self.config).unwrap_or_default()

@@ -323,6 +323,9 @@ impl LogLevel {
 pub struct DaemonConfig {
     /// HTTPS API port (mutual TLS against the cluster CA).
     pub api_port: u16,
+    /// host:port the other daemons reach this one's API at; empty means this node's
+    /// address and api_port.
+    pub api_advertise: String,
     /// Leader lease in seconds: how long a lost leader host can hold leadership.
     pub lease_ttl_secs: u32,
     pub log_level: LogLevel,
@@ -332,6 +335,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
             api_port: 19500,
+            api_advertise: String::new(),
             lease_ttl_secs: 2,
             log_level: LogLevel::default(),
         }

@@ -400,6 +400,9 @@ fn check_images(images: &ImagesConfig) -> Check {
 }
 
 fn check_daemon(config: &FleetConfig) -> Check {
+    if !config.daemon.api_advertise.is_empty() {
+        host_port("daemon.api_advertise", &config.daemon.api_advertise)?;
+    }
     let ttl = config.daemon.lease_ttl_secs;
     if !(1..=60).contains(&ttl) {
         return Err(reject(

@@ -113,7 +113,7 @@ impl Daemon {
             format!(
                 "[local]\nnode_name = \"{name}\"\n[cluster]\nname = \"{CLUSTER}\"\n\
                  [etcd]\nmode = \"external\"\nendpoints = [{}]\n[object_storage]\nkind = \"s3\"\n\
-                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = {TTL_SECS}\napi_port = {api_port}\n\n{nodes}",
+                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = {TTL_SECS}\napi_port = {api_port}\napi_advertise = \"127.0.0.1:{api_port}\"\n\n{nodes}",
                 quoted.join(", ")
             ),
         )
