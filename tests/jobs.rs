@@ -143,6 +143,16 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
         record["owner_term"].as_i64().unwrap() > first_term,
         "finished under a later term"
     );
+    // `job follow` of an ended job prints its whole log and succeeds.
+    let followed = cli(&socket, &["job", "follow", &id]);
+    assert!(
+        followed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    let log = String::from_utf8_lossy(&followed.stdout);
+    assert_eq!(log.matches("done (term").count(), 5, "{log}");
+    assert!(log.trim_end().ends_with("succeeded"), "{log}");
     let written = effects(&mut client, &id).await;
     assert_eq!(written.len(), 5, "{written:?}");
     assert!(
@@ -163,6 +173,10 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
         "{}",
         String::from_utf8_lossy(&cancel.stderr)
     );
+    // Following it to its end: non-zero, since it did not succeed.
+    let followed = cli(&socket, &["job", "follow", &id]);
+    assert_eq!(followed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&followed.stderr).contains("ended cancelled"));
     let record = wait_final(&mut client, &id, Duration::from_secs(10)).await;
     assert_eq!(record["state"], "cancelled");
     let done = record["done_steps"].as_u64().unwrap();

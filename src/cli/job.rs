@@ -33,6 +33,9 @@ pub enum JobCommand {
     Show { id: String },
     /// Stop a job at its next step boundary.
     Cancel { id: String },
+    /// Print a job's progress as it happens, until it ends; exits non-zero unless it
+    /// succeeded.
+    Follow { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,6 +88,7 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
                 serde_json::from_str(&answer).context("the daemon's answer")?;
             println!("{}", serde_json::to_string_pretty(&job)?);
         }
+        JobCommand::Follow { id } => follow(socket, path_segment(&id)?)?,
         JobCommand::Cancel { id } => {
             request(
                 socket,
@@ -96,6 +100,30 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Polls the job and prints each new log line; the job's record is the progress.
+fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
+    let mut printed = 0;
+    loop {
+        let answer = request(socket, "GET", &format!("/v1/jobs/{id}"), None)?;
+        let job: Job = serde_json::from_str(&answer).context("the daemon's answer")?;
+        for line in job.log.iter().skip(printed) {
+            println!("{line}");
+        }
+        printed = job.log.len();
+        if job.state.is_final() {
+            anyhow::ensure!(
+                job.state == crate::cluster::jobs::JobState::Succeeded,
+                "job {id} ended {} after {} of {} steps",
+                format!("{:?}", job.state).to_lowercase(),
+                job.done_steps,
+                job.steps
+            );
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 /// Job ids go into the request path as they are: only plain characters.
