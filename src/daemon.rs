@@ -48,6 +48,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
     let (role_tx, mut role) = tokio::sync::watch::channel(Role::Unknown);
     let (jobs_tx, jobs_rx) = tokio::sync::watch::channel(None);
+    let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let election = (!settings.config.nodes.is_empty()).then(|| {
         tokio::spawn(campaign(
             settings.clone(),
@@ -73,6 +74,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 None
             }
         },
+        metrics: metrics.clone(),
         started: std::time::Instant::now(),
     };
     // Listeners are bound before READY, so a started daemon answers at once.
@@ -92,6 +94,9 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 reload(&paths, &mut settings, &current);
             }
             Ok(()) = role.changed() => {
+                if matches!(*role.borrow(), Role::Leader { .. }) {
+                    metrics.leader_elections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let status = status_line(&settings, &role.borrow());
                 notify(&[NotifyState::Status(&status)]);
             }

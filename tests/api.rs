@@ -239,6 +239,35 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
         .await
         .unwrap();
     assert!(metrics.contains("milvus_fleet_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("milvus_fleet_leader_elections_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("milvus_fleet_jobs{state=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("milvus_fleet_job_duration_seconds_count 1"),
+        "{metrics}"
+    );
+    let requests: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("milvus_fleet_api_requests_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(requests >= 10, "every request is counted: {requests}");
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("milvus_fleet_api_errors_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        errors >= 7,
+        "the bad requests above are counted as errors: {errors}"
+    );
 
     // The local socket: same routes, owner and group only.
     let socket = daemon.runtime.join("api.sock");

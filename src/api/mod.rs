@@ -8,6 +8,7 @@
 mod error;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +25,16 @@ pub use error::ApiError;
 
 use crate::cluster::election::Role;
 use crate::cluster::jobs::{JobKind, JobStore};
+
+/// Counters the daemon keeps for /metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Times this daemon became the leader.
+    pub leader_elections: AtomicU64,
+    pub api_requests: AtomicU64,
+    pub api_errors: AtomicU64,
+    pub api_micros: AtomicU64,
+}
 
 /// Requests larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -42,6 +53,7 @@ pub struct ApiState {
     /// to the leader with it. None without TLS material (the call is then served here,
     /// which is still safe: every mutation is an etcd transaction).
     pub forwarder: Option<reqwest::Client>,
+    pub metrics: Arc<Metrics>,
     pub started: Instant,
 }
 
@@ -57,7 +69,28 @@ pub fn router(state: ApiState) -> Router {
             state.node.clone(),
             served_by,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            measure,
+        ))
         .with_state(Arc::new(state))
+}
+
+/// Counts every request, its errors and its time for /metrics.
+async fn measure(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let start = Instant::now();
+    let response = next.run(request).await;
+    metrics.api_requests.fetch_add(1, Ordering::Relaxed);
+    if response.status().is_client_error() || response.status().is_server_error() {
+        metrics.api_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    let micros = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+    metrics.api_micros.fetch_add(micros, Ordering::Relaxed);
+    response
 }
 
 /// Every answer says which daemon served it (a forwarded one keeps the leader's).
@@ -195,19 +228,105 @@ async fn cancel_job(
 }
 
 async fn metrics(State(state): Shared) -> String {
+    use std::fmt::Write;
     let (leader, term) = match *state.role.borrow() {
         Role::Leader { term } => (1, term),
         _ => (0, 0),
     };
-    format!(
-        "# HELP milvus_fleet_leader Whether this daemon is the cluster's leader.\n\
-         # TYPE milvus_fleet_leader gauge\nmilvus_fleet_leader {leader}\n\
-         # HELP milvus_fleet_term The leader term this daemon holds (0 when it does not lead).\n\
-         # TYPE milvus_fleet_term gauge\nmilvus_fleet_term {term}\n\
-         # HELP milvus_fleet_uptime_seconds Seconds since the daemon started.\n\
-         # TYPE milvus_fleet_uptime_seconds gauge\nmilvus_fleet_uptime_seconds {}\n",
-        state.started.elapsed().as_secs()
-    )
+    let m = &state.metrics;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    let plain = |v: String| vec![(String::new(), v)];
+    metric(
+        "milvus_fleet_leader",
+        "gauge",
+        "Whether this daemon is the cluster's leader.",
+        &plain(leader.to_string()),
+    );
+    metric(
+        "milvus_fleet_term",
+        "gauge",
+        "The leader term this daemon holds (0 when it does not lead).",
+        &plain(term.to_string()),
+    );
+    let elections = m.leader_elections.load(Ordering::Relaxed).to_string();
+    metric(
+        "milvus_fleet_leader_elections_total",
+        "counter",
+        "Times this daemon became the leader.",
+        &plain(elections),
+    );
+    let requests = m.api_requests.load(Ordering::Relaxed).to_string();
+    metric(
+        "milvus_fleet_api_requests_total",
+        "counter",
+        "API requests served.",
+        &plain(requests),
+    );
+    let errors = m.api_errors.load(Ordering::Relaxed).to_string();
+    metric(
+        "milvus_fleet_api_errors_total",
+        "counter",
+        "API requests answered with 4xx or 5xx.",
+        &plain(errors),
+    );
+    let seconds = format!("{:.6}", m.api_micros.load(Ordering::Relaxed) as f64 / 1e6);
+    metric(
+        "milvus_fleet_api_request_seconds_sum",
+        "counter",
+        "Time spent serving API requests.",
+        &plain(seconds),
+    );
+    // Jobs by state, and how long the ended ones took, from the records in etcd.
+    let store = state.jobs.borrow().clone();
+    let jobs = match store {
+        Some(mut store) => store.list().await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let states = ["queued", "running", "succeeded", "failed", "cancelled"];
+    let counts: Vec<(String, String)> = states
+        .iter()
+        .map(|s| {
+            let n = jobs
+                .iter()
+                .filter(|j| format!("{:?}", j.state).to_lowercase() == *s)
+                .count();
+            (format!("{{state=\"{s}\"}}"), n.to_string())
+        })
+        .collect();
+    metric(
+        "milvus_fleet_jobs",
+        "gauge",
+        "Jobs in etcd by state.",
+        &counts,
+    );
+    let ended: Vec<_> = jobs.iter().filter(|j| j.state.is_final()).collect();
+    let total_ms: u64 = ended
+        .iter()
+        .map(|j| j.updated_unix_ms.saturating_sub(j.created_unix_ms))
+        .sum();
+    metric(
+        "milvus_fleet_job_duration_seconds",
+        "summary",
+        "Duration of the jobs that ended, from queued to ended.",
+        &[
+            ("_sum".into(), format!("{:.3}", total_ms as f64 / 1e3)),
+            ("_count".into(), ended.len().to_string()),
+        ],
+    );
+    let uptime = state.started.elapsed().as_secs().to_string();
+    metric(
+        "milvus_fleet_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+        &plain(uptime),
+    );
+    out
 }
 
 /// The node's TLS material under the state directory.
