@@ -82,7 +82,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
 
     let status = status_line(&settings, &role.borrow());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
-    info!(node = %settings.node_name, "ready");
+    info!(message_id = crate::cluster::messages::DAEMON_READY, node = %settings.node_name, "ready");
 
     loop {
         tokio::select! {

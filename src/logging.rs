@@ -11,7 +11,11 @@ pub fn init(default_level: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         if let Ok(journald) = tracing_journald::layer() {
-            let journald = journald.with_syslog_identifier("milvus-fleet".into());
+            // No prefix: a field `message_id` must become journald's own MESSAGE_ID (so
+            // `journalctl MESSAGE_ID=...` finds it), `node` becomes NODE, and so on.
+            let journald = journald
+                .with_syslog_identifier("milvus-fleet".into())
+                .with_field_prefix(None);
             let _ = registry.with(journald).try_init();
             return;
         }

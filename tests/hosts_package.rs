@@ -79,11 +79,15 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
         assert_eq!(hosts.systemctl(host, "is-active milvus-fleet"), "active");
         let journal = hosts.sh_ok(host, "journalctl -u milvus-fleet -b --no-pager -o cat");
         assert!(journal.contains("ready"), "daemon logged ready: {journal}");
-        let node_field = hosts.sh_ok(host, "journalctl -u milvus-fleet -b -o verbose --no-pager MESSAGE=ready | grep -o 'F_NODE=.*'");
-        assert_eq!(
-            node_field,
-            format!("F_NODE={host}"),
-            "structured field with this host's name"
+        // Stable MESSAGE_IDs: an operator finds the event by its id, with its fields.
+        let ready = hosts.sh_ok(
+            host,
+            "journalctl -b --no-pager -o verbose MESSAGE_ID=bbec81ecd6ba4931bc992b49cf555be1",
+        );
+        assert!(ready.contains("MESSAGE=ready"), "{ready}");
+        assert!(
+            ready.contains(&format!("NODE={host}")),
+            "structured field with this host's name: {ready}"
         );
         assert!(
             journal.contains("Started milvus-fleet.service"),

@@ -7,3 +7,5 @@ pub const LEADER_ELECTED: &str = "ad7e514e78b14466b1d62e0895a7e250";
 pub const LEADER_LOST: &str = "8b6f66f41af649208c7581d7e6ce86de";
 /// A job changed state: queued, running, succeeded, failed, cancelled (fields: JOB, STATE).
 pub const JOB_STATE: &str = "50f0c29b700c400880b3c6cd9f50ea96";
+/// The daemon is up and told systemd READY (fields: NODE).
+pub const DAEMON_READY: &str = "bbec81ecd6ba4931bc992b49cf555be1";
