@@ -186,23 +186,27 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
             r#"{"type":"drill","steps":1,"sleep_ms":1,"resource":"../x"}"#.to_owned(),
             StatusCode::BAD_REQUEST,
         ),
-        (
-            "huge body",
-            format!(r#"{{"type":"drill","pad":"{}"}}"#, "x".repeat(200_000)),
-            StatusCode::PAYLOAD_TOO_LARGE,
-        ),
     ];
     for (what, body, expected) in cases {
         let response = post(body).await.unwrap();
         assert_eq!(response.status(), expected, "{what}");
-        if expected != StatusCode::PAYLOAD_TOO_LARGE {
-            let error: Value = response.json().await.unwrap();
-            assert!(
-                !error["error"].as_str().unwrap().is_empty(),
-                "{what}: a message"
-            );
-        }
+        let error: Value = response.json().await.unwrap();
+        assert!(
+            !error["error"].as_str().unwrap().is_empty(),
+            "{what}: a message"
+        );
     }
+    // Too large: refused before it is read. The server then closes the connection, so the
+    // request goes on a client of its own (a pooled connection would be reused after it).
+    let huge = format!(r#"{{"type":"drill","pad":"{}"}}"#, "x".repeat(200_000));
+    let response = https(&ca_cert, Some(identity(&operator)))
+        .post(format!("{base}/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let missing = good
         .get(format!("{base}/v1/jobs/nope"))
         .send()
