@@ -60,7 +60,13 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let api = crate::api::ApiState {
         node: settings.node_name.clone(),
         cluster: settings.config.cluster.name.clone(),
-        in_cluster: !settings.config.nodes.is_empty(),
+        nodes: settings
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect(),
+        lease_ttl_secs: settings.config.daemon.lease_ttl_secs,
         role: role.clone(),
         jobs: jobs_rx,
         forwarder: {

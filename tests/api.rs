@@ -340,6 +340,22 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     );
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["role"], "leader");
+    assert_eq!(status["lease_ttl_secs"], support::cluster::TTL_SECS);
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "the configured nodes: {status}");
+    assert_eq!(nodes[0], serde_json::json!({"name": "n1", "daemon": "up"}));
+    assert_eq!(
+        nodes[2],
+        serde_json::json!({"name": "n3", "daemon": "down"}),
+        "n3 never ran"
+    );
+    let jobs: u64 = status["jobs"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(jobs, 2, "both jobs are counted: {status}");
     let human = status_command(&socket, false);
     assert!(String::from_utf8_lossy(&human.stdout).contains("role      leader (term"));
     drop(daemon);

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::Value;
 use tokio::sync::watch;
 
 pub use error::ApiError;
@@ -44,8 +45,9 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     pub node: String,
     pub cluster: String,
-    /// False until the configuration lists the cluster's nodes.
-    pub in_cluster: bool,
+    /// The configured nodes (empty: not part of a cluster yet).
+    pub nodes: Vec<String>,
+    pub lease_ttl_secs: u32,
     pub role: watch::Receiver<Role>,
     /// Set once the daemon has reached etcd.
     pub jobs: watch::Receiver<Option<JobStore>>,
@@ -159,14 +161,37 @@ fn role_json(role: &Role) -> serde_json::Value {
 }
 
 async fn status(State(state): Shared) -> Json<serde_json::Value> {
-    let mut body = if state.in_cluster {
-        role_json(&state.role.borrow())
-    } else {
-        serde_json::json!({ "role": "none" })
-    };
+    if state.nodes.is_empty() {
+        return Json(serde_json::json!({
+            "role": "none",
+            "node": state.node,
+            "cluster": state.cluster,
+            "uptime_secs": state.started.elapsed().as_secs(),
+        }));
+    }
+    let mut body = role_json(&state.role.borrow());
     body["node"] = state.node.clone().into();
     body["cluster"] = state.cluster.clone().into();
     body["uptime_secs"] = state.started.elapsed().as_secs().into();
+    body["lease_ttl_secs"] = state.lease_ttl_secs.into();
+    // Which configured nodes have a live daemon, and the jobs by state, from etcd.
+    let store = state.jobs.borrow().clone();
+    if let Some(mut store) = store {
+        let members = store.members().await.unwrap_or_default();
+        body["nodes"] = state
+            .nodes
+            .iter()
+            .map(|n| serde_json::json!({ "name": n, "daemon": if members.contains_key(n) { "up" } else { "down" } }))
+            .collect();
+        let jobs = store.list().await.unwrap_or_default();
+        let mut counts = serde_json::Map::new();
+        for job in &jobs {
+            let state = format!("{:?}", job.state).to_lowercase();
+            let n = counts.get(&state).and_then(Value::as_u64).unwrap_or(0);
+            counts.insert(state, (n + 1).into());
+        }
+        body["jobs"] = counts.into();
+    }
     Json(body)
 }
 

@@ -41,5 +41,35 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
     println!("cluster   {}", text("cluster"));
     println!("role      {role}");
     println!("uptime    {} s", status["uptime_secs"]);
+    if let Some(ttl) = status["lease_ttl_secs"].as_u64() {
+        println!("lease     {ttl} s");
+    }
+    if let Some(nodes) = status["nodes"].as_array() {
+        let list: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} ({})",
+                    n["name"].as_str().unwrap_or("?"),
+                    n["daemon"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        println!("nodes     {}", list.join(", "));
+    }
+    if let Some(jobs) = status["jobs"].as_object() {
+        let list: Vec<String> = jobs
+            .iter()
+            .map(|(state, n)| format!("{n} {state}"))
+            .collect();
+        println!(
+            "jobs      {}",
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        );
+    }
     Ok(())
 }

@@ -207,6 +207,25 @@ impl JobStore {
         Ok(jobs)
     }
 
+    /// Every live daemon (its registration goes with its lease): node -> API URL.
+    pub async fn members(
+        &mut self,
+    ) -> Result<std::collections::BTreeMap<String, String>, JobError> {
+        let prefix = format!("{}members/", self.prefix);
+        let response = self
+            .client
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(response
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let node = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
+                Some((node, kv.value_str().unwrap_or("").to_owned()))
+            })
+            .collect())
+    }
+
     /// The API URL a daemon registered for itself (`<prefix>members/<node>`), while it lives.
     pub async fn member_api(&mut self, node: &str) -> Result<Option<String>, JobError> {
         let response = self
