@@ -128,14 +128,7 @@ fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
 
 /// Job ids go into the request path as they are: only plain characters.
 fn path_segment(id: &str) -> anyhow::Result<&str> {
-    anyhow::ensure!(
-        !id.is_empty()
-            && id.len() <= 64
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
-        "no job {id:?}"
-    );
+    anyhow::ensure!(crate::cluster::jobs::is_plain_name(id), "no job {id:?}");
     Ok(id)
 }
 

@@ -93,6 +93,16 @@ impl From<etcd_client::Error> for JobError {
     }
 }
 
+/// 1-64 of a-z, A-Z, 0-9, '-', '_', '.': what may go into an etcd key segment or a URL
+/// path as it is (resource names, job ids).
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -127,12 +137,7 @@ impl JobStore {
     /// Queues a job, refused when its resource is locked by another.
     pub async fn submit(&mut self, kind: JobKind, resource: &str) -> Result<Job, JobError> {
         // Resource names become etcd key segments.
-        let resource_ok = !resource.is_empty()
-            && resource.len() <= 64
-            && resource
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !resource_ok {
+        if !is_plain_name(resource) {
             return Err(JobError::InvalidResource(resource.to_owned()));
         }
         let JobKind::Drill { steps, sleep_ms } = &kind;
