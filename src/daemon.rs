@@ -14,6 +14,8 @@ use tracing::{error, info, warn};
 
 use crate::cluster::election::{Election, Role};
 use crate::config::{ConfigPaths, Settings};
+use crate::membership::local::state_dir;
+use crate::membership::store::MembershipStore;
 
 pub fn run(paths: ConfigPaths) -> anyhow::Result<()> {
     // One thread is plenty for a control loop and keeps the daemon's footprint small.
@@ -44,33 +46,38 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let mut watchdog_tick =
         tokio::time::interval(watchdog.map_or(Duration::from_secs(3600), |d| d / 2));
 
-    // The election runs beside this loop; it is told to stop, and waited for, at SIGTERM.
-    let (stop_election, election_stopped) = tokio::sync::watch::channel(false);
+    // The cluster loops (election, jobs, configuration sync) run beside this loop while
+    // this node is in the cluster; they are told to stop, and waited for, at SIGTERM or
+    // when the node is removed.
     let (role_tx, mut role) = tokio::sync::watch::channel(Role::Unknown);
     let (jobs_tx, jobs_rx) = tokio::sync::watch::channel(None);
+    let (members_tx, members_rx) = tokio::sync::watch::channel(None);
+    let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Default::default());
+    let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(node_names(&settings));
+    let (config_changed_tx, mut config_changed) = tokio::sync::mpsc::channel::<()>(4);
+    let channels = ClusterChannels {
+        role: role_tx,
+        jobs: jobs_tx,
+        members: members_tx,
+        revoked: revoked_tx,
+        config_changed: config_changed_tx,
+    };
     let metrics = std::sync::Arc::new(crate::api::Metrics::default());
-    let election = (!settings.config.nodes.is_empty()).then(|| {
-        tokio::spawn(campaign(
-            settings.clone(),
-            role_tx,
-            jobs_tx,
-            election_stopped,
-        ))
-    });
+    let mut cluster = ClusterLoops::default();
+    cluster.follow(&settings, &channels).await;
+    let pki_dir = state_dir().join("pki");
     let api = crate::api::ApiState {
         node: settings.node_name.clone(),
         cluster: settings.config.cluster.name.clone(),
-        nodes: settings
-            .config
-            .nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect(),
+        nodes: nodes_rx,
         lease_ttl_secs: settings.config.daemon.lease_ttl_secs,
         role: role.clone(),
         jobs: jobs_rx,
+        members: members_rx,
+        pki_dir: pki_dir.clone(),
+        credentials_file: credentials_file(&settings),
         forwarder: {
-            let tls = crate::api::TlsFiles::in_dir(&state_dir().join("pki"));
+            let tls = crate::api::TlsFiles::in_dir(&pki_dir);
             if tls.exist() {
                 Some(
                     tls.client()
@@ -84,7 +91,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         started: std::time::Instant::now(),
     };
     // Listeners are bound before READY, so a started daemon answers at once.
-    let _listeners = listen(&settings, crate::api::router(api)).await?;
+    let _listeners = listen(&settings, crate::api::routers(api), revoked_rx).await?;
 
     let status = status_line(&settings, &role.borrow());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -98,6 +105,15 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
             _ = hangup.recv() => {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
+                nodes_tx.send_replace(node_names(&settings));
+                cluster.follow(&settings, &channels).await;
+            }
+            Some(()) = config_changed.recv() => {
+                // The daemon wrote a new cluster file from etcd: take it in.
+                let current = role.borrow().clone();
+                reload(&paths, &mut settings, &current);
+                nodes_tx.send_replace(node_names(&settings));
+                cluster.follow(&settings, &channels).await;
             }
             Ok(()) = role.changed() => {
                 if matches!(*role.borrow(), Role::Leader { .. }) {
@@ -109,11 +125,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    if let Some(task) = election {
-        // Resigning is one guarded delete; a dead etcd must not hold the stop up.
-        let _ = stop_election.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
-    }
+    cluster.stop().await;
     info!("stopped");
     Ok(())
 }
@@ -122,10 +134,16 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
 /// this daemon's role, until told to stop.
 async fn campaign(
     settings: Settings,
-    role: tokio::sync::watch::Sender<Role>,
-    jobs_store: tokio::sync::watch::Sender<Option<crate::cluster::jobs::JobStore>>,
+    channels: ClusterChannels,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let ClusterChannels {
+        role,
+        jobs: jobs_store,
+        members,
+        revoked,
+        config_changed,
+    } = channels;
     let config = &settings.config;
     let client = loop {
         match crate::cluster::connect(config).await {
@@ -158,6 +176,8 @@ async fn campaign(
         format!("{prefix}leader"),
         election.subscribe(),
     );
+    let store = MembershipStore::new(client.clone(), prefix.clone());
+    members.send_replace(Some(store.clone()));
     let forward = async {
         while updates.changed().await.is_ok() {
             role.send_replace(updates.borrow().clone());
@@ -167,15 +187,154 @@ async fn campaign(
         _ = election.run(stop) => {}
         _ = forward => {}
         _ = jobs => {}
+        _ = sync_from_etcd(store, revoked, config_changed) => {}
     }
+    role.send_replace(Role::Unknown);
+    members.send_replace(None);
+    jobs_store.send_replace(None);
+}
+
+/// Keeps the cluster file in step with the configuration in etcd (telling the main loop
+/// when it changed; the apply path unit sees the file change too), and the set of
+/// revoked certificates in step with `revoked/`. Follows both with etcd watches.
+async fn sync_from_etcd(
+    mut store: MembershipStore,
+    revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+    changed: tokio::sync::mpsc::Sender<()>,
+) {
+    use etcd_client::WatchOptions;
+    let file = crate::membership::local::cluster_file();
+    loop {
+        let config_watch = store.client.watch(store.config_key(), None).await;
+        let revoked_watch = store
+            .client
+            .watch(
+                store.revoked_key(""),
+                Some(WatchOptions::new().with_prefix()),
+            )
+            .await;
+        let (Ok(mut config_events), Ok(mut revoked_events)) = (config_watch, revoked_watch) else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        // Read after the watches exist, so no change falls between.
+        loop {
+            match store.config().await {
+                Ok((_, text, _)) => {
+                    if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+                        match crate::membership::local::write_file(
+                            &file,
+                            text.as_bytes(),
+                            0o644,
+                            None,
+                        ) {
+                            Ok(()) => {
+                                info!(file = %file.display(), "cluster configuration changed in etcd");
+                                let _ = changed.send(()).await;
+                            }
+                            Err(e) => error!("writing the cluster file: {e:#}"),
+                        }
+                    }
+                }
+                Err(crate::membership::store::StoreError::NoConfig) => {}
+                Err(e) => warn!("reading the cluster configuration: {e}"),
+            }
+            if let Ok(certs) = store.revoked_certs().await {
+                revoked.send_replace(certs.into_values().filter(|c| !c.is_empty()).collect());
+            }
+            tokio::select! {
+                event = config_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                event = revoked_events.message() => if !matches!(event, Ok(Some(_))) { break },
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The channels the cluster loops publish on.
+#[derive(Clone)]
+struct ClusterChannels {
+    role: tokio::sync::watch::Sender<Role>,
+    jobs: tokio::sync::watch::Sender<Option<crate::cluster::jobs::JobStore>>,
+    members: tokio::sync::watch::Sender<Option<MembershipStore>>,
+    revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+    config_changed: tokio::sync::mpsc::Sender<()>,
+}
+
+/// The running cluster loops, if this node is in a cluster.
+#[derive(Default)]
+struct ClusterLoops {
+    running: Option<(
+        tokio::task::JoinHandle<()>,
+        tokio::sync::watch::Sender<bool>,
+    )>,
+}
+
+impl ClusterLoops {
+    /// Starts the loops when this node is in the cluster and they are not running; stops
+    /// them when it is no longer (a removed node must not lead or run jobs).
+    fn follow<'a>(
+        &'a mut self,
+        settings: &Settings,
+        channels: &ClusterChannels,
+    ) -> impl std::future::Future<Output = ()> + 'a {
+        let member = settings.local_node().is_some();
+        let start = member && self.running.is_none();
+        if start {
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(campaign(settings.clone(), channels.clone(), stop_rx));
+            self.running = Some((task, stop_tx));
+        }
+        async move {
+            if !member && self.running.is_some() {
+                warn!("this node is no longer in the cluster: leaving the election");
+                self.stop().await;
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some((task, stop)) = self.running.take() {
+            // Resigning is one guarded delete; a dead etcd must not hold the stop up.
+            let _ = stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+        }
+    }
+}
+
+fn node_names(settings: &Settings) -> Vec<String> {
+    settings
+        .config
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Where the object-storage credentials are: systemd's credential (LoadCredential=,
+/// read as root from the 0600 file), else the configured file.
+fn credentials_file(settings: &Settings) -> std::path::PathBuf {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|dir| std::path::PathBuf::from(dir).join("object-storage"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| {
+            settings
+                .config
+                .object_storage
+                .credentials_file
+                .clone()
+                .into()
+        })
 }
 
 /// Binds the API: mutual TLS on daemon.api_port when the node has its certificates
 /// (state directory, pki/), and the local Unix socket in the runtime directory.
 async fn listen(
     settings: &Settings,
-    router: axum::Router,
+    routers: crate::api::Routers,
+    revoked: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let router = routers.full.clone();
     let mut tasks = Vec::new();
     let tls = crate::api::TlsFiles::in_dir(&state_dir().join("pki"));
     if tls.exist() {
@@ -188,9 +347,7 @@ async fn listen(
             .with_context(|| format!("binding the API port {port}"))?;
         info!(port, "API listening (mutual TLS)");
         tasks.push(tokio::spawn(crate::api::serve_tls(
-            listener,
-            config,
-            router.clone(),
+            listener, config, routers, revoked,
         )));
     }
     let runtime = std::env::var_os("RUNTIME_DIRECTORY")
@@ -211,13 +368,6 @@ async fn listen(
         }));
     }
     Ok(tasks)
-}
-
-/// systemd's StateDirectory= (set for the service), else the packaged default.
-fn state_dir() -> std::path::PathBuf {
-    std::env::var_os("STATE_DIRECTORY")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/milvus-fleet".into())
 }
 
 /// Replaces the settings only when the new configuration is valid as a whole.

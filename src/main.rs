@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod logging;
+mod membership;
 mod pki;
 mod render;
 

@@ -5,11 +5,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::cluster::jobs::JobError;
+use crate::membership::join::JoinError;
+use crate::membership::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -27,6 +31,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NoCluster | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -44,6 +49,28 @@ impl From<JobError> for ApiError {
                 ApiError::BadRequest(e.to_string())
             }
             JobError::Corrupt { .. } | JobError::Cluster(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NoToken(_) => ApiError::NotFound(e.to_string()),
+            StoreError::NoConfig => ApiError::NoCluster,
+            _ => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<JoinError> for ApiError {
+    fn from(e: JoinError) -> Self {
+        match e {
+            JoinError::Token(_) => ApiError::Forbidden(e.to_string()),
+            JoinError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            JoinError::Conflict(_) => ApiError::Conflict(e.to_string()),
+            JoinError::Busy(_) => ApiError::Unavailable(e.to_string()),
+            JoinError::Store(e) => e.into(),
         }
     }
 }

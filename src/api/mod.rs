@@ -6,6 +6,7 @@
 //! `POST /v1/jobs/{id}/cancel`, `GET /metrics` (Prometheus text).
 
 mod error;
+mod membership;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,12 +46,17 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct ApiState {
     pub node: String,
     pub cluster: String,
-    /// The configured nodes (empty: not part of a cluster yet).
-    pub nodes: Vec<String>,
+    /// The configured nodes (empty: not part of a cluster yet), kept current on reloads.
+    pub nodes: watch::Receiver<Vec<String>>,
     pub lease_ttl_secs: u32,
     pub role: watch::Receiver<Role>,
     /// Set once the daemon has reached etcd.
     pub jobs: watch::Receiver<Option<JobStore>>,
+    pub members: watch::Receiver<Option<crate::membership::store::MembershipStore>>,
+    /// The node's certificates (and the CA key on storage nodes), for admitting joins.
+    pub pki_dir: PathBuf,
+    /// The object-storage credentials handed to a joining node over the verified channel.
+    pub credentials_file: PathBuf,
     /// An HTTPS client with this node's certificate: a follower forwards mutating calls
     /// to the leader with it. None without TLS material (the call is then served here,
     /// which is still safe: every mutation is an etcd transaction).
@@ -59,13 +65,43 @@ pub struct ApiState {
     pub started: Instant,
 }
 
-pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/jobs", get(list_jobs).post(submit_job))
-        .route("/v1/jobs/{id}", get(show_job))
-        .route("/v1/jobs/{id}/cancel", post(cancel_job))
-        .route("/metrics", get(metrics))
+/// The routes: `full` for the local socket and clients with a cluster certificate,
+/// `join_only` for a client without one (a joining node).
+pub struct Routers {
+    pub full: Router,
+    pub join_only: Router,
+}
+
+pub fn routers(state: ApiState) -> Routers {
+    let join_only = layers(
+        Router::new().route("/v1/join", post(membership::join)),
+        &state,
+    );
+    let full = layers(
+        Router::new()
+            .route("/v1/status", get(status))
+            .route("/v1/join", post(membership::join))
+            .route(
+                "/v1/tokens",
+                get(membership::list_tokens).post(membership::create_token),
+            )
+            .route("/v1/tokens/rotate", post(membership::rotate_tokens))
+            .route("/v1/tokens/{id}/revoke", post(membership::revoke_token))
+            .route("/v1/jobs", get(list_jobs).post(submit_job))
+            .route("/v1/jobs/{id}", get(show_job))
+            .route("/v1/jobs/{id}/cancel", post(cancel_job))
+            .route("/metrics", get(metrics)),
+        &state,
+    );
+    let state = Arc::new(state);
+    Routers {
+        full: full.with_state(state.clone()),
+        join_only: join_only.with_state(state),
+    }
+}
+
+fn layers(router: Router<Arc<ApiState>>, state: &ApiState) -> Router<Arc<ApiState>> {
+    router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response_with_state(
             state.node.clone(),
@@ -75,7 +111,6 @@ pub fn router(state: ApiState) -> Router {
             state.metrics.clone(),
             measure,
         ))
-        .with_state(Arc::new(state))
 }
 
 /// Counts every request, its errors and its time for /metrics.
@@ -161,7 +196,8 @@ fn role_json(role: &Role) -> serde_json::Value {
 }
 
 async fn status(State(state): Shared) -> Json<serde_json::Value> {
-    if state.nodes.is_empty() {
+    let nodes = state.nodes.borrow().clone();
+    if nodes.is_empty() {
         return Json(serde_json::json!({
             "role": "none",
             "node": state.node,
@@ -178,8 +214,7 @@ async fn status(State(state): Shared) -> Json<serde_json::Value> {
     let store = state.jobs.borrow().clone();
     if let Some(mut store) = store {
         let members = store.members().await.unwrap_or_default();
-        body["nodes"] = state
-            .nodes
+        body["nodes"] = nodes
             .iter()
             .map(|n| serde_json::json!({ "name": n, "daemon": if members.contains_key(n) { "up" } else { "down" } }))
             .collect();
@@ -220,6 +255,8 @@ enum SubmitRequest {
         #[serde(default = "default_resource")]
         resource: String,
     },
+    /// `{"type": "node-remove", "node": "NAME"}`
+    NodeRemove { node: String },
 }
 
 fn default_resource() -> String {
@@ -230,14 +267,23 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
     if let Some(answer) = forward(&state, "/v1/jobs", &body).await? {
         return Ok(answer);
     }
-    let SubmitRequest::Drill {
-        steps,
-        sleep_ms,
-        resource,
-    } = parse(&body)?;
-    let job = store(&state)?
-        .submit(JobKind::Drill { steps, sleep_ms }, &resource)
-        .await?;
+    let (kind, resource) = match parse(&body)? {
+        SubmitRequest::Drill {
+            steps,
+            sleep_ms,
+            resource,
+        } => (JobKind::Drill { steps, sleep_ms }, resource),
+        SubmitRequest::NodeRemove { node } => {
+            // Refused now, with the reason, rather than failing later in the job.
+            let mut members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
+            let (config, _, _) = members.config().await?;
+            crate::membership::remove::check(&mut members.client, &config, &node)
+                .await
+                .map_err(ApiError::Conflict)?;
+            (JobKind::NodeRemove { node }, "membership".to_owned())
+        }
+    };
+    let job = store(&state)?.submit(kind, &resource).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
 
@@ -389,7 +435,9 @@ impl TlsFiles {
         self.ca.is_file() && self.cert.is_file() && self.key.is_file()
     }
 
-    /// A server config that requires a client certificate from the cluster CA.
+    /// A server config that checks client certificates against the cluster CA. A client
+    /// without one gets only the join route (see [`serve_tls`]). The chain sent includes
+    /// the CA, so a joining node can check it against its token's pin.
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
         use anyhow::Context;
         use rustls::pki_types::pem::PemObject;
@@ -405,10 +453,16 @@ impl TlsFiles {
             Arc::new(roots),
             provider.clone(),
         )
+        .allow_unauthenticated()
         .build()?;
-        let chain = CertificateDer::pem_file_iter(&self.cert)
+        let mut chain = CertificateDer::pem_file_iter(&self.cert)
             .with_context(|| format!("{}", self.cert.display()))?
             .collect::<Result<Vec<_>, _>>()?;
+        for cert in CertificateDer::pem_file_iter(&self.ca)
+            .with_context(|| format!("{}", self.ca.display()))?
+        {
+            chain.push(cert?);
+        }
         let key = PrivateKeyDer::from_pem_file(&self.key)
             .with_context(|| format!("{}", self.key.display()))?;
         Ok(rustls::ServerConfig::builder_with_provider(provider)
@@ -418,22 +472,39 @@ impl TlsFiles {
     }
 }
 
-/// Serves `router` over mutual TLS on `listener` until the task is dropped.
+/// Serves over TLS on `listener` until the task is dropped: a client with a cluster
+/// certificate gets every route, unless that certificate was revoked (its SHA-256 is
+/// in `revoked`); a client without one gets only the join route.
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
-    router: Router,
+    routers: Routers,
+    revoked: watch::Receiver<std::collections::BTreeSet<String>>,
 ) {
+    use sha2::{Digest, Sha256};
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     loop {
         let Ok((stream, _peer)) = listener.accept().await else {
             continue;
         };
-        let (acceptor, router) = (acceptor.clone(), router.clone());
+        let acceptor = acceptor.clone();
+        let (full, join_only) = (routers.full.clone(), routers.join_only.clone());
+        let revoked = revoked.clone();
         tokio::spawn(async move {
-            // A client without a certificate of ours fails here, before any route runs.
+            // A certificate not from our CA fails here, before any route runs.
             let Ok(tls) = acceptor.accept(stream).await else {
                 return;
+            };
+            let client_cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|cert| crate::config::hex(&Sha256::digest(cert.as_ref())));
+            let router = match client_cert {
+                Some(hash) if revoked.borrow().contains(&hash) => return,
+                Some(_) => full,
+                None => join_only,
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
             let _ =

@@ -103,7 +103,7 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
 }
 
 /// Polls the job and prints each new log line; the job's record is the progress.
-fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
+pub(super) fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
     let mut printed = 0;
     loop {
         let answer = request(socket, "GET", &format!("/v1/jobs/{id}"), None)?;

@@ -4,6 +4,7 @@ mod assets;
 mod config;
 mod job;
 mod local;
+mod membership;
 mod pki;
 mod render;
 mod status;
@@ -54,6 +55,9 @@ pub struct ConfigArgs {
 
 impl ConfigArgs {
     pub fn paths(&self) -> ConfigPaths {
+        // The cluster file goes with the system drop-ins: a command pointed at files of
+        // its own reads only those.
+        let system = self.dropin_dirs.is_empty() && !self.no_dropins;
         let dropin_dirs = if self.no_dropins {
             Vec::new()
         } else if self.dropin_dirs.is_empty() {
@@ -62,6 +66,7 @@ impl ConfigArgs {
             self.dropin_dirs.clone()
         };
         ConfigPaths {
+            cluster: system.then(crate::membership::local::cluster_file),
             main: self.config.clone(),
             dropin_dirs,
         }
@@ -82,6 +87,19 @@ pub enum Command {
     /// The cluster CA and node certificates, by hand.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Make a new cluster with this host as its first node; prints a join token.
+    Init(membership::InitArgs),
+    /// Join this host to a cluster with a join token.
+    Join(membership::JoinArgs),
+    /// Create, list, revoke and rotate join tokens.
+    Token(membership::TokenArgs),
+    /// Print #cloud-config user-data that joins a new VM at its first boot.
+    CloudInit(membership::CloudInitArgs),
+    /// Cluster nodes: remove one.
+    Node(membership::NodeArgs),
+    /// Render this node's files and bring its units to the wanted state (as root;
+    /// milvus-fleet-apply.path runs it when the cluster configuration changes).
+    Apply(membership::ApplyArgs),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -100,6 +118,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Render(args) => render::run(args, &paths),
         Command::Job(args) => job::run(args),
         Command::Pki(command) => pki::run(command),
+        Command::Init(args) => membership::init(args, &paths),
+        Command::Join(args) => membership::join(args, &paths),
+        Command::Token(args) => membership::token(args),
+        Command::CloudInit(args) => membership::cloud_init(args),
+        Command::Node(args) => membership::node(args),
+        Command::Apply(args) => membership::apply(args, &paths),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }

@@ -20,12 +20,15 @@ use super::ClusterError;
 pub enum JobKind {
     /// A fire drill: `steps` steps that each wait `sleep_ms` and record one side effect.
     Drill { steps: u32, sleep_ms: u64 },
+    /// Takes a node out of the cluster (membership/remove.rs).
+    NodeRemove { node: String },
 }
 
 impl JobKind {
     fn steps(&self) -> u32 {
         match self {
             JobKind::Drill { steps, .. } => *steps,
+            JobKind::NodeRemove { .. } => crate::membership::remove::STEPS,
         }
     }
 }
@@ -140,9 +143,10 @@ impl JobStore {
         if !is_plain_name(resource) {
             return Err(JobError::InvalidResource(resource.to_owned()));
         }
-        let JobKind::Drill { steps, sleep_ms } = &kind;
-        if !(1..=1000).contains(steps) || *sleep_ms > 3_600_000 {
-            return Err(JobError::InvalidDrill);
+        if let JobKind::Drill { steps, sleep_ms } = &kind {
+            if !(1..=1000).contains(steps) || *sleep_ms > 3_600_000 {
+                return Err(JobError::InvalidDrill);
+            }
         }
         let created = now_ms();
         let id = format!("{created:013x}{:04x}", std::process::id() & 0xffff);
@@ -307,6 +311,7 @@ pub async fn run_job(
             Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
         ];
         let mut effects: Vec<TxnOp> = Vec::new();
+        let mut compares: Vec<Compare> = Vec::new();
         if job.cancel_requested {
             job.state = JobState::Cancelled;
             job.log.push(format!(
@@ -318,20 +323,45 @@ pub async fn run_job(
             job.log.push("succeeded".into());
         } else {
             let step = job.done_steps;
+            let mut note = String::new();
+            let mut failure = None;
             match &job.kind {
                 JobKind::Drill { sleep_ms, .. } => {
                     tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
                     let effect = JobStore::effect_key(&store.prefix, id, step);
                     effects.push(TxnOp::put(effect, format!("term {term}"), None));
                 }
+                JobKind::NodeRemove { node } => {
+                    let mut members = crate::membership::store::MembershipStore::new(
+                        store.client.clone(),
+                        store.prefix.clone(),
+                    );
+                    match crate::membership::remove::step(&mut members, node, step).await {
+                        Ok(done) => {
+                            compares = done.compares;
+                            effects = done.ops;
+                            note = format!(": {}", done.log);
+                        }
+                        Err(reason) => failure = Some(reason),
+                    }
+                }
             }
-            job.state = JobState::Running;
-            job.done_steps = step + 1;
-            job.log.push(format!(
-                "step {} of {} done (term {term})",
-                step + 1,
-                job.steps
-            ));
+            if let Some(reason) = failure {
+                job.state = JobState::Failed;
+                job.log.push(format!(
+                    "step {} of {} failed: {reason}",
+                    step + 1,
+                    job.steps
+                ));
+            } else {
+                job.state = JobState::Running;
+                job.done_steps = step + 1;
+                job.log.push(format!(
+                    "step {} of {} done (term {term}){note}",
+                    step + 1,
+                    job.steps
+                ));
+            }
         }
         job.owner_term = term;
         job.updated_unix_ms = now_ms();
@@ -345,7 +375,7 @@ pub async fn run_job(
             ops.push(TxnOp::delete(store.lock_key(&job.resource), None));
         }
         let txn = Txn::new()
-            .when(guard)
+            .when(guard.into_iter().chain(compares).collect::<Vec<_>>())
             .and_then(ops)
             .or_else([TxnOp::get(leader_key.to_owned(), None)]);
         let response = store.client.txn(txn).await?;

@@ -6,6 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The daemon's API port unless `daemon.api_port` says otherwise.
+pub const DEFAULT_API_PORT: u16 = 19500;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FleetConfig {
@@ -29,6 +32,21 @@ pub struct FleetConfig {
 pub struct LocalConfig {
     /// This host's entry in `nodes`; empty means "the host name".
     pub node_name: String,
+    /// How this host's etcd member forms or joins the cluster (written by `init` and
+    /// `join`): the members at the time (`name=http://addr:port,...`; empty: every
+    /// storage and witness node in `nodes`), and whether the cluster already exists.
+    pub etcd_initial_cluster: String,
+    pub etcd_initial_cluster_state: EtcdClusterState,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EtcdClusterState {
+    /// The members start together (a static node list, or `init`'s one member).
+    #[default]
+    New,
+    /// This member joins a running cluster (`join`).
+    Existing,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,7 +352,7 @@ pub struct DaemonConfig {
 impl Default for DaemonConfig {
     fn default() -> Self {
         Self {
-            api_port: 19500,
+            api_port: DEFAULT_API_PORT,
             api_advertise: String::new(),
             lease_ttl_secs: 2,
             log_level: LogLevel::default(),

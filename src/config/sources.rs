@@ -18,6 +18,9 @@ use super::error::{ConfigError, Location};
 /// Which files make up the configuration.
 #[derive(Debug, Clone)]
 pub struct ConfigPaths {
+    /// The cluster's shared configuration as this node last saw it in etcd (written by
+    /// `init`, `join` and the daemon); read first, so local files override it.
+    pub cluster: Option<PathBuf>,
     pub main: PathBuf,
     pub dropin_dirs: Vec<PathBuf>,
 }
@@ -26,6 +29,7 @@ impl ConfigPaths {
     /// The installed layout.
     pub fn system() -> Self {
         Self {
+            cluster: Some(crate::membership::local::cluster_file()),
             main: PathBuf::from("/etc/milvus-fleet/fleet.toml"),
             dropin_dirs: [
                 "/usr/lib/milvus-fleet/fleet.d",
@@ -56,7 +60,13 @@ impl ConfigPaths {
                 }
             }
         }
-        let mut files = vec![self.main.clone()];
+        let mut files: Vec<PathBuf> = self
+            .cluster
+            .iter()
+            .filter(|p| p.is_file())
+            .cloned()
+            .collect();
+        files.push(self.main.clone());
         files.extend(by_name.into_values().filter(|p| !is_masked(p)));
         Ok(files)
     }

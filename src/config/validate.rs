@@ -32,6 +32,7 @@ pub const MIN_ERASURE_DRIVES: u32 = 4;
 /// `is_set(key)` tells whether a file set the key (rather than a default), so that a
 /// clash between a default and a set value blames the value the operator wrote.
 pub fn validate(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
+    check_local(config)?;
     check_cluster(config)?;
     check_nodes(config)?;
     check_milvus(config)?;
@@ -40,6 +41,21 @@ pub fn validate(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
     check_ports(config, is_set)?;
     check_images(&config.images)?;
     check_daemon(config)
+}
+
+fn check_local(config: &FleetConfig) -> Check {
+    // It goes into an environment file: plain URL characters only.
+    let members = &config.local.etcd_initial_cluster;
+    let plain = members
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "=:/.,_-[]".contains(c));
+    if !plain || (!members.is_empty() && !members.contains('=')) {
+        return Err(reject(
+            "local.etcd_initial_cluster",
+            format!("{members:?} is not a list of name=http://address:port"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_cluster(config: &FleetConfig) -> Check {

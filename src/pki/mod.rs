@@ -136,6 +136,21 @@ pub fn pin_of_cert(cert_pem: &str) -> Result<String, PkiError> {
     Ok(pin_of(&cert_public_key_info(cert_pem)?))
 }
 
+/// The pin of a CA certificate in DER form (as a TLS handshake carries it).
+pub fn pin_of_der(cert_der: &[u8]) -> Result<String, PkiError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|_| PkiError::Rcgen(rcgen::Error::CouldNotParseCertificate))?;
+    Ok(pin_of(cert.public_key().raw))
+}
+
+/// The SHA-256 of a PEM certificate's DER bytes: how the cluster names an issued
+/// certificate (and revokes it).
+pub fn cert_sha256(cert_pem: &str) -> Result<String, PkiError> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|_| PkiError::Rcgen(rcgen::Error::CouldNotParseCertificate))?;
+    Ok(hex(&Sha256::digest(&pem.contents)))
+}
+
 fn pin_of(public_key_info: &[u8]) -> String {
     format!("sha256:{}", hex(&Sha256::digest(public_key_info)))
 }

@@ -6,7 +6,7 @@
 //! the same name under `/etc/milvus-fleet/templates/` overrides one. Rendering is pure
 //! (same input, same bytes) and happens wholly in memory before anything is written.
 
-mod output;
+pub mod output;
 pub mod plan;
 
 use std::collections::BTreeMap;

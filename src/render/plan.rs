@@ -163,6 +163,8 @@ pub struct EtcdView {
     /// host:port of every member's client port, for the load balancer.
     pub client_servers: Vec<String>,
     pub initial_cluster: String,
+    /// `new` or `existing`.
+    pub initial_cluster_state: &'static str,
     pub client_port: u16,
     pub peer_port: u16,
     pub heartbeat_interval_ms: u32,
@@ -291,11 +293,18 @@ impl NodePlan {
         } else {
             endpoints.clone()
         };
-        let initial_cluster = etcd_members
-            .iter()
-            .map(|m| format!("{}=http://{}:{}", m.name, m.address, etcd.peer_port))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial_cluster = match config.local.etcd_initial_cluster.as_str() {
+            "" => etcd_members
+                .iter()
+                .map(|m| format!("{}=http://{}:{}", m.name, m.address, etcd.peer_port))
+                .collect::<Vec<_>>()
+                .join(","),
+            members => members.to_owned(),
+        };
+        let initial_cluster_state = match config.local.etcd_initial_cluster_state {
+            EtcdClusterState::New => "new",
+            EtcdClusterState::Existing => "existing",
+        };
 
         let storage = &config.object_storage;
         let minio = minio_local.then(|| {
@@ -366,6 +375,7 @@ impl NodePlan {
                 milvus_endpoints,
                 client_servers,
                 initial_cluster,
+                initial_cluster_state,
                 client_port: etcd.client_port,
                 peer_port: etcd.peer_port,
                 heartbeat_interval_ms: etcd.heartbeat_interval_ms,

@@ -1,0 +1,167 @@
+//! Membership routes: `POST /v1/join` (the only route a client without a certificate
+//! reaches), and join tokens: `GET/POST /v1/tokens`, `POST /v1/tokens/rotate`,
+//! `POST /v1/tokens/{id}/revoke`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use tracing::{info, warn};
+
+use super::{parse, ApiError, ApiState};
+use crate::config::model::Role;
+use crate::membership::join::{admit, JoinRequest, Signer};
+use crate::membership::store::MembershipStore;
+use crate::membership::token::{role_list, JoinToken, TokenRecord};
+use crate::pki::{Ca, Pem};
+
+type Shared = State<Arc<ApiState>>;
+
+/// Longest token lifetime: a week. Join tokens are for provisioning, not for storage.
+const MAX_TTL_SECS: u64 = 7 * 24 * 3600;
+
+fn store(state: &ApiState) -> Result<MembershipStore, ApiError> {
+    state.members.borrow().clone().ok_or(ApiError::NoCluster)
+}
+
+fn signer(state: &ApiState) -> Result<Signer, ApiError> {
+    let read = |name: &str| std::fs::read_to_string(state.pki_dir.join(name));
+    let (Ok(cert), Ok(key)) = (read("ca.crt"), read("ca.key")) else {
+        return Err(ApiError::Unavailable(format!(
+            "{} holds no CA key (only storage nodes sign certificates): join through a storage node",
+            state.node
+        )));
+    };
+    let ca = Ca::load(&Pem { cert, key })
+        .map_err(|e| ApiError::Unavailable(format!("the node's CA: {e}")))?;
+    let credentials = std::fs::read_to_string(&state.credentials_file)
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    Ok(Signer {
+        ca,
+        object_storage_credentials: credentials,
+    })
+}
+
+fn ca_pin(state: &ApiState) -> Result<String, ApiError> {
+    let cert = std::fs::read_to_string(state.pki_dir.join("ca.crt"))
+        .map_err(|_| ApiError::Unavailable(format!("{} has no cluster CA", state.node)))?;
+    crate::pki::pin_of_cert(&cert).map_err(|e| ApiError::Unavailable(format!("the CA: {e}")))
+}
+
+pub async fn join(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let request: JoinRequest = parse(&body)?;
+    let signer = signer(&state)?;
+    let mut store = store(&state)?;
+    match admit(&mut store, &signer, &request).await {
+        Ok(response) => {
+            info!(node = %request.name, address = %request.address, roles = %role_list(&request.roles), "node joined");
+            Ok(Json(response).into_response())
+        }
+        Err(e) => {
+            // The token id is not secret; the secret never reaches a log.
+            warn!(node = %request.name, address = %request.address, "join refused: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+/// The body of `POST /v1/tokens` and `/v1/tokens/rotate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+    #[serde(default = "default_uses")]
+    uses: u32,
+    #[serde(default = "all_roles")]
+    roles: Vec<Role>,
+}
+
+fn default_ttl() -> u64 {
+    3600
+}
+
+fn default_uses() -> u32 {
+    1
+}
+
+fn all_roles() -> Vec<Role> {
+    vec![Role::Storage, Role::Compute, Role::Witness]
+}
+
+async fn create(state: &ApiState, body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    let request: TokenRequest = parse(body)?;
+    if !(60..=MAX_TTL_SECS).contains(&request.ttl_secs) {
+        return Err(ApiError::BadRequest(format!(
+            "ttl_secs: {} is outside 60..={MAX_TTL_SECS} (one minute to a week)",
+            request.ttl_secs
+        )));
+    }
+    if !(1..=1000).contains(&request.uses) {
+        return Err(ApiError::BadRequest(format!(
+            "uses: {} is outside 1..=1000",
+            request.uses
+        )));
+    }
+    if request.roles.is_empty() {
+        return Err(ApiError::BadRequest("roles: name at least one".into()));
+    }
+    let token = JoinToken::generate(&ca_pin(state)?)
+        .map_err(|e| ApiError::Unavailable(format!("random source: {e}")))?;
+    let record = store(state)?
+        .create_token(&token, request.roles, request.ttl_secs, request.uses)
+        .await?;
+    info!(token = %record.id, roles = %role_list(&record.roles), uses = record.uses, expires_unix = record.expires_unix, "join token created");
+    let mut body = describe(&record);
+    body["token"] = token.reveal().into();
+    Ok(body)
+}
+
+fn describe(record: &TokenRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": record.id,
+        "roles": record.roles,
+        "created_unix": record.created_unix,
+        "expires_unix": record.expires_unix,
+        "uses": record.uses,
+        "used_by": record.used_by,
+        "state": record.state(crate::membership::now_unix()),
+    })
+}
+
+pub async fn create_token(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    Ok((StatusCode::CREATED, Json(create(&state, &body).await?)).into_response())
+}
+
+pub async fn list_tokens(State(state): Shared) -> Result<Response, ApiError> {
+    let records = store(&state)?.tokens().await?;
+    Ok(Json(records.iter().map(describe).collect::<Vec<_>>()).into_response())
+}
+
+pub async fn revoke_token(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    if !crate::cluster::jobs::is_plain_name(&id) {
+        return Err(ApiError::BadRequest(format!(
+            "token id {id:?} is not valid"
+        )));
+    }
+    let record = store(&state)?.revoke_token(&id).await?;
+    info!(token = %id, "join token revoked");
+    Ok(Json(describe(&record)).into_response())
+}
+
+/// Revokes every outstanding token at once (the answer to a leaked one) and makes a new one.
+pub async fn rotate_tokens(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let revoked = store(&state)?.revoke_all().await?;
+    info!(revoked = %revoked.join(","), "join tokens rotated");
+    let mut body = create(&state, &body).await?;
+    body["revoked"] = revoked.into();
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}

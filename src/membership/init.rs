@@ -1,0 +1,378 @@
+//! `init` (the first node) and `join` (every later one), as root on the host itself.
+//! Both end the same way: the node's certificates, the cluster file and the node's
+//! drop-in written, `apply` run, the daemon and the apply path unit enabled.
+//! Both can be run again after a failure or a reboot half-way and end in the same state.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::join::{peer_url, JoinRequest, JoinResponse, RequestError};
+use super::local::{self, write_file, DAEMON_USER};
+use super::store::{cluster_config_text, MembershipStore};
+use super::token::JoinToken;
+use crate::config::model::{EtcdClusterState, NodeConfig, Role, ServiceMode};
+use crate::config::{ConfigPaths, FleetConfig, Settings};
+use crate::pki::{Ca, Pem};
+
+/// Who this node is in the cluster.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Empty: the host name.
+    pub name: Option<String>,
+    /// Empty: the address this host reaches the cluster from.
+    pub address: Option<String>,
+    pub roles: Vec<Role>,
+}
+
+/// The token `init` prints, and the node it made.
+pub struct InitOutcome {
+    pub cluster: String,
+    pub node: NodeConfig,
+    pub token: JoinToken,
+    pub token_ttl_secs: u64,
+    pub api_port: u16,
+}
+
+pub fn init(
+    paths: &ConfigPaths,
+    identity: &Identity,
+    token_ttl_secs: u64,
+    token_uses: u32,
+) -> anyhow::Result<InitOutcome> {
+    local::require_root("init")?;
+    let settings = Settings::load(paths)?;
+    let mut config = settings.config.clone();
+    let name = identity
+        .name
+        .clone()
+        .unwrap_or_else(|| settings.node_name.clone());
+    let ours = config.nodes.len() == 1 && config.nodes[0].name == name;
+    if !config.nodes.is_empty() && !ours {
+        bail!(
+            "this host's configuration already lists nodes ({}): init makes a new cluster of this node alone; \
+             add nodes with `milvus-fleet join`, or remove [[nodes]] from {}",
+            config.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
+            paths.main.display()
+        );
+    }
+    let address = match &identity.address {
+        Some(address) => address.clone(),
+        None => local_address(None)
+            .context("cannot tell this host's address (no default route); pass --address")?,
+    };
+    config.nodes = vec![NodeConfig {
+        name: name.clone(),
+        address: address.clone(),
+        roles: identity.roles.clone(),
+    }];
+    crate::config::validate::validate(&config, &|_| true)
+        .map_err(|r| anyhow::anyhow!("{}: {}", r.key, r.message))?;
+
+    // The CA survives a repeated init, so tokens printed earlier still pin it.
+    let pki = local::pki_dir();
+    let ca = match (
+        std::fs::read_to_string(pki.join("ca.crt")),
+        std::fs::read_to_string(pki.join("ca.key")),
+    ) {
+        (Ok(cert), Ok(key)) => Ca::load(&Pem { cert, key }).context("the existing CA")?,
+        _ => Ca::create(&config.cluster.name)?,
+    };
+    let node_pem = ca.issue_node(
+        &name,
+        std::slice::from_ref(&address),
+        crate::pki::NODE_VALIDITY,
+    )?;
+    write_pki(&ca.pem().cert, Some(&ca.pem().key), &node_pem)?;
+
+    let votes = votes(&identity.roles) && config.etcd.mode == ServiceMode::Local;
+    write_node_files(
+        &config,
+        &name,
+        votes.then(|| format!("{name}={}", peer_url(&address, config.etcd.peer_port))),
+        EtcdClusterState::New,
+    )?;
+    super::apply::apply(paths)?;
+
+    // etcd is up (or external): the cluster's truth goes there, once.
+    let runtime = runtime()?;
+    let token = runtime.block_on(async {
+        let client = wait_for_etcd(&config, Duration::from_secs(120)).await?;
+        let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
+        if !store.create_config(&config).await? {
+            let (stored, _, _) = store.config().await?;
+            if stored
+                .nodes
+                .iter()
+                .map(|n| &n.name)
+                .ne(config.nodes.iter().map(|n| &n.name))
+            {
+                bail!(
+                    "etcd already holds cluster {} with nodes {}: this is not a new cluster",
+                    stored.cluster.name,
+                    stored
+                        .nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        let token = JoinToken::generate(&ca.pin())?;
+        store
+            .create_token(
+                &token,
+                vec![Role::Storage, Role::Compute, Role::Witness],
+                token_ttl_secs,
+                token_uses,
+            )
+            .await?;
+        anyhow::Ok(token)
+    })?;
+    enable_daemon()?;
+    Ok(InitOutcome {
+        cluster: config.cluster.name.clone(),
+        node: config.nodes[0].clone(),
+        token,
+        token_ttl_secs,
+        api_port: config.daemon.api_port,
+    })
+}
+
+/// Joins this host through `server` with `token` (see join.rs for the handshake).
+pub fn join(
+    paths: &ConfigPaths,
+    server: &str,
+    token: &JoinToken,
+    identity: &Identity,
+) -> anyhow::Result<String> {
+    local::require_root("join")?;
+    let settings = Settings::load(paths)?;
+    let name = identity
+        .name
+        .clone()
+        .unwrap_or_else(|| settings.node_name.clone());
+
+    // Joined already (a second run, or a reboot after the handshake): finish the rest.
+    let pki = local::pki_dir();
+    if settings.config.nodes.iter().any(|n| n.name == name) && pki.join("node.crt").is_file() {
+        tracing::info!("{name} is a member already; bringing its units to the wanted state");
+        super::apply::apply(paths)?;
+        enable_daemon()?;
+        return Ok(name);
+    }
+
+    let address = match &identity.address {
+        Some(address) => address.clone(),
+        None => local_address(Some(server)).with_context(|| {
+            format!("cannot tell the address this host reaches {server} from; pass --address")
+        })?,
+    };
+    let (csr, key) = crate::pki::node_csr(&name)?;
+    let request = JoinRequest {
+        credential: token.credential(),
+        name: name.clone(),
+        address,
+        roles: identity.roles.clone(),
+        csr,
+    };
+    let runtime = runtime()?;
+    let response = runtime.block_on(send_with_retries(server, token, &request))?;
+
+    // Everything below only runs after the cluster said yes.
+    write_pki(
+        &response.ca_cert,
+        response.ca_key.as_deref(),
+        &Pem {
+            cert: response.node_cert.clone(),
+            key,
+        },
+    )?;
+    let config = super::store::parse_cluster_config(&response.config)?;
+    if let Some(credentials) = &response.object_storage_credentials {
+        let path = PathBuf::from(&config.object_storage.credentials_file);
+        write_file(&path, credentials.as_bytes(), 0o600, None)?;
+    }
+    write_node_files(
+        &config,
+        &name,
+        response.etcd_initial_cluster.clone(),
+        EtcdClusterState::Existing,
+    )?;
+    super::apply::apply(paths)?;
+    if response.etcd_initial_cluster.is_some() {
+        let peer = peer_url(&request.address, config.etcd.peer_port);
+        runtime.block_on(promote(&config, &peer))?;
+    }
+    enable_daemon()?;
+    Ok(name)
+}
+
+/// Retries while the cluster is busy (another node joining) or not reachable yet (a VM
+/// booting beside the first one); a refusal or a wrong CA ends it at once.
+async fn send_with_retries(
+    server: &str,
+    token: &JoinToken,
+    request: &JoinRequest,
+) -> anyhow::Result<JoinResponse> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        match super::join::request(server, token, request).await {
+            Ok(response) => return Ok(response),
+            Err(e @ (RequestError::Busy(_) | RequestError::Unreachable(_)))
+                if Instant::now() < deadline =>
+            {
+                tracing::warn!("{e}; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Promotes this host's etcd learner once it has caught up.
+async fn promote(config: &FleetConfig, peer: &str) -> anyhow::Result<()> {
+    let mut client = wait_for_etcd(config, Duration::from_secs(60)).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let members = client.member_list().await?;
+        let Some(member) = members
+            .members()
+            .iter()
+            .find(|m| m.peer_urls().iter().any(|u| u == peer))
+        else {
+            bail!("etcd has no member at {peer}");
+        };
+        if !member.is_learner() {
+            return Ok(());
+        }
+        match client.member_promote(member.id()).await {
+            Ok(_) => return Ok(()),
+            // A learner is promoted only once it is in sync with the leader.
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!("etcd member not promoted yet: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("promoting etcd member {peer}: {e}"),
+        }
+    }
+}
+
+async fn wait_for_etcd(
+    config: &FleetConfig,
+    timeout: Duration,
+) -> anyhow::Result<etcd_client::Client> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let attempt = async {
+            let mut client = crate::cluster::connect(config).await?;
+            client
+                .get("/milvus-fleet/", None)
+                .await
+                .map_err(crate::cluster::ClusterError::from)?;
+            Ok::<_, crate::cluster::ClusterError>(client)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) if Instant::now() >= deadline => {
+                bail!("etcd did not answer within {timeout:?}: {e}")
+            }
+            Err(_) if Instant::now() >= deadline => bail!("etcd did not answer within {timeout:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn votes(roles: &[Role]) -> bool {
+    roles
+        .iter()
+        .any(|r| matches!(r, Role::Storage | Role::Witness))
+}
+
+/// The certificates, owned by the daemon's user; keys 0600.
+fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<()> {
+    let dir = local::pki_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    local::chown(&dir, DAEMON_USER)?;
+    let user = Some(DAEMON_USER);
+    write_file(&dir.join("ca.crt"), ca_cert.as_bytes(), 0o644, user)?;
+    if let Some(key) = ca_key {
+        write_file(&dir.join("ca.key"), key.as_bytes(), 0o600, user)?;
+    }
+    write_file(&dir.join("node.crt"), node.cert.as_bytes(), 0o644, user)?;
+    write_file(&dir.join("node.key"), node.key.as_bytes(), 0o600, user)
+}
+
+/// The cluster file (the daemon keeps it in step with etcd afterwards) and this node's
+/// drop-in: its name and how its etcd member starts.
+fn write_node_files(
+    config: &FleetConfig,
+    name: &str,
+    etcd_initial_cluster: Option<String>,
+    state: EtcdClusterState,
+) -> anyhow::Result<()> {
+    write_file(
+        &local::cluster_file(),
+        cluster_config_text(config).as_bytes(),
+        0o644,
+        Some(DAEMON_USER),
+    )?;
+    let mut dropin = toml::Table::new();
+    let mut local_table = toml::Table::new();
+    local_table.insert("node_name".into(), name.into());
+    if let Some(members) = etcd_initial_cluster {
+        local_table.insert("etcd_initial_cluster".into(), members.into());
+        let state = match state {
+            EtcdClusterState::New => "new",
+            EtcdClusterState::Existing => "existing",
+        };
+        local_table.insert("etcd_initial_cluster_state".into(), state.into());
+    }
+    dropin.insert("local".into(), local_table.into());
+    let text = format!(
+        "# Written by milvus-fleet init/join: who this host is in the cluster.\n{}",
+        toml::to_string(&dropin)?
+    );
+    write_file(
+        PathBuf::from(local::NODE_DROPIN).as_path(),
+        text.as_bytes(),
+        0o644,
+        None,
+    )
+}
+
+fn enable_daemon() -> anyhow::Result<()> {
+    super::apply::systemctl(&["enable", "--now", "--quiet", "milvus-fleet-apply.path"])?;
+    super::apply::systemctl(&["enable", "--now", "--quiet", "milvus-fleet.service"])
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The local address this host uses to reach `server` (or the default route).
+fn local_address(server: Option<&str>) -> anyhow::Result<String> {
+    use std::net::{ToSocketAddrs, UdpSocket};
+    let target = match server {
+        Some(server) => super::join::with_default_port(server)
+            .to_socket_addrs()?
+            .next()
+            .context("the server's address does not resolve")?,
+        None => "192.0.2.1:9".parse()?,
+    };
+    let socket = UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    // No packet is sent: connect() on UDP only picks the route and the source address.
+    socket.connect(target)?;
+    Ok(socket.local_addr()?.ip().to_string())
+}

@@ -1,0 +1,181 @@
+//! Node removal, a leader job in two idempotent steps:
+//! 1. remove the node's etcd member (storage and witness nodes), while the rest still
+//!    have quorum; the removed member's etcd stops itself;
+//! 2. in one transaction guarded by the leader's term: drop the node from the cluster
+//!    configuration and revoke its certificate. Every daemon mirrors the new
+//!    configuration, so the node's own apply drains it (its Milvus roles stop gracefully,
+//!    its units are removed) and the other nodes' load balancers drop it (a reload).
+//!
+//! Refused up front, with the reason, when it would break etcd's quorum, the MinIO
+//! pool, or leave no node to run Milvus.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, TxnOp};
+
+use super::join::peer_url;
+use super::store::{cluster_config_text, MembershipStore};
+use crate::config::model::{ObjectStorageKind, Role, ServiceMode};
+use crate::config::FleetConfig;
+
+pub const STEPS: u32 = 2;
+
+/// What a step commits with the job's progress, in the same guarded transaction.
+#[derive(Default)]
+pub struct StepEffects {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+    pub log: String,
+}
+
+/// Whether `node` can leave now; the error says why not.
+pub async fn check(client: &mut Client, config: &FleetConfig, node: &str) -> Result<(), String> {
+    let Some(entry) = config.nodes.iter().find(|n| n.name == node) else {
+        return Err(format!(
+            "no node {node:?} in cluster {}",
+            config.cluster.name
+        ));
+    };
+    let has = |role| entry.roles.contains(&role);
+    if has(Role::Storage) && config.object_storage.kind == ObjectStorageKind::Minio {
+        return Err(format!(
+            "removing {node} would break the storage pool: MinIO's erasure-coded pool spans the drives of every storage node and cannot shrink"
+        ));
+    }
+    if has(Role::Compute)
+        && !config
+            .nodes
+            .iter()
+            .any(|n| n.name != node && n.roles.contains(&Role::Compute))
+    {
+        return Err(format!(
+            "{node} is the last compute node: Milvus would have nowhere to run"
+        ));
+    }
+    if config.etcd.mode == ServiceMode::Local && (has(Role::Storage) || has(Role::Witness)) {
+        let peer = peer_url(&entry.address, config.etcd.peer_port);
+        let members = client
+            .member_list()
+            .await
+            .map_err(|e| format!("reading etcd's members: {e}"))?;
+        let voters: Vec<_> = members
+            .members()
+            .iter()
+            .filter(|m| !m.is_learner())
+            .collect();
+        if voters.iter().any(|m| m.peer_urls().contains(&peer)) {
+            let remaining: Vec<_> = voters
+                .iter()
+                .filter(|m| !m.peer_urls().contains(&peer))
+                .collect();
+            if remaining.is_empty() {
+                return Err(format!("{node} runs the last etcd member"));
+            }
+            let mut healthy = 0;
+            for member in &remaining {
+                if is_healthy(member.client_urls()).await {
+                    healthy += 1;
+                }
+            }
+            let needed = remaining.len() / 2 + 1;
+            if healthy < needed {
+                return Err(format!(
+                    "removing {node} would break etcd's quorum: {healthy} of the {} remaining members are healthy, {needed} needed",
+                    remaining.len()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn is_healthy(urls: &[String]) -> bool {
+    let options = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(2));
+    let probe = async {
+        let mut client = Client::connect(urls, Some(options)).await.ok()?;
+        client.status().await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(3), probe)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
+}
+
+/// Runs step `step` of removing `node`; an error fails the job with that message.
+pub async fn step(
+    store: &mut MembershipStore,
+    node: &str,
+    step: u32,
+) -> Result<StepEffects, String> {
+    let (config, _, revision) = store.config().await.map_err(|e| e.to_string())?;
+    match step {
+        0 => {
+            let Some(entry) = config.nodes.iter().find(|n| n.name == node) else {
+                return Ok(StepEffects {
+                    log: format!("{node} is not in the cluster; nothing to remove from etcd"),
+                    ..Default::default()
+                });
+            };
+            check(&mut store.client, &config, node).await?;
+            if config.etcd.mode != ServiceMode::Local {
+                return Ok(StepEffects {
+                    log: "etcd is external: no member to remove".into(),
+                    ..Default::default()
+                });
+            }
+            let peer = peer_url(&entry.address, config.etcd.peer_port);
+            let members = store
+                .client
+                .member_list()
+                .await
+                .map_err(|e| e.to_string())?;
+            let log = match members
+                .members()
+                .iter()
+                .find(|m| m.peer_urls().contains(&peer))
+            {
+                Some(member) => {
+                    store
+                        .client
+                        .member_remove(member.id())
+                        .await
+                        .map_err(|e| format!("removing etcd member {peer}: {e}"))?;
+                    format!("removed {node}'s etcd member ({peer})")
+                }
+                None => format!("{node} has no etcd member"),
+            };
+            Ok(StepEffects {
+                log,
+                ..Default::default()
+            })
+        }
+        _ => {
+            let mut config = config;
+            config.nodes.retain(|n| n.name != node);
+            let cert = store
+                .cert_of(node)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            let key = store.config_key();
+            Ok(StepEffects {
+                compares: vec![Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    revision,
+                )],
+                ops: vec![
+                    TxnOp::put(key, cluster_config_text(&config), None),
+                    TxnOp::put(store.revoked_key(node), cert, None),
+                    TxnOp::delete(store.cert_key(node), None),
+                ],
+                log: format!(
+                    "removed {node} from the cluster configuration and revoked its certificate; its daemon stops its components, the load balancers drop it"
+                ),
+            })
+        }
+    }
+}
