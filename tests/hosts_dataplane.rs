@@ -7,63 +7,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{deb_path, repo, run_ok, Hosts};
-
-const KEY: &str = "fleet-test-key";
-const SECRET: &str = "fleet-test-secret-0123456789";
-
-/// Image name -> saved image tarball (tests/images/build.sh, cached).
-fn images() -> BTreeMap<String, PathBuf> {
-    let listing = run_ok(repo().join("tests/images/build.sh").to_str().unwrap(), &[]);
-    listing
-        .lines()
-        .map(|line| {
-            let (name, path) = line.split_once(' ').unwrap();
-            (name.to_owned(), PathBuf::from(path))
-        })
-        .collect()
-}
-
-fn client_python() -> String {
-    run_ok(repo().join("tests/client/venv.sh").to_str().unwrap(), &[])
-        .trim()
-        .to_owned()
-}
-
-/// Runs the Milvus client against `host:port` from the hosts' bridge network.
-fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str) -> String {
-    let script = repo().join("tests/client/vectors.py");
-    let port = port.to_string();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &hosts.switch_netns(), python])
-        .arg(&script)
-        .args([address, port.as_str(), mode])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "client {mode} via {address}:{port} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
+use support::dataplane::{client, client_python, images, start_site_s3, wait_until, KEY, SECRET};
+use support::{deb_path, Hosts};
 
 fn config(hosts: &Hosts) -> String {
     format!(
@@ -100,22 +48,6 @@ roles = ["witness"]
         h2 = hosts.address("h2"),
         h3 = hosts.address("h3"),
     )
-}
-
-/// The site's own S3 service on h3, run by a unit of the test (milvus-fleet only connects).
-fn start_site_s3(hosts: &Hosts) {
-    let compose = format!(
-        "name: site-s3\nservices:\n  s3:\n    image: local/seaweedfs:test\n    network_mode: host\n    restart: \"no\"\n    \
-         environment:\n      WEED_IP: \"{}\"\n      S3_ACCESS_KEY: \"{KEY}\"\n      S3_SECRET_KEY: \"{SECRET}\"\n    \
-         volumes:\n      - /var/lib/site-s3:/data\n",
-        hosts.address("h3")
-    );
-    hosts.write_file("h3", "/etc/site-s3/compose.yaml", &compose, "0600");
-    let unit = "[Unit]\nDescription=the site's S3 service\nRequires=docker.service\nAfter=docker.service\n[Service]\n\
-                ExecStart=/usr/bin/docker compose --file /etc/site-s3/compose.yaml up --no-color --exit-code-from s3\n\
-                ExecStop=/usr/bin/docker compose --file /etc/site-s3/compose.yaml down\n";
-    hosts.write_file("h3", "/etc/systemd/system/site-s3.service", unit, "0644");
-    hosts.sh_ok("h3", "systemctl daemon-reload && systemctl start site-s3");
 }
 
 #[test]
@@ -161,7 +93,7 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
             });
         }
     });
-    start_site_s3(&hosts);
+    start_site_s3(&hosts, "h3");
 
     // etcd: a new cluster needs its members started together.
     for host in hosts.names() {

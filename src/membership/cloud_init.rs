@@ -43,8 +43,38 @@ pub fn render(data: &UserData) -> anyhow::Result<String> {
         .build()?;
     env.set_syntax(syntax);
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
     env.add_template("join.yaml", TEMPLATE)?;
     Ok(env
         .get_template("join.yaml")?
         .render(minijinja::value::Serde(data))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_installs_writes_the_join_file_and_enables_the_join_unit() {
+        let data = UserData {
+            cluster: "c".into(),
+            server: "10.0.0.1:19500".into(),
+            roles: vec!["storage".into()],
+            token: "MFT1-x-y.z".into(),
+            expires: "soon".into(),
+            uses: 1,
+            package_file: "/var/cache/milvus-fleet.deb".into(),
+            ..Default::default()
+        };
+        let text = render(&data).unwrap();
+        assert!(text.starts_with("#cloud-config\n"), "{text}");
+        assert!(text.contains("      token = \"MFT1-x-y.z\"\n"), "{text}");
+        assert!(text.contains("permissions: \"0600\""), "{text}");
+        assert!(text.contains("[systemctl, enable, --now, --no-block, milvus-fleet-join.service]"));
+        let bad = UserData {
+            package_file: "/x; rm -rf /".into(),
+            ..data
+        };
+        assert!(render(&bad).is_err());
+    }
 }

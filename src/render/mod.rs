@@ -147,6 +147,9 @@ impl Templates {
     pub fn load(override_dir: Option<&Path>) -> Result<Self, RenderError> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        // Templates say how each value is quoted; no escaping by file extension (with
+        // minijinja's json feature, .yaml files would otherwise be JSON-escaped).
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         // Config files end with a newline; block tags leave no blank lines behind.
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .keep_trailing_newline(true)

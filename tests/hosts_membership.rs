@@ -1,0 +1,433 @@
+//! Membership on real systemd hosts with Docker inside: `init` on h1; h2 and h3 join
+//! through cloud-init alone (a NoCloud seed and a boot); bad tokens are refused with the
+//! reason and leave nothing behind; h4 joins later by hand, and the existing nodes only
+//! reload their load balancer; h3 is removed (refused first while it would break etcd's
+//! quorum); status agrees on every node; token secrets never reach argv, the journal or
+//! a file that is not 0600.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use support::dataplane::{images, wait_until};
+use support::{deb_path, repo, Hosts};
+
+const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
+
+fn fleet_toml(hosts: &Hosts) -> String {
+    format!(
+        r#"[cluster]
+name = "membership-test"
+topology = "standalone-ha"
+
+[object_storage]
+kind = "s3"
+endpoint = "{h1}:9000"
+bucket = "milvus-test"
+
+[images]
+etcd = "local/etcd:test"
+nginx = "local/nginx:test"
+milvus = "local/milvus:test"
+"#,
+        h1 = hosts.address("h1"),
+    )
+}
+
+/// `milvus-fleet status --json` on `host`.
+fn status(hosts: &Hosts, host: &str) -> serde_json::Value {
+    serde_json::from_str(&hosts.sh_ok(host, "milvus-fleet status --json")).unwrap()
+}
+
+/// The nodes a host's status lists, with whether each daemon is up.
+fn nodes_seen(hosts: &Hosts, host: &str) -> Vec<(String, String)> {
+    let out = hosts.sh(host, "milvus-fleet status --json");
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return vec![];
+    };
+    value["nodes"]
+        .as_array()
+        .map(|nodes| {
+            nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap_or("").to_owned(),
+                        n["daemon"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn all_up(names: &[&str]) -> Vec<(String, String)> {
+    names
+        .iter()
+        .map(|n| (n.to_string(), "up".to_owned()))
+        .collect()
+}
+
+/// etcd's members as `name learner?` lines, via h1's etcd container.
+fn etcd_members(hosts: &Hosts) -> BTreeSet<String> {
+    hosts
+        .sh_ok("h1", "docker exec mf-etcd etcdctl member list -w simple")
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(", ").collect();
+            format!("{} {}", fields[2], fields.get(5).copied().unwrap_or(""))
+        })
+        .collect()
+}
+
+/// Each unit's invocation id: a new one means the unit was restarted.
+fn invocations(hosts: &Hosts, host: &str, units: &[&str]) -> Vec<String> {
+    units
+        .iter()
+        .map(|u| hosts.systemctl(host, &format!("show -P InvocationID {u}")))
+        .collect()
+}
+
+/// What a refused join must leave on the joining host: nothing.
+fn assert_nothing_joined(hosts: &Hosts, host: &str) {
+    let left = hosts.sh_ok(
+        host,
+        "ls /var/lib/milvus-fleet/cluster.toml /var/lib/milvus-fleet/pki /etc/milvus-fleet/fleet.d \
+         /etc/systemd/system/milvus-fleet-* 2>/dev/null; systemctl is-active milvus-fleet || true",
+    );
+    assert_eq!(left, "inactive", "{host} is half-joined: {left}");
+}
+
+/// Makes a token on h1 and returns it.
+fn token(hosts: &Hosts, args: &str) -> String {
+    hosts.sh_ok(
+        "h1",
+        &format!("milvus-fleet token create {args} 2>/dev/null"),
+    )
+}
+
+/// `milvus-fleet join` on h4 with `token` on standard input; returns (success, stderr).
+fn join_h4(hosts: &Hosts, token: &str) -> (bool, String) {
+    hosts.write_file("h4", "/root/token", token, "0600");
+    let out = hosts.sh(
+        "h4",
+        &format!(
+            "milvus-fleet join {} --name h4 --address {} --roles compute < /root/token",
+            hosts.address("h1"),
+            hosts.address("h4")
+        ),
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn, the built .deb and a Docker engine: scripts/test-all.sh runs it"]
+fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
+    let deb = deb_path();
+    let images = images();
+    let hosts = Hosts::up_with(
+        "mfmb",
+        "172.31.93",
+        4,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io cloud-init"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    let plugin = std::path::PathBuf::from("/usr/libexec/docker/cli-plugins/docker-compose");
+    std::thread::scope(|scope| {
+        for host in hosts.names() {
+            let (hosts, deb, images, plugin) = (&hosts, &deb, &images, &plugin);
+            scope.spawn(move || {
+                hosts.copy_in(host, deb, PKG);
+                hosts.copy_in_with_mode(
+                    host,
+                    plugin,
+                    "/usr/libexec/docker/cli-plugins/docker-compose",
+                    "0755",
+                );
+                hosts.sh_ok(host, "for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1");
+                // The Milvus server is not needed here: h1 runs it in the data-plane test
+                // and the demo. A standby (h4) never starts it.
+                for name in ["local/etcd:test", "local/nginx:test"] {
+                    hosts.docker_load(host, &images[name]);
+                }
+            });
+        }
+    });
+
+    // h1: the package by hand, init.
+    hosts.sh_ok(
+        "h1",
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {PKG} >/dev/null"),
+    );
+    hosts.write_file(
+        "h1",
+        "/etc/milvus-fleet/fleet.toml",
+        &fleet_toml(&hosts),
+        "0644",
+    );
+    hosts.write_file(
+        "h1",
+        "/etc/milvus-fleet/credentials/object-storage",
+        "MILVUS_FLEET_S3_ACCESS_KEY_ID=k\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY=s3-secret-of-the-test\n",
+        "0600",
+    );
+    // The Milvus standalone server would start on h1 (the first compute node); it is a
+    // storage node here so that this test needs no Milvus image.
+    let init = hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet init --name h1 --address {} --roles storage",
+            hosts.address("h1")
+        ),
+    );
+    assert!(
+        init.contains("Cluster membership-test initialized"),
+        "{init}"
+    );
+    assert!(init.contains("milvus-fleet join"), "{init}");
+    let mut secrets: Vec<String> = vec![secret_of(
+        init.lines().find(|l| l.starts_with("MFT1-")).unwrap(),
+    )];
+    wait_until("h1's daemon to lead", Duration::from_secs(30), || {
+        status(&hosts, "h1")["role"] == "leader"
+    });
+
+    // h2 and h3: user-data from `milvus-fleet cloud-init`, one token for both.
+    let user_data = hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet cloud-init --server {} --role storage --uses 2 --ttl 20m --package-file {PKG} 2>/dev/null",
+            hosts.address("h1")
+        ),
+    );
+    let schema = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(schema.path(), &user_data).unwrap();
+    let checked = std::process::Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(schema.path())
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "cloud-init schema: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let cloud_token = user_data
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    secrets.push(secret_of(&cloud_token));
+    // The token is only in write_files (a 0600 file), never on a command line.
+    let runcmd = &user_data[user_data.find("runcmd:").unwrap()..];
+    assert!(!runcmd.contains(&cloud_token), "{runcmd}");
+    for host in ["h2", "h3"] {
+        hosts.write_file(
+            host,
+            "/var/lib/cloud/seed/nocloud/user-data",
+            &user_data,
+            "0600",
+        );
+        hosts.write_file(
+            host,
+            "/var/lib/cloud/seed/nocloud/meta-data",
+            &format!("instance-id: test-{host}\nlocal-hostname: {host}\n"),
+            "0644",
+        );
+        hosts.reboot(host);
+    }
+    wait_until(
+        "h2 and h3 to join through cloud-init",
+        Duration::from_secs(240),
+        || nodes_seen(&hosts, "h1") == all_up(&["h1", "h2", "h3"]),
+    );
+    wait_until("3 voting etcd members", Duration::from_secs(60), || {
+        etcd_members(&hosts)
+            == ["h1 false", "h2 false", "h3 false"]
+                .map(String::from)
+                .into()
+    });
+    for host in ["h2", "h3"] {
+        assert_eq!(
+            hosts.sh_ok(
+                host,
+                "test -e /etc/milvus-fleet/join.toml && echo kept || echo deleted"
+            ),
+            "deleted",
+            "the join file (with the token) is gone from {host}"
+        );
+        assert_eq!(
+            hosts.systemctl(host, "show -P Result milvus-fleet-join"),
+            "success"
+        );
+    }
+
+    // Refused joins say why and leave nothing behind (h4, by hand).
+    hosts.sh_ok(
+        "h4",
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {PKG} >/dev/null"),
+    );
+    let config_before = hosts.sh_ok("h1", "cat /var/lib/milvus-fleet/cluster.toml");
+    let members_before = etcd_members(&hosts);
+    let good = token(&hosts, "--role compute");
+    let other_pin = format!(
+        "MFT1-{}-{}",
+        "ab".repeat(32),
+        good.rsplit('-').next().unwrap()
+    );
+    let expired = token(&hosts, "--ttl 1s");
+    let revoked = token(&hosts, "");
+    let revoked_id = revoked
+        .rsplit('-')
+        .next()
+        .unwrap()
+        .split('.')
+        .next()
+        .unwrap();
+    hosts.sh_ok("h1", &format!("milvus-fleet token revoke {revoked_id}"));
+    std::thread::sleep(Duration::from_secs(2));
+    for (token, says) in [
+        ("MFT1-garbage".to_owned(), "garbled"),
+        (other_pin, "nothing was sent"),
+        (expired.clone(), "expired"),
+        (cloud_token.clone(), "used up"),
+        (revoked.clone(), "revoked"),
+    ] {
+        let (joined, stderr) = join_h4(&hosts, &token);
+        assert!(!joined && stderr.contains(says), "{says}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert_nothing_joined(&hosts, "h4");
+    }
+    assert_eq!(
+        hosts.sh_ok("h1", "cat /var/lib/milvus-fleet/cluster.toml"),
+        config_before
+    );
+    assert_eq!(etcd_members(&hosts), members_before);
+    for t in [&good, &expired, &revoked] {
+        secrets.push(secret_of(t));
+    }
+
+    // h4 joins (compute): on the others only the load balancer config changes, and the
+    // only compute node before it (none) means no reload anywhere; h1's etcd keeps running.
+    let units_h1 = ["milvus-fleet-etcd", "milvus-fleet.service"];
+    let before = invocations(&hosts, "h1", &units_h1);
+    // Watch h4's process list while it joins: the secret must never be in argv.
+    let watch = format!(
+        "for i in $(seq 1 400); do ps -eo args; sleep 0.05; done | grep -c {} || true",
+        secret_of(&good)
+    );
+    let (seen_in_argv, (joined, stderr)) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| hosts.sh_ok("h4", &watch));
+        std::thread::sleep(Duration::from_millis(300));
+        let result = join_h4(&hosts, &good);
+        (watcher.join().unwrap(), result)
+    });
+    assert!(joined, "h4 joins: {stderr}");
+    assert_eq!(
+        seen_in_argv, "0",
+        "the token secret showed in h4's process list"
+    );
+    // Running it again ends in the same state.
+    let (again, stderr) = join_h4(&hosts, &good);
+    assert!(again, "a repeated join succeeds: {stderr}");
+    wait_until("h4 in every node's status", Duration::from_secs(60), || {
+        hosts
+            .names()
+            .iter()
+            .all(|h| nodes_seen(&hosts, h) == all_up(&["h1", "h2", "h3", "h4"]))
+    });
+    assert_eq!(hosts.systemctl("h4", "is-active milvus-fleet-lb"), "active");
+    assert_eq!(
+        hosts.systemctl("h4", "is-active milvus-fleet-standalone"),
+        "inactive",
+        "h4 stands by: it is not the node that runs the standalone server"
+    );
+    assert_eq!(
+        invocations(&hosts, "h1", &units_h1),
+        before,
+        "nothing restarted on h1"
+    );
+
+    // Removing h3 is refused while h2's etcd is down (1 of 2 remaining members healthy).
+    hosts.sh_ok("h2", "systemctl stop milvus-fleet-etcd");
+    let refused = hosts.sh("h1", "milvus-fleet node remove h3");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("quorum"),
+        "{stderr}"
+    );
+    hosts.sh_ok("h2", "systemctl start milvus-fleet-etcd");
+    wait_until("h2's etcd back", Duration::from_secs(60), || {
+        hosts
+            .sh(
+                "h1",
+                &format!(
+                    "docker exec mf-etcd etcdctl --endpoints=http://{}:2379 endpoint health",
+                    hosts.address("h2")
+                ),
+            )
+            .status
+            .success()
+    });
+    let unknown = hosts.sh("h1", "milvus-fleet node remove nope");
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no node \"nope\""));
+
+    let removed = hosts.sh_ok("h1", "milvus-fleet node remove h3 2>&1");
+    assert!(removed.contains("revoked its certificate"), "{removed}");
+    wait_until("h3 gone from every status", Duration::from_secs(60), || {
+        ["h1", "h2", "h4"]
+            .iter()
+            .all(|h| nodes_seen(&hosts, h) == all_up(&["h1", "h2", "h4"]))
+    });
+    assert_eq!(
+        etcd_members(&hosts),
+        ["h1 false", "h2 false"].map(String::from).into()
+    );
+    wait_until("h3's components stopped", Duration::from_secs(60), || {
+        hosts.sh_ok("h3", "docker ps --quiet").is_empty()
+            && hosts.sh_ok(
+                "h3",
+                "ls /etc/systemd/system/ | grep -c '^milvus-fleet-' || true",
+            ) == "0"
+    });
+    let leader = status(&hosts, "h2");
+    assert_eq!(leader["leader"], "h1");
+
+    // Token secrets: not in any journal, and in no file that is not 0600.
+    for host in hosts.names() {
+        for secret in &secrets {
+            let journal = hosts.sh_ok(
+                host,
+                &format!("journalctl --no-pager -o cat | grep -c {secret} || true"),
+            );
+            assert_eq!(journal, "0", "a token secret in {host}'s journal");
+            let files = hosts.sh_ok(
+                host,
+                &format!(
+                    "grep -rl --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev {secret} / 2>/dev/null \
+                     | while read f; do echo \"$(stat -c %a \"$f\") $f\"; done"
+                ),
+            );
+            for line in files.lines() {
+                assert!(
+                    line.starts_with("600 ") || line.starts_with("400 "),
+                    "{host}: {line}"
+                );
+            }
+        }
+    }
+    let _ = repo();
+}
+
+/// The secret part of a token (`...-<id>.<secret>`).
+fn secret_of(token: &str) -> String {
+    token.trim().rsplit('.').next().unwrap().to_owned()
+}

@@ -1,0 +1,76 @@
+//! Helpers for tests that run the data plane on test hosts: the locally built images, the
+//! Milvus client, the site's S3 service.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{repo, run_ok, Hosts};
+
+pub const KEY: &str = "fleet-test-key";
+pub const SECRET: &str = "fleet-test-secret-0123456789";
+
+/// Image name -> saved image tarball (tests/images/build.sh, cached).
+pub fn images() -> BTreeMap<String, PathBuf> {
+    let listing = run_ok(repo().join("tests/images/build.sh").to_str().unwrap(), &[]);
+    listing
+        .lines()
+        .map(|line| {
+            let (name, path) = line.split_once(' ').unwrap();
+            (name.to_owned(), PathBuf::from(path))
+        })
+        .collect()
+}
+
+pub fn client_python() -> String {
+    run_ok(repo().join("tests/client/venv.sh").to_str().unwrap(), &[])
+        .trim()
+        .to_owned()
+}
+
+/// Runs the Milvus client against `host:port` from the hosts' bridge network.
+pub fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str) -> String {
+    let script = repo().join("tests/client/vectors.py");
+    let port = port.to_string();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &hosts.switch_netns(), python])
+        .arg(&script)
+        .args([address, port.as_str(), mode])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client {mode} via {address}:{port} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The site's own S3 service on `host`, run by a unit of the test (milvus-fleet only connects).
+pub fn start_site_s3(hosts: &Hosts, host: &str) {
+    let compose = format!(
+        "name: site-s3\nservices:\n  s3:\n    image: local/seaweedfs:test\n    network_mode: host\n    restart: \"no\"\n    \
+         environment:\n      WEED_IP: \"{}\"\n      S3_ACCESS_KEY: \"{KEY}\"\n      S3_SECRET_KEY: \"{SECRET}\"\n    \
+         volumes:\n      - /var/lib/site-s3:/data\n",
+        hosts.address(host)
+    );
+    hosts.write_file(host, "/etc/site-s3/compose.yaml", &compose, "0600");
+    let unit = "[Unit]\nDescription=the site's S3 service\nRequires=docker.service\nAfter=docker.service\n[Service]\n\
+                ExecStart=/usr/bin/docker compose --file /etc/site-s3/compose.yaml up --no-color --exit-code-from s3\n\
+                ExecStop=/usr/bin/docker compose --file /etc/site-s3/compose.yaml down\n";
+    hosts.write_file(host, "/etc/systemd/system/site-s3.service", unit, "0644");
+    hosts.sh_ok(host, "systemctl daemon-reload && systemctl start site-s3");
+}
