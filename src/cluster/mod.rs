@@ -33,9 +33,14 @@ pub fn prefix(config: &FleetConfig) -> String {
 /// connection that pings more often than every 5 s (its grpc-keepalive-min-time), and
 /// with it every watch. No per-request timeout: watches and lease keepalives are streams.
 pub async fn connect(config: &FleetConfig) -> Result<Client, ClusterError> {
+    connect_to(&config.etcd_client_urls()).await
+}
+
+/// Like [`connect`], to the given client URLs only.
+pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
     let options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)
         .with_connect_timeout(Duration::from_secs(2));
-    Ok(Client::connect(config.etcd_client_urls(), Some(options)).await?)
+    Ok(Client::connect(urls, Some(options)).await?)
 }

@@ -157,11 +157,18 @@ pub fn join(
 
     // Joined already (a second run, or a reboot after the handshake): finish the rest.
     let pki = local::pki_dir();
-    if settings.config.nodes.iter().any(|n| n.name == name) && pki.join("node.crt").is_file() {
-        tracing::info!("{name} is a member already; bringing its units to the wanted state");
-        super::apply::apply(paths)?;
-        enable_daemon()?;
-        return Ok(name);
+    let config = &settings.config;
+    if let Some(node) = config.nodes.iter().find(|n| n.name == name) {
+        if pki.join("node.crt").is_file() {
+            eprintln!("{name} is a member already: finishing its join");
+            super::apply::apply(paths)?;
+            if votes(&node.roles) && config.etcd.mode == ServiceMode::Local {
+                let peer = peer_url(&node.address, config.etcd.peer_port);
+                runtime()?.block_on(promote(config, &node.address, &peer))?;
+            }
+            enable_daemon()?;
+            return Ok(name);
+        }
     }
 
     let address = match &identity.address {
@@ -204,7 +211,7 @@ pub fn join(
     super::apply::apply(paths)?;
     if response.etcd_initial_cluster.is_some() {
         let peer = peer_url(&request.address, config.etcd.peer_port);
-        runtime.block_on(promote(&config, &peer))?;
+        runtime.block_on(promote(&config, &request.address, &peer))?;
     }
     enable_daemon()?;
     Ok(name)
@@ -232,12 +239,31 @@ async fn send_with_retries(
     }
 }
 
-/// Promotes this host's etcd learner once it has caught up.
-async fn promote(config: &FleetConfig, peer: &str) -> anyhow::Result<()> {
-    let mut client = wait_for_etcd(config, Duration::from_secs(60)).await?;
+/// Promotes this host's etcd learner once it has caught up, talking to the other
+/// members only (a learner answers no client requests).
+async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Result<()> {
+    let own = format!("http://{}:{}", address, config.etcd.client_port);
+    let others: Vec<String> = config
+        .etcd_client_urls()
+        .into_iter()
+        .filter(|u| *u != own)
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let members = client.member_list().await?;
+        let attempt = async {
+            let mut client = crate::cluster::connect_to(&others).await?;
+            Ok::<_, crate::cluster::ClusterError>((client.member_list().await?, client))
+        };
+        let (members, mut client) =
+            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
+                Ok(Ok(answer)) => answer,
+                _ if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Ok(Err(e)) => bail!("reaching etcd at {}: {e}", others.join(",")),
+                Err(_) => bail!("reaching etcd at {}: timed out", others.join(",")),
+            };
         let Some(member) = members
             .members()
             .iter()
