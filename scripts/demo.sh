@@ -103,6 +103,8 @@ for host in h2 h3; do
         $HOSTS exec "$host" sh -c 'umask 077; mkdir -p /var/lib/cloud/seed/nocloud && cat > /var/lib/cloud/seed/nocloud/user-data'
     printf 'instance-id: demo-%s\nlocal-hostname: %s\n' "$host" "$host" |
         $HOSTS exec "$host" sh -c 'cat > /var/lib/cloud/seed/nocloud/meta-data'
+    # The test hosts have no `locales` package; a real image sets its locale like this.
+    echo 'locale: C.UTF-8' | $HOSTS exec "$host" sh -c 'cat > /etc/cloud/cloud.cfg.d/90-locale.cfg'
     $HOSTS reboot "$host"
 done
 

@@ -1,6 +1,6 @@
-//! The daemon's API: mutual TLS against the cluster CA (clients without a certificate,
-//! with one from another CA, or with an expired one are refused), the routes with good
-//! and bad input, /metrics, and the local Unix socket.
+//! The daemon's API: mutual TLS against the cluster CA (clients without a certificate reach
+//! only the join route; with one from another CA, or with an expired one, are refused), the
+//! routes with good and bad input, /metrics, and the local Unix socket.
 
 mod support;
 
@@ -141,9 +141,42 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     assert_eq!(status["node"], "n1");
     assert_eq!(status["role"], "leader");
 
-    // Refused before any route runs: no certificate, another CA's, an expired one.
+    // Without a certificate only the join route answers (a joining node has none yet);
+    // every other route is not there for it.
+    let anonymous = https(&ca_cert, None);
+    let answer = anonymous
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    let answer = anonymous
+        .post(format!("{base}/v1/tokens"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        StatusCode::NOT_FOUND,
+        "no token for strangers"
+    );
+    let answer = anonymous
+        .post(format!("{base}/v1/join"))
+        .header("content-type", "application/json")
+        .body(r#"{"credential":"abcdef.x","name":"n9","address":"127.0.0.9","roles":["compute"],"csr":""}"#)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_client_error() || answer.status() == StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.status()
+    );
+
+    // Refused in the handshake: another CA's certificate, an expired one.
     for (what, client) in [
-        ("no client certificate", https(&ca_cert, None)),
         (
             "a certificate from another CA",
             https(&ca_cert, Some(identity(&stranger))),
@@ -356,6 +389,85 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
         .map(|n| n.as_u64().unwrap())
         .sum();
     assert_eq!(jobs, 2, "both jobs are counted: {status}");
+    // Join tokens through the CLI and the local socket: the secret is shown once, the CA
+    // pin is inside, etcd keeps only the secret's hash.
+    let token_cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+            .arg("token")
+            .args(args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap()
+    };
+    let pin = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+            .args(["pki", "pin"])
+            .arg(ca.join("ca.crt"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let created = token_cli(&["create", "--ttl", "10m", "--uses", "2", "--role", "compute"]);
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let token = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let hash = pin.trim().trim_start_matches("sha256:");
+    assert!(token.starts_with(&format!("MFT1-{hash}-")), "{token}");
+    let (id, secret) = token.rsplit('-').next().unwrap().split_once('.').unwrap();
+    let stored = etcd_client
+        .get(format!("/milvus-fleet/elect/tokens/{id}"), None)
+        .await
+        .unwrap();
+    let stored = stored.kvs()[0].value_str().unwrap().to_owned();
+    assert!(
+        !stored.contains(secret),
+        "the secret is not stored: {stored}"
+    );
+    let listed: Value = serde_json::from_slice(&token_cli(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["id"], id);
+    assert_eq!(listed[0]["state"], "valid");
+    assert_eq!(listed[0]["roles"], serde_json::json!(["compute"]));
+    assert!(!listed.to_string().contains(secret));
+    assert!(token_cli(&["revoke", id]).status.success());
+    let listed: Value = serde_json::from_slice(&token_cli(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["state"], "revoked");
+    // Rotation revokes every outstanding token and prints a fresh one.
+    assert!(token_cli(&["create"]).status.success());
+    let rotated = token_cli(&["rotate"]);
+    assert!(String::from_utf8_lossy(&rotated.stderr).contains("revoked 1 outstanding token"));
+    let listed: Value = serde_json::from_slice(&token_cli(&["list", "--json"]).stdout).unwrap();
+    let fresh = String::from_utf8_lossy(&rotated.stdout).trim().to_owned();
+    let fresh_id = fresh.rsplit('-').next().unwrap().split('.').next().unwrap();
+    for t in listed.as_array().unwrap() {
+        let want = if t["id"] == fresh_id {
+            "valid"
+        } else {
+            "revoked"
+        };
+        assert_eq!(t["state"], want, "{listed}");
+    }
+    // Bad input: one line, non-zero, nothing made.
+    for (args, says) in [
+        (&["create", "--ttl", "8d"][..], "outside"),
+        (&["create", "--ttl", "soon"][..], "not a duration"),
+        (&["revoke", "../x"][..], "no join token"),
+        (&["revoke", "abcdef"][..], "no join token"),
+    ] {
+        let out = token_cli(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+    let listed: Value = serde_json::from_slice(&token_cli(&["list", "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+
     let human = status_command(&socket, false);
     assert!(String::from_utf8_lossy(&human.stdout).contains("role      leader (term"));
     drop(daemon);

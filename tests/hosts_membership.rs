@@ -10,7 +10,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::dataplane::{images, wait_until};
+use support::dataplane::{client, client_python, images, start_site_s3, wait_until, KEY, SECRET};
 use support::{deb_path, repo, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
@@ -129,6 +129,7 @@ fn join_h4(hosts: &Hosts, token: &str) -> (bool, String) {
 fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     let deb = deb_path();
     let images = images();
+    let python = client_python();
     let hosts = Hosts::up_with(
         "mfmb",
         "172.31.93",
@@ -151,10 +152,15 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
                     "0755",
                 );
                 hosts.sh_ok(host, "for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1");
-                // The Milvus server is not needed here: h1 runs it in the data-plane test
-                // and the demo. A standby (h4) never starts it.
-                for name in ["local/etcd:test", "local/nginx:test"] {
-                    hosts.docker_load(host, &images[name]);
+                // h1 runs the Milvus server (the first compute node) and the site's S3;
+                // the others run etcd and load balancers (h4 stands by for Milvus).
+                let wanted: &[&str] = if host == "h1" {
+                    &["etcd", "nginx", "milvus", "seaweedfs"]
+                } else {
+                    &["etcd", "nginx"]
+                };
+                for name in wanted {
+                    hosts.docker_load(host, &images[*name]);
                 }
             });
         }
@@ -174,15 +180,16 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     hosts.write_file(
         "h1",
         "/etc/milvus-fleet/credentials/object-storage",
-        "MILVUS_FLEET_S3_ACCESS_KEY_ID=k\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY=s3-secret-of-the-test\n",
+        &format!(
+            "MILVUS_FLEET_S3_ACCESS_KEY_ID={KEY}\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY={SECRET}\n"
+        ),
         "0600",
     );
-    // The Milvus standalone server would start on h1 (the first compute node); it is a
-    // storage node here so that this test needs no Milvus image.
+    start_site_s3(&hosts, "h1");
     let init = hosts.sh_ok(
         "h1",
         &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage",
+            "milvus-fleet init --name h1 --address {} --roles storage,compute",
             hosts.address("h1")
         ),
     );
@@ -240,6 +247,13 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             host,
             "/var/lib/cloud/seed/nocloud/meta-data",
             &format!("instance-id: test-{host}\nlocal-hostname: {host}\n"),
+            "0644",
+        );
+        // The test hosts have no `locales` package; a real image sets its locale like this.
+        hosts.write_file(
+            host,
+            "/etc/cloud/cloud.cfg.d/90-locale.cfg",
+            "locale: C.UTF-8\n",
             "0644",
         );
         hosts.reboot(host);
@@ -315,9 +329,18 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         secrets.push(secret_of(t));
     }
 
-    // h4 joins (compute): on the others only the load balancer config changes, and the
-    // only compute node before it (none) means no reload anywhere; h1's etcd keeps running.
-    let units_h1 = ["milvus-fleet-etcd", "milvus-fleet.service"];
+    // h4 joins (compute): on h1 only the load balancer's upstreams change (a reload);
+    // nothing restarts.
+    let units_h1 = [
+        "milvus-fleet-etcd",
+        "milvus-fleet-lb",
+        "milvus-fleet-standalone",
+        "milvus-fleet.service",
+    ];
+    let reloads_before = hosts.sh_ok(
+        "h1",
+        "journalctl -u milvus-fleet-lb -o cat | grep -c Reloaded || true",
+    );
     let before = invocations(&hosts, "h1", &units_h1);
     // Watch h4's process list while it joins: the secret must never be in argv.
     let watch = format!(
@@ -400,6 +423,13 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     });
     let leader = status(&hosts, "h2");
     assert_eq!(leader["leader"], "h1");
+
+    // The data path through the newest node's load balancer reaches h1's Milvus.
+    let written = client(&hosts, &python, &hosts.address("h4"), 19537, "write");
+    assert!(
+        written.contains("top hit for vector #123: id=123"),
+        "{written}"
+    );
 
     // Token secrets: not in any journal, and in no file that is not 0600.
     for host in hosts.names() {

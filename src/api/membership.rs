@@ -96,9 +96,9 @@ fn all_roles() -> Vec<Role> {
 
 async fn create(state: &ApiState, body: &Bytes) -> Result<serde_json::Value, ApiError> {
     let request: TokenRequest = parse(body)?;
-    if !(60..=MAX_TTL_SECS).contains(&request.ttl_secs) {
+    if !(1..=MAX_TTL_SECS).contains(&request.ttl_secs) {
         return Err(ApiError::BadRequest(format!(
-            "ttl_secs: {} is outside 60..={MAX_TTL_SECS} (one minute to a week)",
+            "ttl_secs: {} is outside 1..={MAX_TTL_SECS} (a week)",
             request.ttl_secs
         )));
     }
