@@ -73,7 +73,7 @@ EOF
 $HOSTS exec h1 sh -c 'systemctl daemon-reload && systemctl enable --now --quiet site-s3'
 
 say "h1: apt install the package, write fleet.toml, milvus-fleet init"
-quiet $HOSTS exec h1 sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q $PKG"
+quiet $HOSTS exec h1 sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 $PKG"
 $HOSTS exec h1 sh -c 'cat > /etc/milvus-fleet/fleet.toml' <<EOF
 [cluster]
 name = "demo"

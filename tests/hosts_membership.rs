@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::dataplane::{client, client_python, images, start_site_s3, wait_until, KEY, SECRET};
-use support::{deb_path, repo, Hosts};
+use support::{deb_path, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
 
@@ -169,7 +169,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     // h1: the package by hand, init.
     hosts.sh_ok(
         "h1",
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {PKG} >/dev/null"),
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {PKG} >/dev/null"),
     );
     hosts.write_file(
         "h1",
@@ -287,7 +287,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     // Refused joins say why and leave nothing behind (h4, by hand).
     hosts.sh_ok(
         "h4",
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q {PKG} >/dev/null"),
+        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {PKG} >/dev/null"),
     );
     let config_before = hosts.sh_ok("h1", "cat /var/lib/milvus-fleet/cluster.toml");
     let members_before = etcd_members(&hosts);
@@ -343,12 +343,11 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     );
     let before = invocations(&hosts, "h1", &units_h1);
     // Watch h4's process list while it joins: the secret must never be in argv.
-    let watch = format!(
-        "for i in $(seq 1 400); do ps -eo args; sleep 0.05; done | grep -c {} || true",
-        secret_of(&good)
-    );
+    // (The pattern comes from a 0600 file, so the watcher's own argv does not hold it.)
+    hosts.write_file("h4", "/root/secret-pattern", &secret_of(&good), "0600");
+    let watch = "for i in $(seq 1 400); do ps -eo args; sleep 0.05; done | grep -cFf /root/secret-pattern || true";
     let (seen_in_argv, (joined, stderr)) = std::thread::scope(|scope| {
-        let watcher = scope.spawn(|| hosts.sh_ok("h4", &watch));
+        let watcher = scope.spawn(|| hosts.sh_ok("h4", watch));
         std::thread::sleep(Duration::from_millis(300));
         let result = join_h4(&hosts, &good);
         (watcher.join().unwrap(), result)
@@ -377,6 +376,23 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         invocations(&hosts, "h1", &units_h1),
         before,
         "nothing restarted on h1"
+    );
+    wait_until(
+        "h1's load balancer to reload",
+        Duration::from_secs(30),
+        || {
+            hosts.sh_ok(
+                "h1",
+                "journalctl -u milvus-fleet-lb -o cat | grep -c Reloaded || true",
+            ) != reloads_before
+        },
+    );
+    let upstream = format!("{}:19530", hosts.address("h4"));
+    assert!(
+        hosts
+            .sh_ok("h1", "cat /var/lib/milvus-fleet/rendered/config/nginx.conf")
+            .contains(&upstream),
+        "h1's load balancer knows h4"
     );
 
     // Removing h3 is refused while h2's etcd is down (1 of 2 remaining members healthy).
@@ -431,30 +447,27 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         "{written}"
     );
 
-    // Token secrets: not in any journal, and in no file that is not 0600.
+    // Token secrets: not in any journal, and in no file that is not 0600. (The patterns
+    // come from a 0600 file, so the checks' own argv does not hold them.)
     for host in hosts.names() {
-        for secret in &secrets {
-            let journal = hosts.sh_ok(
-                host,
-                &format!("journalctl --no-pager -o cat | grep -c {secret} || true"),
+        hosts.write_file(host, "/root/secrets", &(secrets.join("\n") + "\n"), "0600");
+        let journal = hosts.sh_ok(
+            host,
+            "journalctl --no-pager -o cat | grep -cFf /root/secrets || true",
+        );
+        assert_eq!(journal, "0", "a token secret in {host}'s journal");
+        let files = hosts.sh_ok(
+            host,
+            "grep -rlFf /root/secrets --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev \
+             --exclude-dir=overlay2 / 2>/dev/null | while read f; do echo \"$(stat -c %a \"$f\") $f\"; done",
+        );
+        for line in files.lines() {
+            assert!(
+                line.starts_with("600 ") || line.starts_with("400 "),
+                "{host}: {line}"
             );
-            assert_eq!(journal, "0", "a token secret in {host}'s journal");
-            let files = hosts.sh_ok(
-                host,
-                &format!(
-                    "grep -rl --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev {secret} / 2>/dev/null \
-                     | while read f; do echo \"$(stat -c %a \"$f\") $f\"; done"
-                ),
-            );
-            for line in files.lines() {
-                assert!(
-                    line.starts_with("600 ") || line.starts_with("400 "),
-                    "{host}: {line}"
-                );
-            }
         }
     }
-    let _ = repo();
 }
 
 /// The secret part of a token (`...-<id>.<secret>`).

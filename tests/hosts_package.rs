@@ -14,6 +14,9 @@ const FOOTPRINT: &[&str] = &[
     "/var/lib/milvus-fleet",
     "/run/milvus-fleet",
     "/usr/lib/systemd/system/milvus-fleet.service",
+    "/usr/lib/systemd/system/milvus-fleet-join.service",
+    "/usr/lib/systemd/system/milvus-fleet-apply.service",
+    "/usr/lib/systemd/system/milvus-fleet-apply.path",
     "/usr/lib/sysusers.d/milvus-fleet.conf",
     "/usr/lib/tmpfiles.d/milvus-fleet.conf",
     "/usr/share/doc/milvus-fleet",
@@ -47,7 +50,7 @@ fn deb_installs_starts_stops_and_purges_on_three_hosts() {
     // Every unit the package ships passes systemd's own checks, with nothing on stderr.
     let units = hosts.sh_ok(
         h1,
-        "dpkg -L milvus-fleet | grep -E '/systemd/system/.*\\.(service|target|socket|timer)$'",
+        "dpkg -L milvus-fleet | grep -E '/systemd/system/.*\\.(service|target|socket|timer|path)$'",
     );
     assert!(!units.is_empty(), "the package ships units");
     for unit in units.lines() {

@@ -348,33 +348,30 @@ pub fn token(args: TokenArgs) -> anyhow::Result<()> {
                 "{:<8} {:<10} {:<24} {:<6} {:<20} USED BY",
                 "ID", "STATE", "ROLES", "USES", "EXPIRES (UTC)"
             );
+            let joined = |value: &serde_json::Value| {
+                value
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|v| v.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
             for t in &tokens {
                 println!(
                     "{:<8} {:<10} {:<24} {:<6} {:<20} {}",
                     t["id"].as_str().unwrap_or(""),
                     t["state"].as_str().unwrap_or(""),
-                    t["roles"]
-                        .as_array()
-                        .map(|r| r
-                            .iter()
-                            .filter_map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default(),
+                    joined(&t["roles"]),
                     format!(
                         "{}/{}",
                         t["used_by"].as_array().map_or(0, |a| a.len()),
                         t["uses"]
                     ),
                     utc(t["expires_unix"].as_u64().unwrap_or(0)),
-                    t["used_by"]
-                        .as_array()
-                        .map(|r| r
-                            .iter()
-                            .filter_map(|v| v.as_str())
-                            .collect::<Vec<_>>()
-                            .join(","))
-                        .unwrap_or_default(),
+                    joined(&t["used_by"]),
                 );
             }
         }

@@ -221,18 +221,7 @@ impl JobStore {
         &mut self,
     ) -> Result<std::collections::BTreeMap<String, String>, JobError> {
         let prefix = format!("{}members/", self.prefix);
-        let response = self
-            .client
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let node = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
-                Some((node, kv.value_str().unwrap_or("").to_owned()))
-            })
-            .collect())
+        Ok(super::read_prefix(&mut self.client, &prefix).await?)
     }
 
     /// The API URL a daemon registered for itself (`<prefix>members/<node>`), while it lives.

@@ -44,3 +44,21 @@ pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
         .with_connect_timeout(Duration::from_secs(2));
     Ok(Client::connect(urls, Some(options)).await?)
 }
+
+/// Every key under `prefix`, by the rest of its name -> its value (as text).
+pub async fn read_prefix(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<std::collections::BTreeMap<String, String>, ClusterError> {
+    let response = client
+        .get(prefix, Some(etcd_client::GetOptions::new().with_prefix()))
+        .await?;
+    Ok(response
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key_str().ok()?.strip_prefix(prefix)?.to_owned();
+            Some((name, kv.value_str().unwrap_or("").to_owned()))
+        })
+        .collect())
+}

@@ -138,11 +138,21 @@ pub async fn step(
                 .find(|m| m.peer_urls().contains(&peer))
             {
                 Some(member) => {
-                    store
-                        .client
-                        .member_remove(member.id())
-                        .await
-                        .map_err(|e| format!("removing etcd member {peer}: {e}"))?;
+                    // etcd refuses a reconfiguration until every member has been connected
+                    // for a few seconds ("unhealthy cluster"), e.g. right after a restart.
+                    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                    loop {
+                        match store.client.member_remove(member.id()).await {
+                            Ok(_) => break,
+                            Err(e)
+                                if e.to_string().contains("unhealthy cluster")
+                                    && std::time::Instant::now() < deadline =>
+                            {
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => return Err(format!("removing etcd member {peer}: {e}")),
+                        }
+                    }
                     format!("removed {node}'s etcd member ({peer})")
                 }
                 None => format!("{node} has no etcd member"),

@@ -178,18 +178,7 @@ impl MembershipStore {
     /// node -> SHA-256 of its revoked certificate.
     pub async fn revoked_certs(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
         let prefix = format!("{}revoked/", self.prefix);
-        let response = self
-            .client
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        Ok(response
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let node = kv.key_str().ok()?.strip_prefix(&prefix)?.to_owned();
-                Some((node, kv.value_str().ok()?.to_owned()))
-            })
-            .collect())
+        Ok(crate::cluster::read_prefix(&mut self.client, &prefix).await?)
     }
 
     /// The SHA-256 of the certificate issued to `node`, if any.
