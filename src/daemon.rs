@@ -237,14 +237,20 @@ async fn sync_from_etcd(
                     }
                 }
                 Err(crate::membership::store::StoreError::NoConfig) => {}
-                Err(e) => warn!("reading the cluster configuration: {e}"),
+                Err(e) => {
+                    warn!("reading the cluster configuration: {e}");
+                    break;
+                }
             }
             if let Ok(certs) = store.revoked_certs().await {
                 revoked.send_replace(certs.into_values().filter(|c| !c.is_empty()).collect());
             }
+            // A watch can sit on a member that no longer hears the cluster (this node's own
+            // etcd right after its removal) and never fire: read again every few seconds.
             tokio::select! {
                 event = config_events.message() => if !matches!(event, Ok(Some(_))) { break },
                 event = revoked_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -388,6 +394,12 @@ fn status_line(settings: &Settings, role: &Role) -> String {
     if config.nodes.is_empty() {
         return "not part of a cluster yet: run `milvus-fleet init` or `milvus-fleet join`"
             .to_owned();
+    }
+    if settings.local_node().is_none() {
+        return format!(
+            "node {} is not in cluster {}'s node list (removed, or not joined)",
+            settings.node_name, config.cluster.name
+        );
     }
     let role = match role {
         Role::Unknown => "connecting to etcd".to_owned(),

@@ -430,13 +430,25 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         etcd_members(&hosts),
         ["h1 false", "h2 false"].map(String::from).into()
     );
-    wait_until("h3's components stopped", Duration::from_secs(60), || {
+    let stopped = || {
         hosts.sh_ok("h3", "docker ps --quiet").is_empty()
             && hosts.sh_ok(
                 "h3",
                 "ls /etc/systemd/system/ | grep -c '^milvus-fleet-' || true",
             ) == "0"
-    });
+    };
+    let start = std::time::Instant::now();
+    while !stopped() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "h3's components did not stop:\n{}",
+            hosts.sh_ok(
+                "h3",
+                "docker ps; ls /etc/systemd/system; journalctl --no-pager -u milvus-fleet -u milvus-fleet-apply | tail -40"
+            )
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let leader = status(&hosts, "h2");
     assert_eq!(leader["leader"], "h1");
 

@@ -146,6 +146,8 @@ pub async fn list_tokens(State(state): Shared) -> Result<Response, ApiError> {
 pub async fn revoke_token(
     State(state): Shared,
     UrlPath(id): UrlPath<String>,
+    // Read, though unused: a request body left unread makes the socket reset the answer.
+    _body: Bytes,
 ) -> Result<Response, ApiError> {
     if !crate::cluster::jobs::is_plain_name(&id) {
         return Err(ApiError::BadRequest(format!(

@@ -58,6 +58,30 @@ impl Settings {
                 message: rejection.message,
             });
         }
+        // A typo in local.node_name is an error, unless the node list is the cluster's
+        // (from etcd): then a name missing from it means "removed from the cluster".
+        let local = &config.local.node_name;
+        let nodes_from_cluster = match (merged.provenance.file_of("nodes"), &paths.cluster) {
+            (Some(file), Some(cluster)) => file == cluster.as_path(),
+            _ => false,
+        };
+        if !local.is_empty()
+            && !config.nodes.is_empty()
+            && !nodes_from_cluster
+            && !config.nodes.iter().any(|n| &n.name == local)
+        {
+            return Err(ConfigError::Invalid {
+                location: Location {
+                    file: merged
+                        .provenance
+                        .file_of("local.node_name")
+                        .map(PathBuf::from),
+                    line_column: None,
+                    key: Some("local.node_name".into()),
+                },
+                message: format!("{local:?} is not one of the names in `nodes`"),
+            });
+        }
         let node_name = match config.local.node_name.as_str() {
             "" => local_host_name(),
             name => name.to_owned(),

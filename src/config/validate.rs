@@ -156,13 +156,6 @@ fn check_nodes(config: &FleetConfig) -> Check {
             ),
         ));
     }
-    let local = &config.local.node_name;
-    if !local.is_empty() && !names.contains(local.as_str()) {
-        return Err(reject(
-            "local.node_name",
-            format!("{local:?} is not one of the names in `nodes`"),
-        ));
-    }
     Ok(())
 }
 

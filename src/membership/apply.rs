@@ -61,6 +61,15 @@ pub fn apply(paths: &ConfigPaths) -> anyhow::Result<ApplyReport> {
             systemctl(&["daemon-reload"])?;
             std::fs::remove_dir_all(&rendered_dir)
                 .with_context(|| format!("removing {}", rendered_dir.display()))?;
+            // The removed etcd member's data would stop it from joining again; set it
+            // aside (not deleted) so a rejoin starts clean.
+            let etcd_data = Path::new(&config.cluster.data_dir).join("etcd");
+            if etcd_data.is_dir() {
+                let aside = etcd_data
+                    .with_file_name(format!("etcd.removed-{}", crate::membership::now_unix()));
+                std::fs::rename(&etcd_data, &aside)
+                    .with_context(|| format!("moving {} aside", etcd_data.display()))?;
+            }
         }
         return Ok(report);
     };
