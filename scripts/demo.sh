@@ -30,7 +30,7 @@ python=$(tests/client/venv.sh)
 say "booting 3 test hosts with Docker and cloud-init"
 $HOSTS down 2>/dev/null || true
 $HOSTS up 3
-ip() { $HOSTS ip "$1"; }
+addr() { $HOSTS ip "$1"; }
 for host in h1 h2 h3; do
     # What a VM image or a mounted medium would bring: the package file and the images.
     $HOSTS copy-in "$host" "$deb" "$PKG"
@@ -53,7 +53,7 @@ services:
     image: local/seaweedfs:test
     network_mode: host
     environment:
-      WEED_IP: "$(ip h1)"
+      WEED_IP: "$(addr h1)"
       S3_ACCESS_KEY: "$s3_key"
       S3_SECRET_KEY: "$s3_secret"
     volumes:
@@ -83,7 +83,7 @@ topology = "standalone-ha"
 
 [object_storage]
 kind = "s3"
-endpoint = "$(ip h1):9000"
+endpoint = "$(addr h1):9000"
 bucket = "milvus-demo"
 
 [images]
@@ -93,12 +93,12 @@ milvus = "local/milvus:test"
 EOF
 printf 'MILVUS_FLEET_S3_ACCESS_KEY_ID=%s\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY=%s\n' "$s3_key" "$s3_secret" |
     $HOSTS exec h1 sh -c 'umask 077; cat > /etc/milvus-fleet/credentials/object-storage'
-$HOSTS exec h1 milvus-fleet init --name h1 --address "$(ip h1)" --roles storage,compute >/dev/null
+$HOSTS exec h1 milvus-fleet init --name h1 --address "$(addr h1)" --roles storage,compute >/dev/null
 
 say "h2, h3: cloud-init user-data from \`milvus-fleet cloud-init\`, a NoCloud seed, a boot"
 for host in h2 h3; do
     # One single-use token per VM; the user-data goes straight into the seed (0600).
-    $HOSTS exec h1 milvus-fleet cloud-init --server "$(ip h1)" --role storage,compute \
+    $HOSTS exec h1 milvus-fleet cloud-init --server "$(addr h1)" --role storage,compute \
         --ttl 30m --package-file "$PKG" 2>/dev/null |
         $HOSTS exec "$host" sh -c 'umask 077; mkdir -p /var/lib/cloud/seed/nocloud && cat > /var/lib/cloud/seed/nocloud/user-data'
     printf 'instance-id: demo-%s\nlocal-hostname: %s\n' "$host" "$host" |
@@ -122,7 +122,7 @@ $HOSTS exec h3 milvus-fleet status
 say "a Milvus client inserts 1000 vectors and searches them through h2's load balancer"
 ns=mfh-sw   # the hosts' bridge network (the harness's switch namespace)
 for i in $(seq 1 60); do
-    if ip netns exec "$ns" "$python" tests/client/vectors.py "$(ip h2)" 19537 write; then break; fi
+    if ip netns exec "$ns" "$python" tests/client/vectors.py "$(addr h2)" 19537 write; then break; fi
     [ "$i" = 60 ] && exit 1
     sleep 5
 done
@@ -132,7 +132,7 @@ cat <<MSG
 The cluster is up:
 $($HOSTS list | sed 's/^/  /')
 Connect your own client to any node's load balancer, port 19537 (from the hosts' network):
-  ip netns exec $ns python3 -c 'from pymilvus import connections; connections.connect(host="$(ip h2)", port=19537)'
+  ip netns exec $ns $python -c 'from pymilvus import connections; connections.connect(host="$(addr h2)", port=19537)'
 Look around:
   $HOSTS exec h1 milvus-fleet status          # the cluster as h1 sees it
   $HOSTS exec h1 milvus-fleet token list      # join tokens (h2's and h3's are used up)
