@@ -55,14 +55,16 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Default::default());
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(node_names(&settings));
     let (config_changed_tx, mut config_changed) = tokio::sync::mpsc::channel::<()>(4);
+    let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let channels = ClusterChannels {
         role: role_tx,
         jobs: jobs_tx,
         members: members_tx,
         revoked: revoked_tx,
         config_changed: config_changed_tx,
+        nodes: nodes_rx.clone(),
+        metrics: metrics.clone(),
     };
-    let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let mut cluster = ClusterLoops::default();
     cluster.follow(&settings, &channels).await;
     let pki_dir = state_dir().join("pki");
@@ -143,6 +145,8 @@ async fn campaign(
         members,
         revoked,
         config_changed,
+        nodes,
+        metrics,
     } = channels;
     let config = &settings.config;
     let client = loop {
@@ -176,6 +180,18 @@ async fn campaign(
         format!("{prefix}leader"),
         election.subscribe(),
     );
+    let peers = crate::supervise::peers::run(
+        crate::supervise::peers::PeerWatch {
+            client: client.clone(),
+            prefix: prefix.clone(),
+            leader_key: format!("{prefix}leader"),
+            nodes,
+            me: settings.node_name.clone(),
+            metrics,
+            webhook: Some(settings.config.daemon.alert_webhook.clone()).filter(|u| !u.is_empty()),
+        },
+        election.subscribe(),
+    );
     let store = MembershipStore::new(client.clone(), prefix.clone());
     members.send_replace(Some(store.clone()));
     let forward = async {
@@ -187,6 +203,7 @@ async fn campaign(
         _ = election.run(stop) => {}
         _ = forward => {}
         _ = jobs => {}
+        _ = peers => {}
         _ = sync_from_etcd(store, revoked, config_changed) => {}
     }
     role.send_replace(Role::Unknown);
@@ -265,6 +282,8 @@ struct ClusterChannels {
     members: tokio::sync::watch::Sender<Option<MembershipStore>>,
     revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
     config_changed: tokio::sync::mpsc::Sender<()>,
+    nodes: tokio::sync::watch::Receiver<Vec<String>>,
+    metrics: std::sync::Arc<crate::api::Metrics>,
 }
 
 /// The running cluster loops, if this node is in a cluster.

@@ -9,6 +9,7 @@ mod logging;
 mod membership;
 mod pki;
 mod render;
+mod supervise;
 
 use std::process::ExitCode;
 

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub api_requests: AtomicU64,
     pub api_errors: AtomicU64,
     pub api_micros: AtomicU64,
+    /// Configured peers whose daemon is not registered (as the leader last saw).
+    pub peers_down: AtomicU64,
+    pub peer_down_alerts: AtomicU64,
+    pub peer_recovered_alerts: AtomicU64,
 }
 
 /// Requests larger than this are refused with 413.
@@ -352,6 +356,27 @@ async fn metrics(State(state): Shared) -> String {
         "counter",
         "Time spent serving API requests.",
         &plain(seconds),
+    );
+    metric(
+        "milvus_fleet_peers_down",
+        "gauge",
+        "Configured peers whose daemon is not registered (leader only).",
+        &plain(m.peers_down.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "milvus_fleet_peer_alerts_total",
+        "counter",
+        "Peer alerts this daemon raised as the leader.",
+        &[
+            (
+                "{event=\"down\"}".into(),
+                m.peer_down_alerts.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "{event=\"recovered\"}".into(),
+                m.peer_recovered_alerts.load(Ordering::Relaxed).to_string(),
+            ),
+        ],
     );
     // Jobs by state, and how long the ended ones took, from the records in etcd.
     let store = state.jobs.borrow().clone();

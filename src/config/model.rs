@@ -347,6 +347,8 @@ pub struct DaemonConfig {
     /// Leader lease in seconds: how long a lost leader host can hold leadership.
     pub lease_ttl_secs: u32,
     pub log_level: LogLevel,
+    /// http(s) URL the leader POSTs peer alerts to (JSON); empty: journal and metrics only.
+    pub alert_webhook: String,
 }
 
 impl Default for DaemonConfig {
@@ -356,6 +358,7 @@ impl Default for DaemonConfig {
             api_advertise: String::new(),
             lease_ttl_secs: 2,
             log_level: LogLevel::default(),
+            alert_webhook: String::new(),
         }
     }
 }

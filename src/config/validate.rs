@@ -409,6 +409,16 @@ fn check_images(images: &ImagesConfig) -> Check {
 }
 
 fn check_daemon(config: &FleetConfig) -> Check {
+    let hook = &config.daemon.alert_webhook;
+    if !hook.is_empty()
+        && (!(hook.starts_with("http://") || hook.starts_with("https://"))
+            || hook.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(reject(
+            "daemon.alert_webhook",
+            format!("{hook:?} is not an http:// or https:// URL"),
+        ));
+    }
     if !config.daemon.api_advertise.is_empty() {
         host_port("daemon.api_advertise", &config.daemon.api_advertise)?;
     }

@@ -172,6 +172,19 @@ impl Daemon {
         &self.config
     }
 
+    /// `GET /metrics` over the daemon's local socket.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(self.runtime.join("api.sock")).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
