@@ -452,6 +452,31 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     let leader = status(&hosts, "h2");
     assert_eq!(leader["leader"], "h1");
 
+    // h4 cut off from the network: one "down" alert on the leader (h1), found by its
+    // MESSAGE_ID, and one "recovered" after healing; none on the other nodes.
+    let alerts = |host: &str| {
+        hosts.sh_ok(
+            host,
+            "journalctl --no-pager -o cat MESSAGE_ID=3eab256b8aa646e690c4e162f94c0fe8 MESSAGE_ID=a6c7801f4743406eb8270a1fc7c1a53a | grep 'peer h4' || true",
+        )
+    };
+    hosts.cut("h4");
+    wait_until(
+        "the leader's alert that h4 is down",
+        Duration::from_secs(30),
+        || alerts("h1").contains("peer h4 is down"),
+    );
+    hosts.heal("h4");
+    wait_until(
+        "the leader's alert that h4 recovered",
+        Duration::from_secs(60),
+        || alerts("h1").contains("peer h4 recovered"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = alerts("h1");
+    assert_eq!(seen.lines().count(), 2, "one down, one recovered: {seen}");
+    assert_eq!(alerts("h2"), "", "only the leader alerts");
+
     // The data path through the newest node's load balancer reaches h1's Milvus.
     let written = client(&hosts, &python, &hosts.address("h4"), 19537, "write");
     assert!(
