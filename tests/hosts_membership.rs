@@ -205,6 +205,15 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         status(&hosts, "h1")["role"] == "leader"
     });
 
+    // What h1 runs must not restart when other nodes join (its load balancer reloads).
+    let h1_units = [
+        "milvus-fleet-etcd",
+        "milvus-fleet-lb",
+        "milvus-fleet-standalone",
+        "milvus-fleet.service",
+    ];
+    let before_storage_joins = invocations(&hosts, "h1", &h1_units);
+
     // h2 and h3: user-data from `milvus-fleet cloud-init`, one token for both.
     let user_data = hosts.sh_ok(
         "h1",
@@ -269,6 +278,11 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
                 .map(String::from)
                 .into()
     });
+    assert_eq!(
+        invocations(&hosts, "h1", &h1_units),
+        before_storage_joins,
+        "nothing restarted on h1 when h2 and h3 joined"
+    );
     for host in ["h2", "h3"] {
         assert_eq!(
             hosts.sh_ok(
@@ -331,12 +345,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
 
     // h4 joins (compute): on h1 only the load balancer's upstreams change (a reload);
     // nothing restarts.
-    let units_h1 = [
-        "milvus-fleet-etcd",
-        "milvus-fleet-lb",
-        "milvus-fleet-standalone",
-        "milvus-fleet.service",
-    ];
+    let units_h1 = h1_units;
     let reloads_before = hosts.sh_ok(
         "h1",
         "journalctl -u milvus-fleet-lb -o cat | grep -c Reloaded || true",
