@@ -298,23 +298,15 @@ struct ClusterLoops {
 impl ClusterLoops {
     /// Starts the loops when this node is in the cluster and they are not running; stops
     /// them when it is no longer (a removed node must not lead or run jobs).
-    fn follow<'a>(
-        &'a mut self,
-        settings: &Settings,
-        channels: &ClusterChannels,
-    ) -> impl std::future::Future<Output = ()> + 'a {
+    async fn follow(&mut self, settings: &Settings, channels: &ClusterChannels) {
         let member = settings.local_node().is_some();
-        let start = member && self.running.is_none();
-        if start {
+        if member && self.running.is_none() {
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(campaign(settings.clone(), channels.clone(), stop_rx));
             self.running = Some((task, stop_tx));
-        }
-        async move {
-            if !member && self.running.is_some() {
-                warn!("this node is no longer in the cluster: leaving the election");
-                self.stop().await;
-            }
+        } else if !member && self.running.is_some() {
+            warn!("this node is no longer in the cluster: leaving the election");
+            self.stop().await;
         }
     }
 

@@ -98,7 +98,7 @@ pub fn init(
     // etcd is up (or external): the cluster's truth goes there, once.
     let runtime = runtime()?;
     let token = runtime.block_on(async {
-        let client = wait_for_etcd(&config, Duration::from_secs(120)).await?;
+        let client = wait_for_etcd(&config.etcd_client_urls(), Duration::from_secs(120)).await?;
         let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
         if !store.create_config(&config).await? {
             let (stored, _, _) = store.config().await?;
@@ -250,20 +250,16 @@ async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Res
         .collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let attempt = async {
-            let mut client = crate::cluster::connect_to(&others).await?;
-            Ok::<_, crate::cluster::ClusterError>((client.member_list().await?, client))
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut client = wait_for_etcd(&others, left).await?;
+        let members = match client.member_list().await {
+            Ok(members) => members,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => bail!("listing etcd's members: {e}"),
         };
-        let (members, mut client) =
-            match tokio::time::timeout(Duration::from_secs(5), attempt).await {
-                Ok(Ok(answer)) => answer,
-                _ if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Ok(Err(e)) => bail!("reaching etcd at {}: {e}", others.join(",")),
-                Err(_) => bail!("reaching etcd at {}: timed out", others.join(",")),
-            };
         let Some(member) = members
             .members()
             .iter()
@@ -286,14 +282,12 @@ async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Res
     }
 }
 
-async fn wait_for_etcd(
-    config: &FleetConfig,
-    timeout: Duration,
-) -> anyhow::Result<etcd_client::Client> {
+/// A client of the etcd members at `urls`, once one of them answers a read.
+async fn wait_for_etcd(urls: &[String], timeout: Duration) -> anyhow::Result<etcd_client::Client> {
     let deadline = Instant::now() + timeout;
     loop {
         let attempt = async {
-            let mut client = crate::cluster::connect(config).await?;
+            let mut client = crate::cluster::connect_to(urls).await?;
             client
                 .get("/milvus-fleet/", None)
                 .await

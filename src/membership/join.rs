@@ -322,20 +322,17 @@ pub enum RequestError {
 }
 
 pub fn with_default_port(server: &str) -> String {
-    let has_port = match server.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.ends_with(':')
-                && port.parse::<u16>().is_ok()
-                && (!host.contains(':') || host.ends_with(']'))
+    let port = crate::config::model::DEFAULT_API_PORT;
+    match server.rsplit_once(':') {
+        // host:port, or [v6]:port
+        Some((host, p))
+            if p.parse::<u16>().is_ok() && (!host.contains(':') || host.ends_with(']')) =>
+        {
+            server.to_owned()
         }
-        None => false,
-    };
-    if has_port {
-        server.to_owned()
-    } else if server.contains(':') && !server.starts_with('[') {
-        format!("[{server}]:{}", crate::config::model::DEFAULT_API_PORT)
-    } else {
-        format!("{server}:{}", crate::config::model::DEFAULT_API_PORT)
+        // a bare IPv6 address
+        Some(_) if !server.starts_with('[') => format!("[{server}]:{port}"),
+        _ => format!("{server}:{port}"),
     }
 }
 
@@ -448,5 +445,24 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_default_port;
+
+    #[test]
+    fn a_server_without_a_port_gets_the_api_port() {
+        for (given, wanted) in [
+            ("10.0.0.1", "10.0.0.1:19500"),
+            ("10.0.0.1:1234", "10.0.0.1:1234"),
+            ("h1.example", "h1.example:19500"),
+            ("::1", "[::1]:19500"),
+            ("[::1]", "[::1]:19500"),
+            ("[fd00::1]:1234", "[fd00::1]:1234"),
+        ] {
+            assert_eq!(with_default_port(given), wanted, "{given}");
+        }
     }
 }

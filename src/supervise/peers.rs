@@ -12,7 +12,7 @@
 //! Each alert is a journal entry with a stable MESSAGE_ID, a Prometheus counter, and,
 //! when `daemon.alert_webhook` is set, a JSON POST sent (and retried) beside the loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::api::Metrics;
 use crate::cluster::election::Role;
 use crate::cluster::messages::{PEER_DOWN, PEER_RECOVERED};
+use crate::cluster::{read_prefix, ClusterError};
 
 /// What the peer watcher needs.
 pub struct PeerWatch {
@@ -81,10 +82,10 @@ async fn lead(watch: &mut PeerWatch, term: i64) {
 
 /// Compares live registrations with the configured nodes and records (and raises) each
 /// transition once.
-async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), etcd_client::Error> {
-    let up = read(&mut watch.client, &format!("{}members/", watch.prefix)).await?;
+async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), ClusterError> {
+    let up = read_prefix(&mut watch.client, &format!("{}members/", watch.prefix)).await?;
     let alerts_prefix = format!("{}alerts/peers/", watch.prefix);
-    let down = read(&mut watch.client, &alerts_prefix).await?;
+    let down = read_prefix(&mut watch.client, &alerts_prefix).await?;
     let configured: BTreeSet<String> = watch.nodes.borrow().iter().cloned().collect();
     let guard = Compare::create_revision(watch.leader_key.clone(), CompareOp::Equal, term);
     for node in &configured {
@@ -192,16 +193,4 @@ async fn send_webhook(url: String, body: serde_json::Value) {
         delay *= 2;
     }
     warn!("alert webhook: giving up after 5 attempts");
-}
-
-async fn read(
-    client: &mut Client,
-    prefix: &str,
-) -> Result<BTreeMap<String, String>, etcd_client::Error> {
-    crate::cluster::read_prefix(client, prefix)
-        .await
-        .map_err(|e| match e {
-            crate::cluster::ClusterError::Etcd(e) => e,
-            other => etcd_client::Error::InvalidArgs(other.to_string()),
-        })
 }
