@@ -67,6 +67,20 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     };
     let mut cluster = ClusterLoops::default();
     cluster.follow(&settings, &channels).await;
+
+    // Node supervision beside the main loop: it follows the settings and the role.
+    let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
+    let (supervision_tx, mut supervision) = tokio::sync::watch::channel(String::new());
+    let heartbeat = std::sync::Arc::new(crate::supervise::node::Heartbeat::default());
+    tokio::spawn(crate::supervise::node::run(
+        crate::supervise::node::Inputs {
+            settings: settings_rx,
+            role: role.clone(),
+            metrics: metrics.clone(),
+            heartbeat: heartbeat.clone(),
+            status: supervision_tx,
+        },
+    ));
     let pki_dir = state_dir().join("pki");
     let api = crate::api::ApiState {
         node: settings.node_name.clone(),
@@ -95,19 +109,32 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     // Listeners are bound before READY, so a started daemon answers at once.
     let _listeners = listen(&settings, crate::api::routers(api), revoked_rx).await?;
 
-    let status = status_line(&settings, &role.borrow());
+    let status = status_line(&settings, &role.borrow(), &supervision.borrow());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     info!(message_id = crate::cluster::messages::DAEMON_READY, node = %settings.node_name, "ready");
 
     loop {
         tokio::select! {
-            _ = watchdog_tick.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                // No ping while the supervision loop is stuck: systemd then restarts us.
+                let limit = watchdog.map_or(Duration::from_secs(5), |d| d / 2);
+                if heartbeat.alive_within(limit) {
+                    notify(&[NotifyState::Watchdog]);
+                } else {
+                    error!("the supervision loop has not ticked for {:?}: withholding the watchdog ping", heartbeat.age());
+                }
+            }
+            Ok(()) = supervision.changed() => {
+                let status = status_line(&settings, &role.borrow(), &supervision.borrow());
+                notify(&[NotifyState::Status(&status)]);
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = hangup.recv() => {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
             }
             Some(()) = config_changed.recv() => {
@@ -115,13 +142,14 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
             }
             Ok(()) = role.changed() => {
                 if matches!(*role.borrow(), Role::Leader { .. }) {
                     metrics.leader_elections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                let status = status_line(&settings, &role.borrow());
+                let status = status_line(&settings, &role.borrow(), &supervision.borrow());
                 notify(&[NotifyState::Status(&status)]);
             }
         }
@@ -212,7 +240,7 @@ async fn campaign(
 }
 
 /// Keeps the cluster file in step with the configuration in etcd (telling the main loop
-/// when it changed; the apply path unit sees the file change too), and the set of
+/// when it changed: it then has root render and converges), and the set of
 /// revoked certificates in step with `revoked/`. Follows both with etcd watches.
 async fn sync_from_etcd(
     mut store: MembershipStore,
@@ -394,13 +422,21 @@ fn reload(paths: &ConfigPaths, settings: &mut Settings, role: &Role) {
         Ok(new) => {
             info!(fingerprint = %new.fingerprint(), "configuration reloaded: changed");
             *settings = new;
-            notify(&[NotifyState::Status(&status_line(settings, role))]);
+            notify(&[NotifyState::Status(&status_line(settings, role, ""))]);
         }
         Err(e) => error!("configuration reload rejected, keeping the running configuration: {e}"),
     }
 }
 
-fn status_line(settings: &Settings, role: &Role) -> String {
+fn replace_if_changed(current: &mut Settings, new: &Settings) -> bool {
+    if current == new {
+        return false;
+    }
+    *current = new.clone();
+    true
+}
+
+fn status_line(settings: &Settings, role: &Role, supervision: &str) -> String {
     let config = &settings.config;
     if config.nodes.is_empty() {
         return "not part of a cluster yet: run `milvus-fleet init` or `milvus-fleet join`"
@@ -420,10 +456,15 @@ fn status_line(settings: &Settings, role: &Role) -> String {
         } => format!("follower of {leader}"),
         Role::Follower { leader: None } => "follower, no leader yet".to_owned(),
     };
-    format!(
+    let mut line = format!(
         "node {} of cluster {}: {role}",
         settings.node_name, config.cluster.name
-    )
+    );
+    if !supervision.is_empty() {
+        line.push_str("; ");
+        line.push_str(supervision);
+    }
+    line
 }
 
 fn notify(state: &[NotifyState]) {

@@ -246,9 +246,16 @@ fn every_rendered_unit_passes_systemd_analyze_verify() {
             .arg(&target)
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&result.stderr);
+        // The package installs /usr/bin/milvus-fleet (the units' health probe); this
+        // machine may not have it, which is the only complaint allowed.
+        let stderr: String = String::from_utf8_lossy(&result.stderr)
+            .lines()
+            .filter(|l| !l.contains("Command /usr/bin/milvus-fleet is not executable"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let only_missing_binary = !Path::new("/usr/bin/milvus-fleet").exists() && stderr.is_empty();
         assert!(
-            result.status.success() && stderr.is_empty(),
+            (result.status.success() || only_missing_binary) && stderr.is_empty(),
             "{}: {stderr}",
             out.display()
         );

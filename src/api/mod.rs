@@ -40,6 +40,10 @@ pub struct Metrics {
     pub peers_down: AtomicU64,
     pub peer_down_alerts: AtomicU64,
     pub peer_recovered_alerts: AtomicU64,
+    /// Wedged components this node's daemon restarted.
+    pub wedged_restarts: AtomicU64,
+    /// Component alerts: restart budget used up, unit failed.
+    pub component_alerts: AtomicU64,
 }
 
 /// Requests larger than this are refused with 413.
@@ -377,6 +381,18 @@ async fn metrics(State(state): Shared) -> String {
                 m.peer_recovered_alerts.load(Ordering::Relaxed).to_string(),
             ),
         ],
+    );
+    metric(
+        "milvus_fleet_wedged_restarts_total",
+        "counter",
+        "Components this daemon restarted because they stopped answering their probe.",
+        &plain(m.wedged_restarts.load(Ordering::Relaxed).to_string()),
+    );
+    metric(
+        "milvus_fleet_component_alerts_total",
+        "counter",
+        "Component alerts: a unit systemd gave up on, or a used-up restart budget.",
+        &plain(m.component_alerts.load(Ordering::Relaxed).to_string()),
     );
     // Jobs by state, and how long the ended ones took, from the records in etcd.
     let store = state.jobs.borrow().clone();

@@ -198,6 +198,10 @@ pub struct ApplyArgs {
     /// Print what was done as JSON.
     #[arg(long)]
     json: bool,
+    /// Only render, install the unit files and stop what this node no longer runs;
+    /// starting and restarting is left to the daemon (what milvus-fleet-apply.service runs).
+    #[arg(long)]
+    render_only: bool,
 }
 
 pub fn init(args: InitArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
@@ -463,7 +467,12 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
 
 pub fn apply(args: ApplyArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
     crate::membership::local::require_root("apply")?;
-    let report = crate::membership::apply::apply(paths)?;
+    let mode = if args.render_only {
+        crate::membership::apply::Mode::RenderOnly
+    } else {
+        crate::membership::apply::Mode::Converge
+    };
+    let report = crate::membership::apply::apply(paths, mode)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -6,6 +6,7 @@ mod job;
 mod local;
 mod membership;
 mod pki;
+mod probe;
 mod render;
 mod status;
 
@@ -98,8 +99,12 @@ pub enum Command {
     /// Cluster nodes: remove one.
     Node(membership::NodeArgs),
     /// Render this node's files and bring its units to the wanted state (as root;
-    /// milvus-fleet-apply.path runs it when the cluster configuration changes).
+    /// the daemon starts milvus-fleet-apply.service, `apply --render-only`, when the
+    /// cluster configuration changes, then brings the units up itself over D-Bus).
     Apply(membership::ApplyArgs),
+    /// Probe a component's health (what the component units' ExecStartPost runs).
+    #[command(hide = true)]
+    Probe(probe::ProbeArgs),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -124,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CloudInit(args) => membership::cloud_init(args),
         Command::Node(args) => membership::node(args),
         Command::Apply(args) => membership::apply(args, &paths),
+        Command::Probe(args) => probe::run(args),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }

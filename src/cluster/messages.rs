@@ -13,3 +13,12 @@ pub const PEER_DOWN: &str = "3eab256b8aa646e690c4e162f94c0fe8";
 pub const PEER_RECOVERED: &str = "a6c7801f4743406eb8270a1fc7c1a53a";
 /// The daemon is up and told systemd READY (fields: NODE).
 pub const DAEMON_READY: &str = "bbec81ecd6ba4931bc992b49cf555be1";
+/// A running component stopped answering its health probe and the daemon restarted it
+/// (fields: COMPONENT, UNIT, REASON).
+pub const COMPONENT_WEDGED: &str = "5d0b3f6ad5a04a4c9a8e3f0c2b7e91d4";
+/// A component used up its restart budget: the daemon leaves it alone (fields: COMPONENT, UNIT).
+pub const COMPONENT_GAVE_UP: &str = "c41a7e2d9b3f4e0f8a6d1b5c7e9f2a38";
+/// systemd gave up on a component unit: it failed (fields: COMPONENT, UNIT, RESULT).
+pub const COMPONENT_FAILED: &str = "e2b94c6f1d8a4f37b0c5a9d3e6f1b284";
+/// The standalone server started on this node after the old one's session ended (fields: TERM).
+pub const STANDALONE_STARTED: &str = "7f3c1e9a2b6d4c08a5e4f2d1b9c8a673";

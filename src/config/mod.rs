@@ -23,6 +23,8 @@ pub struct Settings {
     pub sources: Vec<PathBuf>,
     /// This host's node name: `local.node_name`, or the host name when that is empty.
     pub node_name: String,
+    /// Which file set each key.
+    pub provenance: sources::Provenance,
 }
 
 impl Settings {
@@ -90,6 +92,7 @@ impl Settings {
             config,
             sources: merged.files,
             node_name,
+            provenance: merged.provenance,
         })
     }
 

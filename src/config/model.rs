@@ -263,6 +263,9 @@ pub struct LoadBalancerConfig {
     /// Port on compute nodes through which the Milvus roles reach the etcd members, so
     /// that adding or losing a member changes nothing in the Milvus roles' settings.
     pub etcd_port: u16,
+    /// Port on 127.0.0.1 where the load balancer answers the daemon's health probe over
+    /// HTTP (a TCP connect alone would succeed against a frozen nginx: the kernel accepts).
+    pub health_port: u16,
 }
 
 impl Default for LoadBalancerConfig {
@@ -271,6 +274,7 @@ impl Default for LoadBalancerConfig {
             port: 19537,
             s3_port: 19538,
             etcd_port: 23790,
+            health_port: 19539,
         }
     }
 }
@@ -349,6 +353,13 @@ pub struct DaemonConfig {
     pub log_level: LogLevel,
     /// http(s) URL the leader POSTs peer alerts to (JSON); empty: journal and metrics only.
     pub alert_webhook: String,
+    /// A running component that does not answer its health probe for this long is wedged
+    /// and restarted through D-Bus.
+    pub wedged_after_secs: u32,
+    /// At most this many wedged restarts of one component per `restart_window_secs`;
+    /// past that the daemon raises an alert and leaves it alone.
+    pub restart_budget: u32,
+    pub restart_window_secs: u32,
 }
 
 impl Default for DaemonConfig {
@@ -359,6 +370,9 @@ impl Default for DaemonConfig {
             lease_ttl_secs: 2,
             log_level: LogLevel::default(),
             alert_webhook: String::new(),
+            wedged_after_secs: 5,
+            restart_budget: 3,
+            restart_window_secs: 600,
         }
     }
 }

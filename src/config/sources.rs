@@ -85,7 +85,7 @@ fn read_error(path: &Path, error: std::io::Error) -> ConfigError {
 
 /// Which file last set each key, so that errors found after merging can name it.
 /// Keys use the same notation as the error paths: `nodes[1].address`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Provenance(BTreeMap<String, PathBuf>);
 
 impl Provenance {

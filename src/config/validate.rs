@@ -336,6 +336,10 @@ fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
         ("load_balancer.port", config.load_balancer.port),
         ("load_balancer.s3_port", config.load_balancer.s3_port),
         ("load_balancer.etcd_port", config.load_balancer.etcd_port),
+        (
+            "load_balancer.health_port",
+            config.load_balancer.health_port,
+        ),
         ("milvus.proxy_port", config.milvus.proxy_port),
         ("milvus.metrics_port", config.milvus.metrics_port),
         ("etcd.client_port", config.etcd.client_port),
@@ -421,6 +425,30 @@ fn check_daemon(config: &FleetConfig) -> Check {
     }
     if !config.daemon.api_advertise.is_empty() {
         host_port("daemon.api_advertise", &config.daemon.api_advertise)?;
+    }
+    for (key, value, range) in [
+        (
+            "daemon.wedged_after_secs",
+            config.daemon.wedged_after_secs,
+            1..=3600,
+        ),
+        (
+            "daemon.restart_budget",
+            config.daemon.restart_budget,
+            1..=100,
+        ),
+        (
+            "daemon.restart_window_secs",
+            config.daemon.restart_window_secs,
+            10..=86400,
+        ),
+    ] {
+        if !range.contains(&value) {
+            return Err(reject(
+                key,
+                format!("{value} is outside {}..={}", range.start(), range.end()),
+            ));
+        }
     }
     let ttl = config.daemon.lease_ttl_secs;
     if !(1..=60).contains(&ttl) {

@@ -1,26 +1,50 @@
 //! `milvus-fleet apply`: the root side of a node. It renders this node's files from the
 //! configuration (the cluster's, from etcd, plus local files) with the packaged
-//! templates, installs the component units, and brings each to its wanted state in
-//! dependency order, touching only what changed: a new component starts, a changed one
-//! restarts (or reloads, when only the load balancer's upstreams changed), a dropped one
-//! stops. A node removed from the cluster stops and uninstalls all of its components.
+//! templates into a root-owned tree, installs the component units, and stops and
+//! uninstalls what the node no longer runs. With `--render-only` (what
+//! milvus-fleet-apply.service runs when the daemon asks) that is all: the daemon brings
+//! the units up over D-Bus. Without it (init, join, by hand) it also converges the
+//! units itself, in dependency order, touching only what changed.
 //!
-//! `milvus-fleet-apply.path` runs it whenever the daemon writes a new cluster file, so
-//! the unprivileged daemon never hands root anything but validated configuration.
-//! It drives systemd with `systemctl` for now; the supervision loop moves to D-Bus.
+//! The unprivileged daemon writes the cluster file; the settings that decide what root
+//! runs on this host (images, data directory, credentials file, engine) are never taken
+//! from that file unless they equal the packaged defaults: only root-owned files set
+//! them (see `guard_host_settings`). Every other value passed the typed schema and the
+//! validation, and the compose files come only from the packaged templates.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::config::model::Role;
 use crate::config::{ConfigPaths, FleetConfig, Settings};
-use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
+use crate::render::plan::{NodePlan, RENDERED_DIR};
 use crate::render::{output::read_manifest, render_node, Templates, TEMPLATE_OVERRIDE_DIR};
+use crate::supervise::reconcile::{converge, StandaloneWanted, JOB_TIMEOUT};
+use crate::supervise::systemd::{Systemd, UnitAction};
 
 pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Settings that decide what root runs on this host: a value for one of them in the
+/// daemon-written cluster file is refused unless it is the packaged default.
+pub const HOST_SETTINGS: &[&str] = &[
+    "cluster.data_dir",
+    "object_storage.credentials_file",
+    "runtime.engine",
+    "images.etcd",
+    "images.minio",
+    "images.milvus",
+    "images.nginx",
+    "images.pulsar",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Render, install units, stop what is no longer run; the daemon does the rest.
+    RenderOnly,
+    /// Also start, restart and reload units (init, join, by hand).
+    Converge,
+}
 
 /// What an apply did, unit by unit.
 #[derive(Debug, Default, Serialize)]
@@ -35,8 +59,50 @@ pub struct ApplyReport {
     pub removed: bool,
 }
 
-pub fn apply(paths: &ConfigPaths) -> anyhow::Result<ApplyReport> {
+pub fn apply(paths: &ConfigPaths, mode: Mode) -> anyhow::Result<ApplyReport> {
     let settings = Settings::load(paths)?;
+    guard_host_settings(&settings, paths)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(apply_settings(&settings, mode))
+}
+
+/// Refuses a cluster file (written by the unprivileged daemon) that sets a host
+/// setting to anything but its packaged default: a crafted image, data directory or
+/// credentials path must never reach a rendered file that root runs.
+pub fn guard_host_settings(settings: &Settings, paths: &ConfigPaths) -> anyhow::Result<()> {
+    let Some(cluster_file) = paths.cluster.as_deref() else {
+        return Ok(());
+    };
+    let effective = toml::Table::try_from(&settings.config).unwrap_or_default();
+    let defaults = toml::Table::try_from(FleetConfig::default()).unwrap_or_default();
+    for key in HOST_SETTINGS {
+        if settings.provenance.file_of(key) != Some(cluster_file) {
+            continue;
+        }
+        let value = lookup(&effective, key);
+        if value != lookup(&defaults, key) {
+            bail!(
+                "{}: {key} = {} is refused: what root runs on this host (images, data directory, \
+                 credentials file, engine) is set only in root-owned files \
+                 (/etc/milvus-fleet/fleet.toml, fleet.d/), never by the cluster file the daemon \
+                 writes; nothing was rendered",
+                cluster_file.display(),
+                value.map_or("?".to_owned(), |v| v.to_string())
+            );
+        }
+    }
+    Ok(())
+}
+
+fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
+    let (section, name) = key.split_once('.')?;
+    table.get(section)?.as_table()?.get(name)
+}
+
+async fn apply_settings(settings: &Settings, mode: Mode) -> anyhow::Result<ApplyReport> {
     let config = &settings.config;
     let node = settings.node_name.clone();
     let rendered_dir = PathBuf::from(RENDERED_DIR);
@@ -47,18 +113,20 @@ pub fn apply(paths: &ConfigPaths) -> anyhow::Result<ApplyReport> {
     if config.nodes.is_empty() {
         return Ok(report);
     }
+    let systemd = Systemd::system().await?;
     let previous = read_manifest(&rendered_dir);
     let Some(plan) = NodePlan::for_node(config, &node) else {
         // Removed from the cluster: stop and uninstall everything this node ran.
         report.removed = true;
         if let Some(previous) = previous {
-            for name in previous.components.keys().rev() {
-                let unit = format!("milvus-fleet-{name}.service");
-                systemctl(&["disable", "--now", "--quiet", &unit])?;
-                remove_unit(&unit)?;
-                report.stopped.push(unit);
-            }
-            systemctl(&["daemon-reload"])?;
+            let units: Vec<String> = previous
+                .components
+                .keys()
+                .rev()
+                .map(|name| format!("milvus-fleet-{name}.service"))
+                .collect();
+            uninstall(&systemd, &units).await?;
+            report.stopped = units;
             std::fs::remove_dir_all(&rendered_dir)
                 .with_context(|| format!("removing {}", rendered_dir.display()))?;
             // The removed etcd member's data would stop it from joining again; set it
@@ -79,7 +147,22 @@ pub fn apply(paths: &ConfigPaths) -> anyhow::Result<ApplyReport> {
     let manifest = rendered.manifest(&node);
     rendered.write_to(&rendered_dir, &node)?;
 
-    // Units first, so one daemon-reload covers them all.
+    // Units this node no longer runs stop before their files go.
+    let dropped: Vec<String> = previous
+        .as_ref()
+        .map(|p| {
+            p.components
+                .keys()
+                .rev()
+                .filter(|name| !manifest.components.contains_key(*name))
+                .map(|name| format!("milvus-fleet-{name}.service"))
+                .collect()
+        })
+        .unwrap_or_default();
+    uninstall(&systemd, &dropped).await?;
+    report.stopped.extend(dropped);
+
+    // Then the unit files, so one daemon reload covers them all.
     let mut units_changed = false;
     for component in &plan.components {
         let source = rendered_dir.join(crate::render::plan::unit_path(*component));
@@ -90,109 +173,66 @@ pub fn apply(paths: &ConfigPaths) -> anyhow::Result<ApplyReport> {
             units_changed = true;
         }
     }
-    let dropped: Vec<String> = previous
-        .as_ref()
-        .map(|p| {
-            p.components
-                .keys()
-                .filter(|name| !manifest.components.contains_key(*name))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
-    for name in dropped.iter().rev() {
-        let unit = format!("milvus-fleet-{name}.service");
-        systemctl(&["disable", "--now", "--quiet", &unit])?;
-        remove_unit(&unit)?;
-        report.stopped.push(unit);
-        units_changed = true;
-    }
     if units_changed {
-        systemctl(&["daemon-reload"])?;
+        systemd.reload_daemon().await?;
     }
-    systemctl(&["enable", "--quiet", "milvus-fleet.target"])?;
+    let mut enabled = vec!["milvus-fleet.target".to_owned()];
+    enabled.extend(
+        plan.components
+            .iter()
+            .filter(|c| plan.component_view(**c, 0).wanted_by_target)
+            .map(|c| c.unit_name()),
+    );
+    systemd.enable(&enabled).await?;
 
-    let active_standalone = standalone_node(config);
-    for component in &plan.components {
-        let unit = component.unit_name();
-        let view = plan.component_view(*component, config.milvus.metrics_port);
-        if view.wanted_by_target {
-            systemctl(&["enable", "--quiet", &unit])?;
-        } else if *component == Component::Standalone
-            && active_standalone.as_deref() != Some(node.as_str())
-        {
-            // Another node runs the one standalone server; this one stands by.
-            systemctl(&["stop", &unit])?;
-            report.unchanged.push(unit);
-            continue;
-        }
-        let name = component.name();
-        let old = previous.as_ref().and_then(|p| p.components.get(name));
-        let running = is_active(&unit);
-        if old.is_none() || !running {
-            systemctl(&["start", &unit])?;
-            report.started.push(unit);
-        } else if old != manifest.components.get(name) {
-            // Which of its files changed: only a reloadable config means a reload.
-            let own = rendered.components.get(name).cloned().unwrap_or_default();
-            let changed: Vec<&String> = own
-                .iter()
-                .filter(|f| {
-                    previous.as_ref().and_then(|p| p.files.get(*f)) != manifest.files.get(*f)
-                })
-                .collect();
-            if view.reloads && changed.iter().all(|f| f.starts_with("config/")) {
-                systemctl(&["reload", &unit])?;
-                report.reloaded.push(unit);
-            } else {
-                systemctl(&["restart", &unit])?;
-                report.restarted.push(unit);
-            }
-        } else {
-            report.unchanged.push(unit);
-        }
+    if mode == Mode::Converge {
+        let converged = converge(
+            &systemd,
+            &plan,
+            &manifest,
+            StandaloneWanted::Leave,
+            &|step| tracing::info!("{step}"),
+        )
+        .await?;
+        report.started = converged.started;
+        report.restarted = converged.restarted;
+        report.reloaded = converged.reloaded;
+        report.unchanged = converged.unchanged;
     }
     Ok(report)
 }
 
-/// The node that runs the Milvus standalone server in the standalone-ha topology: the
-/// first compute node in the cluster's node list, which only changes when that node
-/// is removed (and its server stopped). Leader-driven failover replaces this rule.
-pub fn standalone_node(config: &FleetConfig) -> Option<String> {
-    config
-        .nodes
-        .iter()
-        .find(|n| n.roles.contains(&Role::Compute))
-        .map(|n| n.name.clone())
+/// `systemctl enable --now UNIT`, over D-Bus.
+pub fn enable_now(unit: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let systemd = Systemd::system().await?;
+        systemd.enable(&[unit.to_owned()]).await?;
+        systemd.run(UnitAction::Start, unit, JOB_TIMEOUT).await?;
+        anyhow::Ok(())
+    })
 }
 
-fn remove_unit(unit: &str) -> anyhow::Result<()> {
-    match std::fs::remove_file(Path::new(UNIT_DIR).join(unit)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {unit}"))
+/// Stops, disables and removes the units (in the order given).
+async fn uninstall(systemd: &Systemd, units: &[String]) -> anyhow::Result<()> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    for unit in units {
+        systemd.run(UnitAction::Stop, unit, JOB_TIMEOUT).await?;
+    }
+    systemd.disable(units).await?;
+    for unit in units {
+        match std::fs::remove_file(Path::new(UNIT_DIR).join(unit)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {unit}"))
+            }
+            _ => {}
         }
-        _ => Ok(()),
     }
-}
-
-fn is_active(unit: &str) -> bool {
-    Command::new("systemctl")
-        .args(["is-active", "--quiet", unit])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-pub fn systemctl(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .context("running systemctl")?;
-    if !out.status.success() {
-        bail!(
-            "systemctl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    systemd.reload_daemon().await?;
     Ok(())
 }

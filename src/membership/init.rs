@@ -1,6 +1,6 @@
 //! `init` (the first node) and `join` (every later one), as root on the host itself.
 //! Both end the same way: the node's certificates, the cluster file and the node's
-//! drop-in written, `apply` run, the daemon and the apply path unit enabled.
+//! drop-in written, `apply` run, the daemon enabled.
 //! Both can be run again after a failure or a reboot half-way and end in the same state.
 
 use std::path::PathBuf;
@@ -92,8 +92,9 @@ pub fn init(
         &name,
         votes.then(|| format!("{name}={}", peer_url(&address, config.etcd.peer_port))),
         EtcdClusterState::New,
+        false,
     )?;
-    super::apply::apply(paths)?;
+    super::apply::apply(paths, super::apply::Mode::Converge)?;
 
     // etcd is up (or external): the cluster's truth goes there, once.
     let runtime = runtime()?;
@@ -161,7 +162,7 @@ pub fn join(
     if let Some(node) = config.nodes.iter().find(|n| n.name == name) {
         if pki.join("node.crt").is_file() {
             eprintln!("{name} is a member already: finishing its join");
-            super::apply::apply(paths)?;
+            super::apply::apply(paths, super::apply::Mode::Converge)?;
             if votes(&node.roles) && config.etcd.mode == ServiceMode::Local {
                 let peer = peer_url(&node.address, config.etcd.peer_port);
                 runtime()?.block_on(promote(config, &node.address, &peer))?;
@@ -207,8 +208,9 @@ pub fn join(
         &name,
         response.etcd_initial_cluster.clone(),
         EtcdClusterState::Existing,
+        true,
     )?;
-    super::apply::apply(paths)?;
+    super::apply::apply(paths, super::apply::Mode::Converge)?;
     if response.etcd_initial_cluster.is_some() {
         let peer = peer_url(&request.address, config.etcd.peer_port);
         runtime.block_on(promote(&config, &request.address, &peer))?;
@@ -333,6 +335,7 @@ fn write_node_files(
     name: &str,
     etcd_initial_cluster: Option<String>,
     state: EtcdClusterState,
+    host_settings: bool,
 ) -> anyhow::Result<()> {
     write_file(
         &local::cluster_file(),
@@ -352,8 +355,30 @@ fn write_node_files(
         local_table.insert("etcd_initial_cluster_state".into(), state.into());
     }
     dropin.insert("local".into(), local_table.into());
+    if host_settings {
+        // What root runs here (images, data directory, ...) as the cluster had it at the
+        // join, received over the pinned channel: root-owned from now on, because the
+        // root side refuses these from the daemon-written cluster file.
+        let effective = toml::Table::try_from(config)?;
+        let defaults = toml::Table::try_from(crate::config::FleetConfig::default())?;
+        for key in super::apply::HOST_SETTINGS {
+            let Some((section, name)) = key.split_once('.') else {
+                continue;
+            };
+            let value = effective.get(section).and_then(|t| t.get(name));
+            if value.is_some() && value != defaults.get(section).and_then(|t| t.get(name)) {
+                let table = dropin
+                    .entry(section)
+                    .or_insert_with(|| toml::Table::new().into());
+                if let (Some(table), Some(value)) = (table.as_table_mut(), value) {
+                    table.insert(name.into(), value.clone());
+                }
+            }
+        }
+    }
     let text = format!(
-        "# Written by milvus-fleet init/join: who this host is in the cluster.\n{}",
+        "# Written by milvus-fleet init/join: who this host is in the cluster, and what root\n\
+         # runs here (edit these here, or in a later drop-in, to change them on this host).\n{}",
         toml::to_string(&dropin)?
     );
     write_file(
@@ -365,8 +390,7 @@ fn write_node_files(
 }
 
 fn enable_daemon() -> anyhow::Result<()> {
-    super::apply::systemctl(&["enable", "--now", "--quiet", "milvus-fleet-apply.path"])?;
-    super::apply::systemctl(&["enable", "--now", "--quiet", "milvus-fleet.service"])
+    super::apply::enable_now("milvus-fleet.service")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

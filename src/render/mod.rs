@@ -105,6 +105,9 @@ pub struct Manifest {
     pub files: BTreeMap<String, String>,
     /// Component -> sha256 over its files' hashes: a component restarts when this changes.
     pub components: BTreeMap<String, String>,
+    /// Component -> the files in its hash (which of them changed decides reload or restart).
+    #[serde(default)]
+    pub component_files: BTreeMap<String, Vec<String>>,
 }
 
 impl Rendered {
@@ -129,6 +132,11 @@ impl Rendered {
             node: node.to_owned(),
             files,
             components,
+            component_files: self
+                .components
+                .iter()
+                .map(|(name, paths)| (name.to_string(), paths.clone()))
+                .collect(),
         }
     }
 }

@@ -11,8 +11,9 @@ use serde::Serialize;
 use crate::config::model::*;
 use crate::config::validate::MILVUS_ROLE_METRICS_PORTS;
 
-/// Where the rendered tree lives on a node; units and compose files refer to it.
-pub const RENDERED_DIR: &str = "/var/lib/milvus-fleet/rendered";
+/// Where the rendered tree lives on a node; units and compose files refer to it. Root's,
+/// outside the daemon's state directory: the daemon must not be able to swap what root runs.
+pub const RENDERED_DIR: &str = "/var/lib/milvus-fleet-rendered";
 
 /// One thing a node runs, as one compose project under one systemd unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -205,6 +206,7 @@ pub struct LbView {
     pub port: u16,
     pub s3_port: u16,
     pub etcd_port: u16,
+    pub health_port: u16,
     /// host:port of every Milvus endpoint behind the load balancer.
     pub upstreams: Vec<String>,
 }
@@ -226,6 +228,9 @@ pub struct ComponentView {
     /// Whether milvus-fleet.target pulls the unit in. The standalone server is started
     /// by the daemon on the leader's node only.
     pub wanted_by_target: bool,
+    /// The component's health probe (supervise::health::Probe), checked by the unit's
+    /// ExecStartPost and by the daemon.
+    pub probe: String,
 }
 
 impl NodePlan {
@@ -407,6 +412,7 @@ impl NodePlan {
                 port: config.load_balancer.port,
                 s3_port: config.load_balancer.s3_port,
                 etcd_port: config.load_balancer.etcd_port,
+                health_port: config.load_balancer.health_port,
                 upstreams,
             },
         })
@@ -432,6 +438,27 @@ impl NodePlan {
             needs_credentials: component == Component::Minio || component.is_milvus(),
             reloads: component == Component::Lb,
             wanted_by_target: component != Component::Standalone,
+            probe: self.probe(component, metrics_base),
+        }
+    }
+
+    fn probe(&self, component: Component, metrics_base: u16) -> String {
+        let address = &self.node.address;
+        match component {
+            Component::Etcd => format!("http://{address}:{}/health", self.etcd.client_port),
+            Component::Minio => format!(
+                "http://{address}:{}/minio/health/live",
+                self.minio.as_ref().map_or(0, |m| m.port)
+            ),
+            Component::Pulsar => format!(
+                "tcp://{}",
+                self.milvus.pulsar_address.trim_start_matches("pulsar://")
+            ),
+            Component::Lb => format!("http://127.0.0.1:{}/", self.lb.health_port),
+            milvus => format!(
+                "http://127.0.0.1:{}/healthz",
+                milvus.metrics_port(metrics_base)
+            ),
         }
     }
 }

@@ -174,7 +174,7 @@ fn raise(watch: &PeerWatch, node: &str, event: PeerEvent, term: i64) {
     }
 }
 
-async fn send_webhook(url: String, body: serde_json::Value) {
+pub(crate) async fn send_webhook(url: String, body: serde_json::Value) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let Ok(client) = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

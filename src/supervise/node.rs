@@ -1,0 +1,570 @@
+//! The node supervisor: this daemon keeps its own node's components right over D-Bus,
+//! as its unprivileged user (the package's polkit rule grants it `milvus-fleet-*` units).
+//!
+//! - Converge: when the configuration changes (and at start), it asks root to render
+//!   (starts milvus-fleet-apply.service and waits for the job), then brings the units
+//!   to the new render in dependency order (reconcile.rs).
+//! - Health: every second it probes each running component; one that does not answer
+//!   for `daemon.wedged_after_secs` is wedged and restarted, within a restart budget per
+//!   window; past the budget it raises one alert and leaves the component alone. Unit
+//!   state comes from systemd's PropertiesChanged signals; a unit systemd gives up on
+//!   (it failed repeatedly) raises one alert.
+//! - Standalone (standalone-ha topology): only the leader's node runs the Milvus
+//!   standalone server. A new leader starts it only once no Milvus session of another
+//!   node is left in etcd: Milvus exits when its session's lease is lost, and that
+//!   lease is what etcd just expired, so the old server cannot still be serving. A node
+//!   that stops leading stops its server at once.
+//!
+//! The loop never waits on a unit job itself (jobs run beside it), so it ticks every
+//! second; the daemon's watchdog pings depend on those ticks.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use super::health::{Health, Probe};
+use super::reconcile::{converge, StandaloneWanted, JOB_TIMEOUT};
+use super::systemd::{Systemd, SystemdError, UnitAction};
+use crate::cluster::election::Role;
+use crate::cluster::messages::{
+    COMPONENT_FAILED, COMPONENT_GAVE_UP, COMPONENT_WEDGED, STANDALONE_STARTED,
+};
+use crate::config::Settings;
+use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
+
+/// The unit that renders as root (`milvus-fleet apply --render-only`).
+pub const RENDER_UNIT: &str = "milvus-fleet-apply.service";
+/// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
+pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
+
+/// Proof of life of the supervision loop, read by the daemon's watchdog.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    millis: AtomicU64,
+    origin: std::sync::OnceLock<Instant>,
+    /// Set once the loop supervises (systemd answered on the bus).
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl Heartbeat {
+    /// Whether the watchdog should hear from this daemon: the loop is not supervising
+    /// (no systemd to talk to), or it ticked within `limit`.
+    pub fn alive_within(&self, limit: Duration) -> bool {
+        !self.live.load(Ordering::Relaxed) || self.age() < limit
+    }
+    fn now(&self) -> u64 {
+        self.origin.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+    pub fn beat(&self) {
+        self.millis.store(self.now(), Ordering::Relaxed);
+    }
+    /// How long since the last beat.
+    pub fn age(&self) -> Duration {
+        Duration::from_millis(
+            self.now()
+                .saturating_sub(self.millis.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+pub struct Inputs {
+    pub settings: watch::Receiver<Settings>,
+    pub role: watch::Receiver<Role>,
+    pub metrics: Arc<crate::api::Metrics>,
+    pub heartbeat: Arc<Heartbeat>,
+    /// What supervision is doing, for the daemon's STATUS= line.
+    pub status: watch::Sender<String>,
+}
+
+/// What the supervisor knows of one component.
+struct Watched {
+    unit: String,
+    probe: Option<Probe>,
+    active: String,
+    failing_since: Option<Instant>,
+    restarts: VecDeque<Instant>,
+    gave_up: bool,
+    failed_alerted: bool,
+}
+
+/// A unit job running beside the loop.
+enum Operation {
+    Converge(JoinHandle<Result<(), String>>),
+    Restart(Component, JoinHandle<Result<(), SystemdError>>),
+}
+
+pub async fn run(mut inputs: Inputs) {
+    let mut warned = false;
+    let systemd = loop {
+        match Systemd::system().await {
+            Ok(systemd) => break systemd,
+            Err(e) => {
+                // Outside a systemd host (a developer's daemon) there is nothing to supervise.
+                if !warned {
+                    warn!("node supervision is off until systemd answers on the system bus: {e}");
+                    inputs
+                        .status
+                        .send_replace("node supervision off: no systemd on the system bus".into());
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    };
+    inputs.heartbeat.beat();
+    inputs.heartbeat.live.store(true, Ordering::Relaxed);
+    info!("node supervision on: following this node's units over D-Bus");
+    let mut supervisor = Supervisor {
+        systemd,
+        watched: BTreeMap::new(),
+        operation: None,
+        render_needed: true,
+        converge_needed: true,
+        next_converge: Instant::now(),
+        etcd: None,
+        standalone_blocker: None,
+        inputs_status: inputs.status.clone(),
+        metrics: inputs.metrics.clone(),
+    };
+    let (events_tx, mut events) = mpsc::channel::<(String, String)>(64);
+    let mut followed: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let probe_client = super::health::client();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                inputs.heartbeat.beat();
+                let settings = inputs.settings.borrow().clone();
+                let role = inputs.role.borrow().clone();
+                supervisor.track(&settings, &events_tx, &mut followed).await;
+                supervisor.finish_operation().await;
+                if supervisor.operation.is_none() {
+                    supervisor.maybe_converge(&settings, &role).await;
+                }
+                supervisor.check_health(&settings, &probe_client).await;
+            }
+            Ok(()) = inputs.settings.changed() => {
+                supervisor.render_needed = true;
+                supervisor.converge_needed = true;
+                supervisor.next_converge = Instant::now();
+            }
+            Ok(()) = inputs.role.changed() => {
+                let role = inputs.role.borrow().clone();
+                if !matches!(role, Role::Leader { .. }) {
+                    let settings = inputs.settings.borrow().clone();
+                    supervisor.stop_standalone(&settings).await;
+                }
+                supervisor.converge_needed = true;
+                supervisor.next_converge = Instant::now();
+            }
+            Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
+        }
+    }
+}
+
+struct Supervisor {
+    systemd: Systemd,
+    watched: BTreeMap<Component, Watched>,
+    operation: Option<Operation>,
+    render_needed: bool,
+    converge_needed: bool,
+    next_converge: Instant,
+    etcd: Option<etcd_client::Client>,
+    /// Why the standalone server is not started here yet (the old one's session).
+    standalone_blocker: Option<String>,
+    inputs_status: watch::Sender<String>,
+    metrics: Arc<crate::api::Metrics>,
+}
+
+impl Supervisor {
+    fn status(&self, line: &str) {
+        self.inputs_status.send_replace(line.to_owned());
+    }
+
+    /// Keeps the set of watched components equal to the plan's, following each unit's
+    /// ActiveState through PropertiesChanged signals.
+    async fn track(
+        &mut self,
+        settings: &Settings,
+        events: &mpsc::Sender<(String, String)>,
+        followed: &mut BTreeMap<String, JoinHandle<()>>,
+    ) {
+        let plan = NodePlan::for_node(&settings.config, &settings.node_name);
+        let components = plan
+            .as_ref()
+            .map(|p| p.components.clone())
+            .unwrap_or_default();
+        self.watched.retain(|c, _| components.contains(c));
+        for component in components {
+            let unit = component.unit_name();
+            if !followed.contains_key(&unit) {
+                followed.insert(unit.clone(), self.follow(unit.clone(), events.clone()));
+            }
+            let probe = plan.as_ref().and_then(|p| {
+                p.component_view(component, settings.config.milvus.metrics_port)
+                    .probe
+                    .parse()
+                    .ok()
+            });
+            let watched = self.watched.entry(component).or_insert_with(|| Watched {
+                unit: unit.clone(),
+                probe: None,
+                active: String::new(),
+                failing_since: None,
+                restarts: VecDeque::new(),
+                gave_up: false,
+                failed_alerted: false,
+            });
+            watched.probe = probe;
+        }
+        followed.retain(|unit, task| {
+            let keep = self.watched.values().any(|w| &w.unit == unit);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+    }
+
+    /// A task that forwards the unit's ActiveState (now, then on every change).
+    fn follow(&self, unit: String, events: mpsc::Sender<(String, String)>) -> JoinHandle<()> {
+        let systemd = self.systemd.clone();
+        tokio::spawn(async move {
+            let Ok(proxy) = systemd.unit(&unit).await else {
+                return;
+            };
+            let mut changes = proxy.receive_active_state_changed().await;
+            if let Ok(active) = proxy.active_state().await {
+                let _ = events.send((unit.clone(), active)).await;
+            }
+            while let Some(change) = changes.next().await {
+                if let Ok(active) = change.get().await {
+                    if events.send((unit.clone(), active)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    fn unit_changed(&mut self, unit: &str, active: &str) {
+        let Some((component, watched)) = self.watched.iter_mut().find(|(_, w)| w.unit == unit)
+        else {
+            return;
+        };
+        if watched.active != active {
+            info!(unit, state = active, "unit state changed");
+        }
+        watched.active = active.to_owned();
+        if active == "active" {
+            watched.failed_alerted = false;
+        }
+        if active == "failed" && !watched.failed_alerted {
+            watched.failed_alerted = true;
+            self.metrics
+                .component_alerts
+                .fetch_add(1, Ordering::Relaxed);
+            let systemd = self.systemd.clone();
+            let (unit, name) = (unit.to_owned(), component.name());
+            tokio::spawn(async move {
+                let result = systemd
+                    .state(&unit)
+                    .await
+                    .map(|s| s.result)
+                    .unwrap_or_default();
+                error!(
+                    message_id = COMPONENT_FAILED,
+                    component = name,
+                    unit = %unit,
+                    result = %result,
+                    "{unit} failed ({result}) and systemd stopped restarting it: see `journalctl -u {unit}`; `systemctl reset-failed {unit}` arms it again"
+                );
+            });
+        }
+    }
+
+    /// Collects a finished operation's outcome.
+    async fn finish_operation(&mut self) {
+        let finished = match &self.operation {
+            Some(Operation::Converge(task)) => task.is_finished(),
+            Some(Operation::Restart(_, task)) => task.is_finished(),
+            None => false,
+        };
+        if !finished {
+            return;
+        }
+        match self.operation.take() {
+            Some(Operation::Converge(task)) => match task.await {
+                Ok(Ok(())) => {
+                    self.converge_needed = self.standalone_blocker.is_some();
+                    self.next_converge = Instant::now() + Duration::from_secs(1);
+                }
+                Ok(Err(e)) => {
+                    error!("bringing this node's units up: {e}");
+                    self.status(&format!("units: {e}"));
+                    self.converge_needed = true;
+                    self.next_converge = Instant::now() + Duration::from_secs(10);
+                }
+                Err(e) => warn!("converge task: {e}"),
+            },
+            Some(Operation::Restart(component, task)) => match task.await {
+                Ok(Ok(())) => info!(component = component.name(), "restarted and healthy again"),
+                Ok(Err(e)) => error!(component = component.name(), "restart: {e}"),
+                Err(e) => warn!("restart task: {e}"),
+            },
+            None => {}
+        }
+    }
+
+    /// Renders (root, through the apply unit) and converges, when something changed.
+    async fn maybe_converge(&mut self, settings: &Settings, role: &Role) {
+        if !self.converge_needed || Instant::now() < self.next_converge {
+            return;
+        }
+        self.converge_needed = false;
+        let Some(plan) = NodePlan::for_node(&settings.config, &settings.node_name) else {
+            // Not (or no longer) in the cluster: root's apply stops what ran here.
+            if self.render_needed && !settings.config.nodes.is_empty() {
+                self.render_needed = false;
+                let systemd = self.systemd.clone();
+                self.operation = Some(Operation::Converge(tokio::spawn(async move {
+                    systemd
+                        .run(UnitAction::Start, RENDER_UNIT, JOB_TIMEOUT)
+                        .await
+                        .map_err(|e| e.to_string())
+                })));
+            }
+            return;
+        };
+        let standalone = if !plan.components.contains(&Component::Standalone) {
+            StandaloneWanted::Leave
+        } else if let Role::Leader { term } = role {
+            match self.standalone_blocker(settings).await {
+                None => {
+                    if self.standalone_blocker.take().is_some() {
+                        info!(
+                            message_id = STANDALONE_STARTED,
+                            term, "the old standalone server's session is gone: starting it here"
+                        );
+                    }
+                    StandaloneWanted::Run
+                }
+                Some(why) => {
+                    if self.standalone_blocker.as_deref() != Some(why.as_str()) {
+                        info!("standalone server: waiting: {why}");
+                    }
+                    self.status(&format!("standalone server: waiting: {why}"));
+                    self.standalone_blocker = Some(why);
+                    // Check again shortly; the rest of the node converges meanwhile.
+                    self.converge_needed = true;
+                    self.next_converge = Instant::now() + Duration::from_millis(500);
+                    StandaloneWanted::Leave
+                }
+            }
+        } else {
+            self.standalone_blocker = None;
+            StandaloneWanted::Stop
+        };
+        let render = std::mem::take(&mut self.render_needed);
+        let systemd = self.systemd.clone();
+        let status = self.inputs_status.clone();
+        self.operation = Some(Operation::Converge(tokio::spawn(async move {
+            if render {
+                status.send_replace(format!("rendering: {RENDER_UNIT}"));
+                systemd
+                    .run(UnitAction::Start, RENDER_UNIT, JOB_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("rendering as root failed: {e}"))?;
+            }
+            let manifest = crate::render::output::read_manifest(std::path::Path::new(RENDERED_DIR))
+                .ok_or_else(|| format!("no rendered manifest in {RENDERED_DIR}"))?;
+            if plan
+                .components
+                .iter()
+                .any(|c| !manifest.components.contains_key(c.name()))
+            {
+                return Err(format!(
+                    "the render in {RENDERED_DIR} does not match this configuration (see `journalctl -u {RENDER_UNIT}`)"
+                ));
+            }
+            let report = converge(&systemd, &plan, &manifest, standalone, &|step| {
+                status.send_replace(format!("units: {step}"));
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            let changed = report.started.len()
+                + report.restarted.len()
+                + report.reloaded.len()
+                + report.stopped.len();
+            if changed > 0 {
+                info!(
+                    started = ?report.started,
+                    restarted = ?report.restarted,
+                    reloaded = ?report.reloaded,
+                    stopped = ?report.stopped,
+                    "units converged"
+                );
+            }
+            let mut line = format!("units: {} up to date", plan.components.len());
+            if !report.failed.is_empty() {
+                line = format!("units: failed, left alone: {}", report.failed.join(" "));
+            }
+            status.send_replace(line);
+            Ok(())
+        })));
+    }
+
+    /// Why the standalone server must not start here yet: a live Milvus session of
+    /// another node in etcd. None when it may start.
+    async fn standalone_blocker(&mut self, settings: &Settings) -> Option<String> {
+        if self.etcd.is_none() {
+            match crate::cluster::connect(&settings.config).await {
+                Ok(client) => self.etcd = Some(client),
+                Err(e) => return Some(format!("cannot read Milvus sessions from etcd: {e}")),
+            }
+        }
+        let client = self.etcd.as_mut()?;
+        let options = etcd_client::GetOptions::new().with_prefix();
+        let answer = match tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get(MILVUS_SESSION_PREFIX, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                self.etcd = None;
+                return Some(format!("cannot read Milvus sessions from etcd: {e}"));
+            }
+            Err(_) => {
+                self.etcd = None;
+                return Some("cannot read Milvus sessions from etcd: timed out".into());
+            }
+        };
+        let me = settings.local_node().map(|n| n.address.clone())?;
+        for kv in answer.kvs() {
+            if kv.lease() == 0 {
+                continue;
+            }
+            let value: serde_json::Value = serde_json::from_slice(kv.value()).unwrap_or_default();
+            let address = value["Address"].as_str().unwrap_or_default();
+            let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+            if host != me {
+                return Some(format!(
+                    "Milvus session {} of {address} is still alive (ends with its lease)",
+                    kv.key_str().unwrap_or("?")
+                ));
+            }
+        }
+        None
+    }
+
+    /// Stops the standalone server here at once (this node no longer leads).
+    async fn stop_standalone(&mut self, settings: &Settings) {
+        let runs_here = NodePlan::for_node(&settings.config, &settings.node_name)
+            .is_some_and(|p| p.components.contains(&Component::Standalone));
+        if !runs_here {
+            return;
+        }
+        if let Some(Operation::Converge(task)) = &self.operation {
+            // A converge that may be starting the server must not finish it.
+            task.abort();
+            self.operation = None;
+        }
+        let unit = Component::Standalone.unit_name();
+        match self.systemd.state(&unit).await {
+            Ok(state) if state.is_running() => {
+                warn!("this node no longer leads: stopping the standalone server");
+                if let Err(e) = self.systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {
+                    error!("stopping {unit}: {e}");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!("{unit}: {e}"),
+        }
+    }
+
+    /// Probes every running component; restarts a wedged one within its budget.
+    async fn check_health(&mut self, settings: &Settings, client: &reqwest::Client) {
+        let daemon = &settings.config.daemon;
+        let wedged_after = Duration::from_secs(daemon.wedged_after_secs.into());
+        let window = Duration::from_secs(daemon.restart_window_secs.into());
+        let probes: Vec<(Component, Probe)> = self
+            .watched
+            .iter()
+            .filter(|(_, w)| w.active == "active")
+            .filter_map(|(c, w)| w.probe.clone().map(|p| (*c, p)))
+            .collect();
+        let results = futures_util::future::join_all(
+            probes
+                .iter()
+                .map(|(c, p)| async move { (*c, p.check(client).await) }),
+        )
+        .await;
+        let now = Instant::now();
+        for (component, health) in results {
+            let Some(watched) = self.watched.get_mut(&component) else {
+                continue;
+            };
+            let why = match health {
+                Health::NoAnswer(why) => why,
+                // Answering: alive, even if not yet healthy (etcd without quorum).
+                Health::Healthy | Health::Unhealthy(_) => {
+                    watched.failing_since = None;
+                    continue;
+                }
+            };
+            let since = *watched.failing_since.get_or_insert(now);
+            if now - since < wedged_after || self.operation.is_some() {
+                continue;
+            }
+            watched.restarts.retain(|t| now - *t < window);
+            if watched.restarts.len() >= daemon.restart_budget as usize {
+                if !watched.gave_up {
+                    watched.gave_up = true;
+                    self.metrics
+                        .component_alerts
+                        .fetch_add(1, Ordering::Relaxed);
+                    error!(
+                        message_id = COMPONENT_GAVE_UP,
+                        component = component.name(),
+                        unit = %watched.unit,
+                        "{} is wedged again ({why}) after {} restarts in {:?}: leaving it alone, it needs an operator",
+                        watched.unit,
+                        watched.restarts.len(),
+                        window
+                    );
+                }
+                continue;
+            }
+            watched.gave_up = false;
+            watched.restarts.push_back(now);
+            watched.failing_since = None;
+            self.metrics.wedged_restarts.fetch_add(1, Ordering::Relaxed);
+            warn!(
+                message_id = COMPONENT_WEDGED,
+                component = component.name(),
+                unit = %watched.unit,
+                reason = %why,
+                "{} is wedged: no answer from its health probe for {:?} ({why}); restarting it",
+                watched.unit,
+                now - since
+            );
+            let systemd = self.systemd.clone();
+            let unit = watched.unit.clone();
+            self.operation = Some(Operation::Restart(
+                component,
+                tokio::spawn(
+                    async move { systemd.run(UnitAction::Restart, &unit, JOB_TIMEOUT).await },
+                ),
+            ));
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Bringing this node's component units to the rendered state, over D-Bus: in dependency
+//! order (the plan's component order), one job at a time, each waited for through its
+//! `JobRemoved` (a component unit's start ends with its health probe, so the next one
+//! starts on a healthy dependency). Only what changed is touched: a stopped unit starts,
+//! a unit whose files changed restarts (or reloads when only a reloadable config
+//! changed), everything else is left alone. The manifest last brought up is kept in
+//! /run, so a daemon restart does not restart anything and a reboot starts afresh.
+//!
+//! The root side (`milvus-fleet apply`) and the unprivileged daemon share this code.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::systemd::{Systemd, SystemdError, UnitAction};
+use crate::render::plan::{Component, NodePlan};
+use crate::render::Manifest;
+
+/// How long one unit job may take: a start includes the component's health probe.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the standalone server (standalone-ha topology) should do on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandaloneWanted {
+    /// This node's daemon leads and the old server is provably gone.
+    Run,
+    Stop,
+    /// Not this caller's decision (the root side's `apply`).
+    Leave,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ConvergeReport {
+    pub started: Vec<String>,
+    pub restarted: Vec<String>,
+    pub reloaded: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Units systemd gave up on (start limit hit); left for the operator.
+    pub failed: Vec<String>,
+}
+
+/// The manifest last brought up on this node, in /run (gone at reboot, as it should be:
+/// after a boot every running unit started from the files on disk).
+pub fn applied_file() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/run/milvus-fleet".into())
+        .join("applied.json")
+}
+
+fn read_applied(path: &Path) -> Manifest {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or(Manifest {
+            node: String::new(),
+            files: Default::default(),
+            components: Default::default(),
+            component_files: Default::default(),
+        })
+}
+
+fn write_applied(path: &Path, applied: &Manifest) {
+    let text = serde_json::to_string_pretty(applied).unwrap_or_default();
+    if let Err(e) = crate::membership::local::write_file(path, text.as_bytes(), 0o644, None) {
+        tracing::warn!("recording the applied state in {}: {e:#}", path.display());
+    }
+}
+
+/// Converges the node's units to `manifest` (the root side's latest render of `plan`).
+/// `progress` hears each step (the daemon puts it in its STATUS= line).
+pub async fn converge(
+    systemd: &Systemd,
+    plan: &NodePlan,
+    manifest: &Manifest,
+    standalone: StandaloneWanted,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<ConvergeReport, SystemdError> {
+    let path = applied_file();
+    let mut applied = read_applied(&path);
+    applied.node = manifest.node.clone();
+    let mut report = ConvergeReport::default();
+    for component in &plan.components {
+        let unit = component.unit_name();
+        let name = component.name();
+        let state = systemd.state(&unit).await?;
+        if *component == Component::Standalone && standalone != StandaloneWanted::Run {
+            if standalone == StandaloneWanted::Stop && state.is_running() {
+                progress(&format!(
+                    "stopping {unit}: another node runs the standalone server"
+                ));
+                systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await?;
+                report.stopped.push(unit);
+            } else {
+                report.unchanged.push(unit);
+            }
+            continue;
+        }
+        let action = if state.is_running() {
+            match changed_files(&applied, manifest, name) {
+                None => None,
+                Some(changed) => {
+                    let reloads = plan.component_view(*component, 0).reloads;
+                    Some(
+                        if reloads && changed.iter().all(|f| f.starts_with("config/")) {
+                            UnitAction::Reload
+                        } else {
+                            UnitAction::Restart
+                        },
+                    )
+                }
+            }
+        } else if state.active == "failed" && state.result == "start-limit-hit" {
+            // systemd gave up on it; starting it again here would make the flapping
+            // this limit exists to stop. `systemctl reset-failed` arms it again.
+            report.failed.push(unit);
+            continue;
+        } else {
+            Some(UnitAction::Start)
+        };
+        if let Some(action) = action {
+            progress(&format!("{action} {unit}"));
+            systemd.run(action, &unit, JOB_TIMEOUT).await?;
+            match action {
+                UnitAction::Start => report.started.push(unit),
+                UnitAction::Restart => report.restarted.push(unit),
+                UnitAction::Reload => report.reloaded.push(unit),
+                UnitAction::Stop => report.stopped.push(unit),
+            }
+        } else {
+            report.unchanged.push(unit);
+        }
+        record(&mut applied, manifest, name);
+        write_applied(&path, &applied);
+    }
+    // Components this node no longer runs (their units are gone) leave the record.
+    applied
+        .components
+        .retain(|name, _| manifest.components.contains_key(name));
+    write_applied(&path, &applied);
+    Ok(report)
+}
+
+/// The component's files whose hashes differ between what runs and the new render;
+/// None when the component is unchanged, or when nothing is recorded for it (a unit
+/// found running after a boot started from the files on disk).
+fn changed_files(applied: &Manifest, manifest: &Manifest, name: &str) -> Option<Vec<String>> {
+    let old = applied.components.get(name)?;
+    if manifest.components.get(name) == Some(old) {
+        return None;
+    }
+    let files = manifest
+        .component_files
+        .get(name)
+        .cloned()
+        .unwrap_or_default();
+    Some(
+        files
+            .into_iter()
+            .filter(|f| applied.files.get(f) != manifest.files.get(f))
+            .collect(),
+    )
+}
+
+fn record(applied: &mut Manifest, manifest: &Manifest, name: &str) {
+    if let Some(hash) = manifest.components.get(name) {
+        applied.components.insert(name.to_owned(), hash.clone());
+    }
+    let files = manifest
+        .component_files
+        .get(name)
+        .cloned()
+        .unwrap_or_default();
+    for file in &files {
+        if let Some(hash) = manifest.files.get(file) {
+            applied.files.insert(file.clone(), hash.clone());
+        }
+    }
+    applied.component_files.insert(name.to_owned(), files);
+}

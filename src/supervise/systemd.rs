@@ -1,0 +1,221 @@
+//! systemd over its D-Bus API (org.freedesktop.systemd1 on the system bus): unit jobs
+//! that wait for their `JobRemoved`, unit state, and unit-file installation for the root
+//! side. No `systemctl` subprocesses: a job's result comes back as a typed value, and the
+//! unprivileged daemon is allowed exactly what the package's polkit rule grants.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use zbus_systemd::systemd1::{ManagerProxy, UnitProxy};
+
+/// polkit rule that grants the daemon's user its own units (shipped in the package).
+pub const POLKIT_RULE: &str = "/usr/share/polkit-1/rules.d/50-milvus-fleet.rules";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot reach systemd on the system bus: {0}")]
+    Bus(#[from] zbus::Error),
+    #[error(
+        "systemd refused to {action} {unit}: {message} (the daemon's user needs the polkit rule {POLKIT_RULE})"
+    )]
+    Denied {
+        action: UnitAction,
+        unit: String,
+        message: String,
+    },
+    #[error("{action} {unit}: {message}")]
+    Call {
+        action: UnitAction,
+        unit: String,
+        message: String,
+    },
+    #[error("{action} {unit} ended with result {result:?} (see `journalctl -u {unit}`)")]
+    JobFailed {
+        action: UnitAction,
+        unit: String,
+        result: String,
+    },
+    #[error("{action} {unit} did not finish within {0:?}", timeout)]
+    Timeout {
+        action: UnitAction,
+        unit: String,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitAction {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+}
+
+impl std::fmt::Display for UnitAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UnitAction::Start => "start",
+            UnitAction::Stop => "stop",
+            UnitAction::Restart => "restart",
+            UnitAction::Reload => "reload",
+        })
+    }
+}
+
+/// A unit's state as systemd reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitState {
+    /// active, reloading, inactive, failed, activating, deactivating.
+    pub active: String,
+    /// The service's Result= (success, exit-code, start-limit-hit, ...).
+    pub result: String,
+}
+
+impl UnitState {
+    pub fn is_running(&self) -> bool {
+        matches!(self.active.as_str(), "active" | "reloading" | "activating")
+    }
+}
+
+#[derive(Clone)]
+pub struct Systemd {
+    connection: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    pub async fn system() -> Result<Self, SystemdError> {
+        let connection = zbus::Connection::system().await?;
+        let manager = ManagerProxy::new(&connection).await?;
+        // systemd sends JobRemoved and PropertiesChanged only while some client subscribed.
+        manager.subscribe().await?;
+        Ok(Self {
+            connection,
+            manager,
+        })
+    }
+
+    /// Runs one job on `unit` and waits for its `JobRemoved`: Ok only when its result is
+    /// "done". A start or restart is done when the unit is active, which for the
+    /// component units includes their health probe (ExecStartPost).
+    pub async fn run(
+        &self,
+        action: UnitAction,
+        unit: &str,
+        timeout: Duration,
+    ) -> Result<(), SystemdError> {
+        // Listen before asking, so the signal cannot pass between the two.
+        let mut removed = self.manager.receive_job_removed().await?;
+        let (name, mode) = (unit.to_owned(), "replace".to_owned());
+        let call = match action {
+            UnitAction::Start => self.manager.start_unit(name, mode).await,
+            UnitAction::Stop => self.manager.stop_unit(name, mode).await,
+            UnitAction::Restart => self.manager.restart_unit(name, mode).await,
+            UnitAction::Reload => self.manager.reload_unit(name, mode).await,
+        };
+        let job = call.map_err(|e| call_error(action, unit, e))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if args.job.as_str() == job.as_str() {
+                    return Some(args.result.to_owned());
+                }
+            }
+            None
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(result)) if result == "done" => Ok(()),
+            Ok(Some(result)) => Err(SystemdError::JobFailed {
+                action,
+                unit: unit.to_owned(),
+                result,
+            }),
+            Ok(None) => Err(SystemdError::Bus(zbus::Error::Failure(
+                "the system bus closed the signal stream".into(),
+            ))),
+            Err(_) => Err(SystemdError::Timeout {
+                action,
+                unit: unit.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// The unit's state; a unit systemd does not know is "inactive".
+    pub async fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {
+        let proxy = self.unit(unit).await?;
+        let active = proxy.active_state().await?;
+        let result = match self.service(unit).await {
+            Ok(service) => service.result().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Ok(UnitState { active, result })
+    }
+
+    /// A proxy on the unit's object (loading it if systemd has not yet).
+    pub async fn unit(&self, unit: &str) -> Result<UnitProxy<'static>, SystemdError> {
+        let path = self.manager.load_unit(unit.to_owned()).await?;
+        Ok(UnitProxy::builder(&self.connection)
+            .path(path)
+            .build()
+            .await?)
+    }
+
+    async fn service(
+        &self,
+        unit: &str,
+    ) -> Result<zbus_systemd::systemd1::ServiceProxy<'static>, SystemdError> {
+        let path = self.manager.load_unit(unit.to_owned()).await?;
+        Ok(
+            zbus_systemd::systemd1::ServiceProxy::builder(&self.connection)
+                .path(path)
+                .build()
+                .await?,
+        )
+    }
+
+    /// Root side: make systemd read changed unit files.
+    pub async fn reload_daemon(&self) -> Result<(), SystemdError> {
+        Ok(self.manager.reload().await?)
+    }
+
+    /// Root side: `systemctl enable` for unit files (their [Install] sections).
+    pub async fn enable(&self, units: &[String]) -> Result<(), SystemdError> {
+        self.manager
+            .enable_unit_files(units.to_vec(), false, true)
+            .await?;
+        Ok(())
+    }
+
+    /// Root side: `systemctl disable`.
+    pub async fn disable(&self, units: &[String]) -> Result<(), SystemdError> {
+        self.manager
+            .disable_unit_files(units.to_vec(), false)
+            .await?;
+        Ok(())
+    }
+}
+
+fn call_error(action: UnitAction, unit: &str, error: zbus::Error) -> SystemdError {
+    match &error {
+        zbus::Error::MethodError(name, message, _) => {
+            let message = message.clone().unwrap_or_default();
+            if name.as_str().ends_with("InteractiveAuthorizationRequired")
+                || name.as_str().ends_with("AccessDenied")
+            {
+                SystemdError::Denied {
+                    action,
+                    unit: unit.to_owned(),
+                    message,
+                }
+            } else {
+                SystemdError::Call {
+                    action,
+                    unit: unit.to_owned(),
+                    message: format!("{}: {message}", name.as_str()),
+                }
+            }
+        }
+        _ => SystemdError::Bus(error),
+    }
+}
