@@ -87,8 +87,8 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
                 // What init/join will do: render as root, install the units.
                 hosts.sh_ok(
                     host,
-                    "milvus-fleet render --out /var/lib/milvus-fleet/rendered >/dev/null && \
-                     cp /var/lib/milvus-fleet/rendered/units/*.service /etc/systemd/system/ && systemctl daemon-reload",
+                    "milvus-fleet render --out /var/lib/milvus-fleet-rendered >/dev/null && \
+                     cp /var/lib/milvus-fleet-rendered/units/*.service /etc/systemd/system/ && systemctl daemon-reload",
                 );
             });
         }

@@ -399,7 +399,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     let upstream = format!("{}:19530", hosts.address("h4"));
     assert!(
         hosts
-            .sh_ok("h1", "cat /var/lib/milvus-fleet/rendered/config/nginx.conf")
+            .sh_ok("h1", "cat /var/lib/milvus-fleet-rendered/config/nginx.conf")
             .contains(&upstream),
         "h1's load balancer knows h4"
     );

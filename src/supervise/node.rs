@@ -348,10 +348,19 @@ impl Supervisor {
         } else if let Role::Leader { term } = role {
             match self.standalone_blocker(settings).await {
                 None => {
-                    if self.standalone_blocker.take().is_some() {
+                    let waited = self.standalone_blocker.take().is_some();
+                    let unit = Component::Standalone.unit_name();
+                    let running = self
+                        .systemd
+                        .state(&unit)
+                        .await
+                        .is_ok_and(|s| s.is_running());
+                    if !running {
                         info!(
                             message_id = STANDALONE_STARTED,
-                            term, "the old standalone server's session is gone: starting it here"
+                            term,
+                            waited,
+                            "this node leads (term {term}) and no other node's Milvus session is alive: starting the standalone server here"
                         );
                     }
                     StandaloneWanted::Run

@@ -203,6 +203,11 @@ impl Hosts {
         );
     }
 
+    /// Power loss: every process of the host dies at once.
+    pub fn kill(&self, host: &str) {
+        assert!(self.harness(&["kill", host]).status.success());
+    }
+
     pub fn cut(&self, host: &str) {
         assert!(self.harness(&["cut", host]).status.success());
     }
