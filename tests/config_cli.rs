@@ -320,3 +320,69 @@ fn a_missing_or_unreadable_main_file_is_named() {
         "{err}"
     );
 }
+
+/// `milvus-fleet probe`, what every component unit's ExecStartPost runs: 200 is healthy,
+/// another status is "answers unhealthy", nothing listening is "does not answer".
+#[test]
+fn probe_tells_healthy_unhealthy_and_silent_apart() {
+    use std::io::{Read, Write};
+    let serve = |status: &'static str| {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten().take(3) {
+                let mut stream = stream;
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
+                );
+            }
+        });
+        port
+    };
+    let probe = |url: String, wait: Option<&str>| {
+        let mut cmd = Command::cargo_bin("milvus-fleet").unwrap();
+        cmd.arg("probe").arg(url);
+        if let Some(seconds) = wait {
+            cmd.args(["--wait", seconds]);
+        }
+        cmd.output().unwrap()
+    };
+    let ok = probe(format!("http://127.0.0.1:{}/health", serve("200 OK")), None);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let sick = probe(
+        format!(
+            "http://127.0.0.1:{}/health",
+            serve("503 Service Unavailable")
+        ),
+        None,
+    );
+    let stderr = String::from_utf8_lossy(&sick.stderr);
+    assert!(
+        !sick.status.success() && stderr.contains("answers unhealthy"),
+        "{stderr}"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let silent = probe(format!("http://127.0.0.1:{port}/"), Some("1"));
+    let stderr = String::from_utf8_lossy(&silent.stderr);
+    assert!(
+        !silent.status.success()
+            && stderr.contains("does not answer")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    let bad = probe("ftp://x".into(), None);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("is not a probe"),
+        "{stderr}"
+    );
+}

@@ -61,6 +61,9 @@ impl std::fmt::Display for Probe {
 
 /// A client for probes: short timeouts, no proxies from the environment.
 pub fn client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider; probes are plain HTTP, but the
+    // client still wants one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(PROBE_TIMEOUT)
         .connect_timeout(PROBE_TIMEOUT)
