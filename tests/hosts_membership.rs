@@ -10,7 +10,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::dataplane::{client, client_python, images, start_site_s3, wait_until, KEY, SECRET};
+use support::dataplane::{
+    client, client_python, images, prepare_hosts, start_site_s3, wait_until, KEY, SECRET,
+};
 use support::{deb_path, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
@@ -139,30 +141,13 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             ("FLEET_HOSTS_DOCKER", "1"),
         ],
     );
-    let plugin = std::path::PathBuf::from("/usr/libexec/docker/cli-plugins/docker-compose");
-    std::thread::scope(|scope| {
-        for host in hosts.names() {
-            let (hosts, deb, images, plugin) = (&hosts, &deb, &images, &plugin);
-            scope.spawn(move || {
-                hosts.copy_in(host, deb, PKG);
-                hosts.copy_in_with_mode(
-                    host,
-                    plugin,
-                    "/usr/libexec/docker/cli-plugins/docker-compose",
-                    "0755",
-                );
-                hosts.sh_ok(host, "for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1");
-                // h1 runs the Milvus server (the first compute node) and the site's S3;
-                // the others run etcd and load balancers (h4 stands by for Milvus).
-                let wanted: &[&str] = if host == "h1" {
-                    &["etcd", "nginx", "milvus", "seaweedfs"]
-                } else {
-                    &["etcd", "nginx"]
-                };
-                for name in wanted {
-                    hosts.docker_load(host, &images[*name]);
-                }
-            });
+    // h1 runs the Milvus server (the leader's node) and the site's S3; the others run
+    // etcd and load balancers (h4 stands by for Milvus).
+    prepare_hosts(&hosts, &deb, PKG, &images, |host| {
+        if host == "h1" {
+            vec!["etcd", "nginx", "milvus", "seaweedfs"]
+        } else {
+            vec!["etcd", "nginx"]
         }
     });
 

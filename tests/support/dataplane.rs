@@ -74,3 +74,29 @@ pub fn start_site_s3(hosts: &Hosts, host: &str) {
     hosts.write_file(host, "/etc/systemd/system/site-s3.service", unit, "0644");
     hosts.sh_ok(host, "systemctl daemon-reload && systemctl start site-s3");
 }
+
+/// Readies every host for the data plane, in parallel: the package file at `package`,
+/// Docker's compose plugin, a running engine, and the images `wanted(host)` names (what
+/// a VM image or a mounted medium would bring: no registry here).
+pub fn prepare_hosts(
+    hosts: &Hosts,
+    deb: &std::path::Path,
+    package: &str,
+    images: &BTreeMap<String, PathBuf>,
+    wanted: impl Fn(&str) -> Vec<&'static str> + Sync,
+) {
+    let plugin = PathBuf::from("/usr/libexec/docker/cli-plugins/docker-compose");
+    std::thread::scope(|scope| {
+        for host in hosts.names() {
+            let (plugin, wanted) = (&plugin, &wanted);
+            scope.spawn(move || {
+                hosts.copy_in(host, deb, package);
+                hosts.copy_in_with_mode(host, plugin, plugin.to_str().unwrap(), "0755");
+                hosts.sh_ok(host, "for i in $(seq 1 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.2; done; exit 1");
+                for name in wanted(host) {
+                    hosts.docker_load(host, &images[name]);
+                }
+            });
+        }
+    });
+}
