@@ -197,6 +197,17 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         "milvus-fleet-standalone",
         "milvus-fleet.service",
     ];
+    // The daemon starts the standalone server once it leads (not init): wait for it.
+    wait_until(
+        "the standalone server on h1",
+        Duration::from_secs(180),
+        || {
+            hosts
+                .sh("h1", "systemctl is-active --quiet milvus-fleet-standalone")
+                .status
+                .success()
+        },
+    );
     let before_storage_joins = invocations(&hosts, "h1", &h1_units);
 
     // h2 and h3: user-data from `milvus-fleet cloud-init`, one token for both.
