@@ -395,9 +395,7 @@ async fn listen(
             listener, config, routers, revoked,
         )));
     }
-    let runtime = std::env::var_os("RUNTIME_DIRECTORY")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/run/milvus-fleet".into());
+    let runtime = crate::membership::local::runtime_dir();
     if runtime.is_dir() {
         use std::os::unix::fs::PermissionsExt;
         let path = runtime.join("api.sock");

@@ -45,3 +45,16 @@ fn stderr_is_journal() -> bool {
     };
     dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
 }
+
+/// An error and its causes on one line ("a: b: c"), for errors that keep the useful part
+/// in their sources (reqwest, hyper).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
 
 use crate::supervise::health::{client, Health, Probe};
@@ -19,10 +18,7 @@ pub struct ProbeArgs {
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let probe: Probe = args.probe.parse()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = crate::membership::local::runtime()?;
     runtime.block_on(async {
         match args.wait {
             Some(seconds) => probe

@@ -62,10 +62,7 @@ pub struct ApplyReport {
 pub fn apply(paths: &ConfigPaths, mode: Mode) -> anyhow::Result<ApplyReport> {
     let settings = Settings::load(paths)?;
     guard_host_settings(&settings, paths)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::local::runtime()?;
     runtime.block_on(apply_settings(&settings, mode))
 }
 
@@ -204,10 +201,7 @@ async fn apply_settings(settings: &Settings, mode: Mode) -> anyhow::Result<Apply
 
 /// `systemctl enable --now UNIT`, over D-Bus.
 pub fn enable_now(unit: &str) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = super::local::runtime()?;
     runtime.block_on(async {
         let systemd = Systemd::system().await?;
         systemd.enable(&[unit.to_owned()]).await?;

@@ -97,7 +97,7 @@ pub fn init(
     super::apply::apply(paths, super::apply::Mode::Converge)?;
 
     // etcd is up (or external): the cluster's truth goes there, once.
-    let runtime = runtime()?;
+    let runtime = local::runtime()?;
     let token = runtime.block_on(async {
         let client = wait_for_etcd(&config.etcd_client_urls(), Duration::from_secs(120)).await?;
         let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
@@ -165,7 +165,7 @@ pub fn join(
             super::apply::apply(paths, super::apply::Mode::Converge)?;
             if votes(&node.roles) && config.etcd.mode == ServiceMode::Local {
                 let peer = peer_url(&node.address, config.etcd.peer_port);
-                runtime()?.block_on(promote(config, &node.address, &peer))?;
+                local::runtime()?.block_on(promote(config, &node.address, &peer))?;
             }
             enable_daemon()?;
             return Ok(name);
@@ -186,7 +186,7 @@ pub fn join(
         roles: identity.roles.clone(),
         csr,
     };
-    let runtime = runtime()?;
+    let runtime = local::runtime()?;
     let response = runtime.block_on(send_with_retries(server, token, &request))?;
 
     // Everything below only runs after the cluster said yes.
@@ -391,14 +391,6 @@ fn write_node_files(
 
 fn enable_daemon() -> anyhow::Result<()> {
     super::apply::enable_now("milvus-fleet.service")
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
 }
 
 /// The local address this host uses to reach `server` (or the default route).

@@ -279,7 +279,7 @@ pub async fn request(
             }
             return Err(RequestError::Unreachable(format!(
                 "{server}: {}",
-                error_chain(&e)
+                crate::logging::error_chain(&e)
             )));
         }
     };
@@ -334,17 +334,6 @@ pub fn with_default_port(server: &str) -> String {
         Some(_) if !server.starts_with('[') => format!("[{server}]:{port}"),
         _ => format!("{server}:{port}"),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Accepts a server whose chain holds a CA with the pinned public key and whose end

@@ -21,6 +21,24 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| "/var/lib/milvus-fleet".into())
 }
 
+/// systemd's RuntimeDirectory= when set (the daemon), else the packaged place.
+pub fn runtime_dir() -> PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/run/milvus-fleet".into())
+}
+
+/// A one-thread async runtime for the CLI's blocking commands (with rustls' provider,
+/// which reqwest and the TLS clients need).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// The cluster's shared configuration as this node last saw it in etcd.
 pub fn cluster_file() -> PathBuf {
     state_dir().join("cluster.toml")

@@ -98,7 +98,7 @@ pub struct Rendered {
 }
 
 /// `manifest.json`: what the daemon compares to decide what to restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Manifest {
     pub node: String,
     /// File -> sha256 of its contents.

@@ -82,7 +82,7 @@ impl Probe {
                     let body = answer.text().await.unwrap_or_default();
                     Health::Unhealthy(format!("{status}: {}", body.trim()))
                 }
-                Err(e) => Health::NoAnswer(error_chain(&e)),
+                Err(e) => Health::NoAnswer(crate::logging::error_chain(&e)),
             },
             Probe::Tcp(address) => {
                 match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address))
@@ -114,17 +114,6 @@ impl Probe {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

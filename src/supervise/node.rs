@@ -129,7 +129,7 @@ pub async fn run(mut inputs: Inputs) {
         next_converge: Instant::now(),
         etcd: None,
         standalone_blocker: None,
-        inputs_status: inputs.status.clone(),
+        status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
     let (events_tx, mut events) = mpsc::channel::<(String, String)>(64);
@@ -179,13 +179,13 @@ struct Supervisor {
     etcd: Option<etcd_client::Client>,
     /// Why the standalone server is not started here yet (the old one's session).
     standalone_blocker: Option<String>,
-    inputs_status: watch::Sender<String>,
+    status_tx: watch::Sender<String>,
     metrics: Arc<crate::api::Metrics>,
 }
 
 impl Supervisor {
     fn status(&self, line: &str) {
-        self.inputs_status.send_replace(line.to_owned());
+        self.status_tx.send_replace(line.to_owned());
     }
 
     /// Keeps the set of watched components equal to the plan's, following each unit's
@@ -383,7 +383,7 @@ impl Supervisor {
         };
         let render = std::mem::take(&mut self.render_needed);
         let systemd = self.systemd.clone();
-        let status = self.inputs_status.clone();
+        let status = self.status_tx.clone();
         self.operation = Some(Operation::Converge(tokio::spawn(async move {
             if render {
                 status.send_replace(format!("rendering: {RENDER_UNIT}"));

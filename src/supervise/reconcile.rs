@@ -44,22 +44,14 @@ pub struct ConvergeReport {
 /// The manifest last brought up on this node, in /run (gone at reboot, as it should be:
 /// after a boot every running unit started from the files on disk).
 pub fn applied_file() -> PathBuf {
-    std::env::var_os("RUNTIME_DIRECTORY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/run/milvus-fleet".into())
-        .join("applied.json")
+    crate::membership::local::runtime_dir().join("applied.json")
 }
 
 fn read_applied(path: &Path) -> Manifest {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or(Manifest {
-            node: String::new(),
-            files: Default::default(),
-            components: Default::default(),
-            component_files: Default::default(),
-        })
+        .unwrap_or_default()
 }
 
 fn write_applied(path: &Path, applied: &Manifest) {
