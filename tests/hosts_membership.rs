@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::dataplane::{
-    client, client_python, images, prepare_hosts, start_site_s3, wait_until, KEY, SECRET,
+    client, client_python, images, prepare_hosts, start_site_s3, wait_active, wait_until, KEY,
+    SECRET,
 };
 use support::{deb_path, Hosts};
 
@@ -198,15 +199,11 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         "milvus-fleet.service",
     ];
     // The daemon starts the standalone server once it leads (not init): wait for it.
-    wait_until(
-        "the standalone server on h1",
-        Duration::from_secs(180),
-        || {
-            hosts
-                .sh("h1", "systemctl is-active --quiet milvus-fleet-standalone")
-                .status
-                .success()
-        },
+    wait_active(
+        &hosts,
+        "h1",
+        "milvus-fleet-standalone",
+        Duration::from_secs(300),
     );
     let before_storage_joins = invocations(&hosts, "h1", &h1_units);
 

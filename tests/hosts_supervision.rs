@@ -17,7 +17,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::dataplane::{
-    client, client_python, images, prepare_hosts, start_site_s3, wait_until, KEY, SECRET,
+    client, client_python, images, prepare_hosts, start_site_s3, wait_active, wait_until, KEY,
+    SECRET,
 };
 use support::{deb_path, Hosts};
 
@@ -147,17 +148,11 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         let groups = hosts.sh_ok(host, "id -nG milvus-fleet");
         assert!(!groups.contains("docker"), "{host}: {groups}");
     }
-    wait_until(
-        "the standalone server on the leader h1",
-        Duration::from_secs(180),
-        || {
-            prop(
-                &hosts,
-                "h1",
-                "milvus-fleet-standalone.service",
-                "ActiveState",
-            ) == "active"
-        },
+    wait_active(
+        &hosts,
+        "h1",
+        "milvus-fleet-standalone",
+        Duration::from_secs(300),
     );
     for host in ["h2", "h3"] {
         assert_eq!(

@@ -260,7 +260,7 @@ impl Supervisor {
             return;
         };
         if watched.active != active {
-            info!(unit, state = active, "unit state changed");
+            info!(unit, state = active, "{unit}: {active}");
         }
         watched.active = active.to_owned();
         if active == "active" {
@@ -303,7 +303,9 @@ impl Supervisor {
         match self.operation.take() {
             Some(Operation::Converge(task)) => match task.await {
                 Ok(Ok(())) => {
-                    self.converge_needed = self.standalone_blocker.is_some();
+                    // Keep a request that came while this converge ran (the role or the
+                    // settings changed): it planned with what it knew when it began.
+                    self.converge_needed |= self.standalone_blocker.is_some();
                     self.next_converge = Instant::now() + Duration::from_secs(1);
                 }
                 Ok(Err(e)) => {
@@ -377,6 +379,10 @@ impl Supervisor {
                     StandaloneWanted::Leave
                 }
             }
+        } else if *role == Role::Unknown {
+            // Not campaigned yet (a daemon that just started): neither start nor stop it;
+            // losing leadership stops it through the role watch.
+            StandaloneWanted::Leave
         } else {
             self.standalone_blocker = None;
             StandaloneWanted::Stop

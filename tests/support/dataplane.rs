@@ -59,6 +59,32 @@ pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
     }
 }
 
+/// Waits until `unit` is active on `host`; on timeout the failure shows the unit's and the
+/// daemon's journal, so a CI log says why.
+pub fn wait_active(hosts: &Hosts, host: &str, unit: &str, timeout: Duration) {
+    let start = Instant::now();
+    while !hosts
+        .sh(host, &format!("systemctl is-active --quiet {unit}"))
+        .status
+        .success()
+    {
+        if start.elapsed() >= timeout {
+            let why = hosts.sh(
+                host,
+                &format!(
+                    "systemctl status --no-pager {unit}; journalctl --no-pager -o short-monotonic \
+                     -u {unit} -u milvus-fleet -n 120"
+                ),
+            );
+            panic!(
+                "timed out after {timeout:?} waiting for {unit} on {host}:\n{}",
+                String::from_utf8_lossy(&why.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// The site's own S3 service on `host`, run by a unit of the test (milvus-fleet only connects).
 pub fn start_site_s3(hosts: &Hosts, host: &str) {
     let compose = format!(

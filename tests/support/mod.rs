@@ -219,6 +219,14 @@ impl Hosts {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
+        // A developer chasing a failure keeps the hosts to look around in them.
+        if std::thread::panicking() && std::env::var_os("MILVUS_FLEET_KEEP_HOSTS").is_some() {
+            eprintln!(
+                "kept the test hosts {}-*: `tests/hosts/fleet-hosts down` with FLEET_HOSTS_PREFIX={} removes them",
+                self.prefix, self.prefix
+            );
+            return;
+        }
         let out = self.harness(&["down"]);
         if !out.status.success() {
             eprintln!(
