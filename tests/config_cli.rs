@@ -379,6 +379,24 @@ fn probe_tells_healthy_unhealthy_and_silent_apart() {
             && stderr.lines().count() == 1,
         "{stderr}"
     );
+    // The unit's ExecStartPost form: the wait ends when the main process is gone.
+    let mut exited = std::process::Command::new("true").spawn().unwrap();
+    let gone = exited.id().to_string();
+    exited.wait().unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::cargo_bin("milvus-fleet")
+        .unwrap()
+        .args(["probe", "--wait", "60", "--main-pid", &gone])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("main process")
+            && started.elapsed() < std::time::Duration::from_secs(30),
+        "{stderr}"
+    );
     let bad = probe("ftp://x".into(), None);
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(

@@ -14,6 +14,10 @@ pub struct ProbeArgs {
     /// Keep probing up to this many seconds until healthy.
     #[arg(long, value_name = "SECONDS")]
     wait: Option<u64>,
+    /// With --wait: stop waiting when this process is gone (a unit's ExecStartPost passes
+    /// ${MAINPID}).
+    #[arg(long, value_name = "PID", requires = "wait")]
+    main_pid: Option<u32>,
 }
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
@@ -22,9 +26,9 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         match args.wait {
             Some(seconds) => probe
-                .wait_healthy(Duration::from_secs(seconds))
+                .wait_healthy(Duration::from_secs(seconds), args.main_pid)
                 .await
-                .map_err(|why| anyhow::anyhow!("not healthy after {seconds} s: {why}")),
+                .map_err(|why| anyhow::anyhow!("not healthy: {why}")),
             None => match probe.check(&client()).await {
                 Health::Healthy => Ok(()),
                 Health::Unhealthy(why) => anyhow::bail!("{probe} answers unhealthy: {why}"),

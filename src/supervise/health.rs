@@ -99,10 +99,26 @@ impl Probe {
     /// Probes until healthy or `timeout` passes (what a unit's ExecStartPost runs, so a
     /// unit is "active" only once its component answers, and units ordered after it
     /// start only then).
-    pub async fn wait_healthy(&self, timeout: Duration) -> Result<(), String> {
+    /// Probes until healthy or `timeout`; gives up at once when `main_pid` (the service's
+    /// main process, for a unit's ExecStartPost) is gone: systemd waits for
+    /// ExecStartPost even after the main process died, so without this a component that
+    /// cannot start would sit in "activating" for the whole timeout and never reach its
+    /// start limit.
+    pub async fn wait_healthy(
+        &self,
+        timeout: Duration,
+        main_pid: Option<u32>,
+    ) -> Result<(), String> {
         let client = client();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if let Some(pid) = main_pid {
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    return Err(format!(
+                        "the service's main process (PID {pid}) exited before {self} answered"
+                    ));
+                }
+            }
             let why = match self.check(&client).await {
                 Health::Healthy => return Ok(()),
                 Health::Unhealthy(why) => format!("{self} answers unhealthy: {why}"),
