@@ -8,8 +8,8 @@
 //!
 //! The unprivileged daemon writes the cluster file; the settings that decide what root
 //! runs on this host (images, data directory, credentials file, engine) are never taken
-//! from that file unless they equal the packaged defaults: only root-owned files set
-//! them (see `guard_host_settings`). Every other value passed the typed schema and the
+//! from that file: only root-owned files set them, and a cluster file that disagrees
+//! is refused whole (see `guard_host_settings`). Every other value passed the typed schema and the
 //! validation, and the compose files come only from the packaged templates.
 
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ use crate::supervise::systemd::{Systemd, UnitAction};
 pub const UNIT_DIR: &str = "/etc/systemd/system";
 
 /// Settings that decide what root runs on this host: a value for one of them in the
-/// daemon-written cluster file is refused unless it is the packaged default.
+/// daemon-written cluster file is refused unless root's files agree.
 pub const HOST_SETTINGS: &[&str] = &[
     "cluster.data_dir",
     "object_storage.credentials_file",
@@ -66,28 +66,41 @@ pub fn apply(paths: &ConfigPaths, mode: Mode) -> anyhow::Result<ApplyReport> {
     runtime.block_on(apply_settings(&settings, mode))
 }
 
-/// Refuses a cluster file (written by the unprivileged daemon) that sets a host
-/// setting to anything but its packaged default: a crafted image, data directory or
-/// credentials path must never reach a rendered file that root runs.
+/// Refuses a cluster file (written by the unprivileged daemon) that sets a host setting
+/// to anything but what this host's root-owned files say (or, where they say nothing,
+/// the packaged default): a crafted image, data directory or credentials path must never
+/// reach a rendered file that root runs. Root's files win the merge anyway; refusing
+/// the whole render also makes tampering loud instead of silently overridden.
 pub fn guard_host_settings(settings: &Settings, paths: &ConfigPaths) -> anyhow::Result<()> {
     let Some(cluster_file) = paths.cluster.as_deref() else {
         return Ok(());
     };
+    let cluster: toml::Table = match std::fs::read_to_string(cluster_file) {
+        // Settings::load read and checked it a moment ago; gone now means nothing to guard.
+        Err(_) => return Ok(()),
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("{}: not valid TOML", cluster_file.display()))?,
+    };
     let effective = toml::Table::try_from(&settings.config).unwrap_or_default();
     let defaults = toml::Table::try_from(FleetConfig::default()).unwrap_or_default();
     for key in HOST_SETTINGS {
-        if settings.provenance.file_of(key) != Some(cluster_file) {
+        let Some(crafted) = lookup(&cluster, key) else {
             continue;
-        }
-        let value = lookup(&effective, key);
-        if value != lookup(&defaults, key) {
+        };
+        let set_by_root = settings.provenance.file_of(key) != Some(cluster_file);
+        let allowed = if set_by_root {
+            lookup(&effective, key)
+        } else {
+            lookup(&defaults, key)
+        };
+        if Some(crafted) != allowed {
             bail!(
-                "{}: {key} = {} is refused: what root runs on this host (images, data directory, \
-                 credentials file, engine) is set only in root-owned files \
-                 (/etc/milvus-fleet/fleet.toml, fleet.d/), never by the cluster file the daemon \
-                 writes; nothing was rendered",
+                "{}: {key} = {crafted} is refused (this host's root-owned files say {}): what \
+                 root runs on this host (images, data directory, credentials file, engine) is \
+                 set only in /etc/milvus-fleet/fleet.toml and fleet.d/, never by the cluster \
+                 file the daemon writes; nothing was rendered",
                 cluster_file.display(),
-                value.map_or("?".to_owned(), |v| v.to_string())
+                allowed.map_or("nothing".to_owned(), |v| v.to_string())
             );
         }
     }
@@ -229,4 +242,54 @@ async fn uninstall(systemd: &Systemd, units: &[String]) -> anyhow::Result<()> {
     }
     systemd.reload_daemon().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root fleet.toml that sets the Milvus image, and a cluster file with `cluster_extra`.
+    fn guard(cluster_extra: &str) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("fleet.toml");
+        let cluster = dir.path().join("cluster.toml");
+        std::fs::write(
+            &main,
+            "[cluster]\nname = \"c\"\n[images]\nmilvus = \"local/milvus:test\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &cluster,
+            format!("[cluster]\nname = \"c\"\n{cluster_extra}"),
+        )
+        .unwrap();
+        let paths = ConfigPaths {
+            cluster: Some(cluster),
+            main,
+            dropin_dirs: vec![],
+        };
+        let settings = Settings::load(&paths).unwrap();
+        guard_host_settings(&settings, &paths)
+    }
+
+    #[test]
+    fn the_cluster_file_cannot_set_what_root_runs() {
+        guard("").unwrap();
+        guard("[images]\nmilvus = \"local/milvus:test\"\n").unwrap();
+        let default_dir = FleetConfig::default().cluster.data_dir;
+        guard(&format!("data_dir = {default_dir:?}\n")).unwrap();
+
+        let evil = guard("[images]\nmilvus = \"evil/milvus:latest\"\n").unwrap_err();
+        let message = evil.to_string();
+        assert!(
+            message.contains("images.milvus") && message.contains("local/milvus:test"),
+            "{message}"
+        );
+        let mount = guard("data_dir = \"/etc\"\n").unwrap_err().to_string();
+        assert!(mount.contains("cluster.data_dir"), "{mount}");
+        let engine = guard("[runtime]\nengine = \"podman\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(engine.contains("runtime.engine"), "{engine}");
+    }
 }

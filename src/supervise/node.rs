@@ -41,6 +41,10 @@ use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
 /// The unit that renders as root (`milvus-fleet apply --render-only`).
 pub const RENDER_UNIT: &str = "milvus-fleet-apply.service";
 /// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
+/// A unit still "failed" after this is not waiting for an automatic restart (the units'
+/// RestartSec= is 2 s): systemd gave up on it.
+const FAILED_FOR_GOOD_AFTER: Duration = Duration::from_secs(5);
+
 pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
 
 /// Proof of life of the supervision loop, read by the daemon's watchdog.
@@ -90,6 +94,9 @@ struct Watched {
     failing_since: Option<Instant>,
     restarts: VecDeque<Instant>,
     gave_up: bool,
+    /// Since when the unit has been "failed" (systemd passes through "failed" on every
+    /// failure, also right before an automatic restart).
+    failed_since: Option<Instant>,
     failed_alerted: bool,
 }
 
@@ -149,6 +156,7 @@ pub async fn run(mut inputs: Inputs) {
                     supervisor.maybe_converge(&settings, &role).await;
                 }
                 supervisor.check_health(&settings, &probe_client).await;
+                supervisor.alert_failed_units();
             }
             Ok(()) = inputs.settings.changed() => {
                 supervisor.render_needed = true;
@@ -220,6 +228,7 @@ impl Supervisor {
                 failing_since: None,
                 restarts: VecDeque::new(),
                 gave_up: false,
+                failed_since: None,
                 failed_alerted: false,
             });
             watched.probe = probe;
@@ -255,24 +264,42 @@ impl Supervisor {
     }
 
     fn unit_changed(&mut self, unit: &str, active: &str) {
-        let Some((component, watched)) = self.watched.iter_mut().find(|(_, w)| w.unit == unit)
-        else {
+        let Some(watched) = self.watched.values_mut().find(|w| w.unit == unit) else {
             return;
         };
         if watched.active != active {
             info!(unit, state = active, "{unit}: {active}");
         }
         watched.active = active.to_owned();
-        if active == "active" {
-            watched.failed_alerted = false;
+        match active {
+            "failed" => {
+                watched.failed_since.get_or_insert_with(Instant::now);
+            }
+            "active" => {
+                watched.failed_since = None;
+                watched.failed_alerted = false;
+            }
+            _ => watched.failed_since = None,
         }
-        if active == "failed" && !watched.failed_alerted {
+    }
+
+    /// One alert for a unit that stayed "failed" longer than systemd's restart delay:
+    /// systemd gave up on it (start limit) and only an operator brings it back.
+    fn alert_failed_units(&mut self) {
+        let now = Instant::now();
+        for (component, watched) in self.watched.iter_mut() {
+            let failed_for_good = watched
+                .failed_since
+                .is_some_and(|since| now - since >= FAILED_FOR_GOOD_AFTER);
+            if !failed_for_good || watched.failed_alerted {
+                continue;
+            }
             watched.failed_alerted = true;
             self.metrics
                 .component_alerts
                 .fetch_add(1, Ordering::Relaxed);
             let systemd = self.systemd.clone();
-            let (unit, name) = (unit.to_owned(), component.name());
+            let (unit, name) = (watched.unit.clone(), component.name());
             tokio::spawn(async move {
                 let result = systemd
                     .state(&unit)
