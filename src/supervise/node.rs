@@ -102,7 +102,13 @@ struct Watched {
 
 /// A unit job running beside the loop.
 enum Operation {
-    Converge(JoinHandle<Result<(), String>>),
+    Converge {
+        task: JoinHandle<Result<(), String>>,
+        /// It renders first (so aborting it leaves a render owed).
+        renders: bool,
+        /// It may start the standalone server (so losing leadership aborts it).
+        starts_standalone: bool,
+    },
     Restart(Component, JoinHandle<Result<(), SystemdError>>),
 }
 
@@ -320,7 +326,7 @@ impl Supervisor {
     /// Collects a finished operation's outcome.
     async fn finish_operation(&mut self) {
         let finished = match &self.operation {
-            Some(Operation::Converge(task)) => task.is_finished(),
+            Some(Operation::Converge { task, .. }) => task.is_finished(),
             Some(Operation::Restart(_, task)) => task.is_finished(),
             None => false,
         };
@@ -328,7 +334,7 @@ impl Supervisor {
             return;
         }
         match self.operation.take() {
-            Some(Operation::Converge(task)) => match task.await {
+            Some(Operation::Converge { task, .. }) => match task.await {
                 Ok(Ok(())) => {
                     // Keep a request that came while this converge ran (the role or the
                     // settings changed): it planned with what it knew when it began.
@@ -363,12 +369,16 @@ impl Supervisor {
             if self.render_needed && !settings.config.nodes.is_empty() {
                 self.render_needed = false;
                 let systemd = self.systemd.clone();
-                self.operation = Some(Operation::Converge(tokio::spawn(async move {
-                    systemd
-                        .run(UnitAction::Start, RENDER_UNIT, JOB_TIMEOUT)
-                        .await
-                        .map_err(|e| e.to_string())
-                })));
+                self.operation = Some(Operation::Converge {
+                    task: tokio::spawn(async move {
+                        systemd
+                            .run(UnitAction::Start, RENDER_UNIT, JOB_TIMEOUT)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }),
+                    renders: true,
+                    starts_standalone: false,
+                });
             }
             return;
         };
@@ -417,7 +427,7 @@ impl Supervisor {
         let render = std::mem::take(&mut self.render_needed);
         let systemd = self.systemd.clone();
         let status = self.status_tx.clone();
-        self.operation = Some(Operation::Converge(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if render {
                 status.send_replace(format!("rendering: {RENDER_UNIT}"));
                 systemd
@@ -460,7 +470,12 @@ impl Supervisor {
             }
             status.send_replace(line);
             Ok(())
-        })));
+        });
+        self.operation = Some(Operation::Converge {
+            task,
+            renders: render,
+            starts_standalone: standalone == StandaloneWanted::Run,
+        });
     }
 
     /// Why the standalone server must not start here yet: a live Milvus session of
@@ -515,9 +530,16 @@ impl Supervisor {
         if !runs_here {
             return;
         }
-        if let Some(Operation::Converge(task)) = &self.operation {
-            // A converge that may be starting the server must not finish it.
+        if let Some(Operation::Converge {
+            task,
+            renders,
+            starts_standalone: true,
+        }) = &self.operation
+        {
+            // A converge that may be starting the server must not finish it; the next
+            // one (the role change asks for it) renders if this one was to.
             task.abort();
+            self.render_needed |= *renders;
             self.operation = None;
         }
         let unit = Component::Standalone.unit_name();

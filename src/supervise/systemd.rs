@@ -197,6 +197,18 @@ impl Systemd {
 }
 
 fn call_error(action: UnitAction, unit: &str, error: zbus::Error) -> SystemdError {
+    // zbus reports the error names it knows (these two among them) as fdo::Error.
+    if let zbus::Error::FDO(fdo) = &error {
+        if let zbus::fdo::Error::AccessDenied(message)
+        | zbus::fdo::Error::InteractiveAuthorizationRequired(message) = fdo.as_ref()
+        {
+            return SystemdError::Denied {
+                action,
+                unit: unit.to_owned(),
+                message: message.clone(),
+            };
+        }
+    }
     match &error {
         zbus::Error::MethodError(name, message, _) => {
             let message = message.clone().unwrap_or_default();
