@@ -177,9 +177,10 @@ async fn campaign(
         metrics,
     } = channels;
     let config = &settings.config;
-    let client = loop {
-        match crate::cluster::connect(config).await {
-            Ok(client) => break client,
+    let urls = config.etcd_client_urls();
+    let (client, connected) = loop {
+        match crate::cluster::connect_live(&urls).await {
+            Ok(connected) => break connected,
             Err(e) => {
                 warn!("cannot reach etcd yet: {e}");
                 tokio::select! {
@@ -229,6 +230,7 @@ async fn campaign(
     };
     tokio::select! {
         _ = election.run(stop) => {}
+        _ = crate::cluster::keep_endpoints_live(client.clone(), urls, connected) => {}
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}

@@ -278,7 +278,11 @@ impl Election {
         ttl: Duration,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<End, ClusterError> {
+        // An etcd error here (a member went away under a request or the keepalive
+        // stream) is not the end of leadership: the lease deadline is. Until it passes,
+        // retry, and reopen the keepalive stream (it goes to another member).
         let mut act = tokio::time::interval(Duration::from_secs(1));
+        let mut stream_broken = false;
         loop {
             tokio::select! {
                 _ = act.tick() => {
@@ -286,23 +290,51 @@ impl Election {
                         return Ok(End::LeaseLost);
                     }
                     let value = format!("{} {term}", self.node);
-                    if !self.fenced_put(term, Self::acting_key(&self.prefix), value).await? {
-                        return Ok(End::Fenced);
+                    match self.fenced_put(term, Self::acting_key(&self.prefix), value).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(End::Fenced),
+                        Err(e) => warn!("leader: acting write failed, retrying within the lease: {e}"),
                     }
                 }
                 _ = keepalive.tick() => {
                     if Instant::now() > *deadline {
                         return Ok(End::LeaseLost);
                     }
-                    keeper.keep_alive().await?;
+                    if stream_broken || keeper.keep_alive().await.is_err() {
+                        stream_broken = !self.reopen_keepalive(keeper, responses).await;
+                    }
                 }
-                message = responses.message() => {
-                    match message? {
-                        Some(r) if r.ttl() > 0 => *deadline = Instant::now() + ttl,
-                        _ => return Ok(End::LeaseLost),
+                message = responses.message(), if !stream_broken => {
+                    match message {
+                        Ok(Some(r)) if r.ttl() > 0 => *deadline = Instant::now() + ttl,
+                        Ok(Some(_)) => return Ok(End::LeaseLost),
+                        Ok(None) | Err(_) => {
+                            stream_broken = !self.reopen_keepalive(keeper, responses).await;
+                        }
                     }
                 }
                 _ = shutdown.changed() => return Ok(End::Shutdown),
+            }
+        }
+    }
+
+    /// Opens a new keepalive stream for the lease the current one was for; false when
+    /// etcd cannot be reached right now (the caller retries on its next tick).
+    async fn reopen_keepalive(
+        &mut self,
+        keeper: &mut etcd_client::LeaseKeeper,
+        responses: &mut etcd_client::LeaseKeepAliveStream,
+    ) -> bool {
+        match self.client.lease_keep_alive(keeper.id()).await {
+            Ok((new_keeper, new_responses)) => {
+                *keeper = new_keeper;
+                *responses = new_responses;
+                // Renew at once: the broken stream may have eaten the last answer.
+                keeper.keep_alive().await.is_ok()
+            }
+            Err(e) => {
+                warn!("leader: lease keepalive stream lost, reopening: {e}");
+                false
             }
         }
     }

@@ -38,11 +38,86 @@ pub async fn connect(config: &FleetConfig) -> Result<Client, ClusterError> {
 
 /// Like [`connect`], to the given client URLs only.
 pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
+    Ok(connect_live(urls).await?.0)
+}
+
+/// Connects to the endpoints of `urls` that accept a connection now (all of them when
+/// none does) and returns which. The client's balanced channel keeps sending requests
+/// to an endpoint whose host is gone, and each such request fails: a dead member must
+/// not be in it. [`keep_endpoints_live`] keeps it that way for a long-lived client.
+pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), ClusterError> {
+    let live = answering(urls).await;
+    let chosen = if live.is_empty() { urls.to_vec() } else { live };
     let options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)
         .with_connect_timeout(Duration::from_secs(2));
-    Ok(Client::connect(urls, Some(options)).await?)
+    let client = Client::connect(&chosen, Some(options)).await?;
+    Ok((client, chosen))
+}
+
+/// How long an endpoint may take to accept a TCP connection before it counts as gone.
+const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The URLs whose host:port accepts a TCP connection, probed together.
+async fn answering(urls: &[String]) -> Vec<String> {
+    let probes = urls.iter().map(|url| async move {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let address = rest.split('/').next().unwrap_or(rest).to_owned();
+        let connect = tokio::net::TcpStream::connect(address);
+        matches!(
+            tokio::time::timeout(ENDPOINT_PROBE_TIMEOUT, connect).await,
+            Ok(Ok(_))
+        )
+        .then(|| url.clone())
+    });
+    futures_util::future::join_all(probes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// Runs beside a long-lived client (the daemon's): every second, takes endpoints that
+/// stopped accepting connections out of its balanced channel and puts back those that
+/// answer again. The last answering endpoints are never taken out.
+pub async fn keep_endpoints_live(client: Client, urls: Vec<String>, connected: Vec<String>) {
+    let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let live: std::collections::BTreeSet<String> = answering(&urls).await.into_iter().collect();
+        if live.is_empty() {
+            continue;
+        }
+        for url in &urls {
+            let wanted = live.contains(url);
+            if wanted == included.contains(url) {
+                continue;
+            }
+            let changed = if wanted {
+                client.add_endpoint(url.as_str()).await
+            } else {
+                client.remove_endpoint(url.as_str()).await
+            };
+            match changed {
+                Ok(()) => {
+                    tracing::info!(
+                        endpoint = %url,
+                        "etcd endpoint {url} {}",
+                        if wanted { "answers again: back in use" } else { "does not answer: out of use" }
+                    );
+                    if wanted {
+                        included.insert(url.clone());
+                    } else {
+                        included.remove(url);
+                    }
+                }
+                Err(e) => tracing::warn!("etcd endpoint {url}: {e}"),
+            }
+        }
+    }
 }
 
 /// Every key under `prefix`, by the rest of its name -> its value (as text).
