@@ -46,9 +46,10 @@ def main(host, port, mode):
         collection.create_index("vec", {"index_type": "FLAT", "metric_type": "L2", "params": {}})
         print("inserted", ROWS)
     collection = Collection(NAME)
-    collection.load()
-    hits = collection.search([data[123]], "vec", {"metric_type": "L2", "params": {}}, limit=3)[0]
-    count = collection.query("id >= 0", output_fields=["count(*)"])[0]["count(*)"]
+    # Bounded waits: a server that cannot serve fails the caller instead of hanging it.
+    collection.load(timeout=300)
+    hits = collection.search([data[123]], "vec", {"metric_type": "L2", "params": {}}, limit=3, timeout=60)[0]
+    count = collection.query("id >= 0", output_fields=["count(*)"], timeout=60)[0]["count(*)"]
     print(f"top hit for vector #123: id={hits[0].id} distance={hits[0].distance:.6f}; count {count}")
     if hits[0].id != 123 or count != ROWS:
         sys.exit("wrong answer")
