@@ -97,6 +97,11 @@ impl Daemon {
 
     /// Writes the daemon's configuration and directories without starting it.
     pub fn prepare(dir: &Path, name: &str, endpoints: &[String]) -> Self {
+        Self::prepare_with_ttl(dir, name, endpoints, TTL_SECS)
+    }
+
+    /// `prepare` with another lease TTL (the benchmark uses the packaged default).
+    pub fn prepare_with_ttl(dir: &Path, name: &str, endpoints: &[String], ttl_secs: u64) -> Self {
         // A free port for its API: bound and released at once.
         let api_port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -113,7 +118,7 @@ impl Daemon {
             format!(
                 "[local]\nnode_name = \"{name}\"\n[cluster]\nname = \"{CLUSTER}\"\n\
                  [etcd]\nmode = \"external\"\nendpoints = [{}]\n[object_storage]\nkind = \"s3\"\n\
-                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = {TTL_SECS}\napi_port = {api_port}\napi_advertise = \"127.0.0.1:{api_port}\"\n\n{nodes}",
+                 endpoint = \"s3.example:9000\"\n[daemon]\nlease_ttl_secs = {ttl_secs}\napi_port = {api_port}\napi_advertise = \"127.0.0.1:{api_port}\"\n\n{nodes}",
                 quoted.join(", ")
             ),
         )
@@ -164,6 +169,10 @@ impl Daemon {
     }
 
     /// Waits for the process to end and returns its exit code (None: killed by a signal).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn reap(&mut self) -> Option<i32> {
         self.child.take().unwrap().wait().unwrap().code()
     }
