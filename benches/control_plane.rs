@@ -78,10 +78,18 @@ impl Row {
         };
         let n = self.samples.len();
         let unit = self.unit;
+        // Small values keep two decimals, so 0.13 % is not shown as a goal-meeting 0.1 %.
+        let show = |v: f64| {
+            if v < 1.0 {
+                format!("{v:.2}")
+            } else {
+                format!("{v:.1}")
+            }
+        };
         if n == 1 {
-            format!("{p50:.1} {unit}")
+            format!("{} {unit}", show(p50))
         } else {
-            format!("p50 {p50:.1} / p99 {p99:.1} {unit} (n={n})")
+            format!("p50 {} / p99 {} {unit} (n={n})", show(p50), show(p99))
         }
     }
 }

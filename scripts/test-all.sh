@@ -2,7 +2,8 @@
 # Runs every test of milvus-fleet on a Debian 12 machine, as root: installs what it needs,
 # checks format and lints, builds the .deb and .rpm, then runs the unit tests, the CLI
 # tests, the package gates (lintian, rpmlint, file lists) and the system tests on real
-# systemd test hosts. The last lines are cargo test's summaries.
+# systemd test hosts, and the benchmark's quick variant. The last lines are cargo test's
+# summaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -24,5 +25,7 @@ step "test hosts' root file system, container images, client virtualenv (cached 
 tests/hosts/fleet-hosts rootfs
 tests/images/build.sh
 tests/client/venv.sh
+step "benchmark, quick variant (so the suite cannot rot; figures in target/bench/)"
+cargo bench --locked --bench control_plane -- --quick
 step "cargo test, including the package and system tests"
 cargo test --locked --no-fail-fast -- --include-ignored
