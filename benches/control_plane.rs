@@ -22,6 +22,9 @@ use support::cluster::{client, Daemon, Etcd, ACTING_KEY};
 
 /// The packaged default (config `daemon.lease_ttl_secs`).
 const LEASE_TTL_SECS: u64 = 2;
+/// etcd as milvus-fleet renders it (config `etcd.heartbeat_interval_ms`,
+/// `etcd.election_timeout_ms`): it grants leases down to 1 s.
+const ETCD_TUNING: [&str; 2] = ["--heartbeat-interval=50", "--election-timeout=500"];
 
 struct Row {
     figure: &'static str,
@@ -193,7 +196,7 @@ fn main() {
 
 async fn run(repeats: usize, quick: bool) -> Vec<Row> {
     let dir = tempfile::TempDir::new().unwrap();
-    let etcd = Etcd::start(dir.path());
+    let etcd = Etcd::start_with(dir.path(), &ETCD_TUNING);
     let mut client = client(&etcd).await;
     let mut daemons: Vec<Daemon> = ["n1", "n2", "n3"]
         .iter()
@@ -371,13 +374,111 @@ async fn run(repeats: usize, quick: bool) -> Vec<Row> {
     drop(daemons);
     drop(etcd);
 
-    let mut rows = vec![graceful, restarted, lost, ready, latency, rss, cpu, deb];
+    let mut rows = vec![graceful, restarted, lost];
+    rows.extend(short_lease(repeats, quick).await);
+    rows.extend([ready, latency, rss, cpu, deb]);
     for (figure, goal, peer) in NOT_YET {
         let mut row = Row::new(figure, goal, None, "", peer);
         row.note = "not measured by this suite yet".into();
         rows.push(row);
     }
     rows
+}
+
+/// A 1 s lease (what the rendered etcd allows): leader loss, and whether a lease that
+/// short survives both cores saturated without a failover nobody asked for.
+async fn short_lease(repeats: usize, quick: bool) -> Vec<Row> {
+    const TTL: u64 = 1;
+    let dir = tempfile::TempDir::new().unwrap();
+    let etcd = Etcd::start_with(dir.path(), &ETCD_TUNING);
+    let mut client = client(&etcd).await;
+    let mut daemons: Vec<Daemon> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let mut d = Daemon::prepare_with_ttl(dir.path(), n, &etcd.endpoints, TTL);
+            d.start();
+            d
+        })
+        .collect();
+    let mut lost = Row::new(
+        "leader lost (kill -9, not restarted) to new leader acting, lease TTL 1 s, etcd as rendered",
+        "p99 <= 1.5 s",
+        Some(1500.0),
+        "ms",
+        "10.3 / 13.6 / 15.2 s",
+    );
+    let (mut leader, mut term) = settled_leader(&mut client).await;
+    for _ in 0..repeats {
+        let mut watch = watch_acting(&mut client).await;
+        let since = Instant::now();
+        let dead = by_name(&mut daemons, &leader);
+        dead.signal("-KILL");
+        dead.reap();
+        let (next, next_term, took) = next_acting(&mut watch, term, since)
+            .await
+            .expect("a new leader after the loss");
+        lost.samples.push(took.as_secs_f64() * 1000.0);
+        by_name(&mut daemons, &leader).start();
+        (leader, term) = (next, next_term);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // Saturation: twice as many spinning threads as cores, nothing else happens; every
+    // new term in that window is a false failover.
+    let window = Duration::from_secs(if quick { 15 } else { 600 });
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinners: Vec<_> = (0..cores * 2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let (_, before) = settled_leader(&mut client).await;
+    let mut watch = watch_acting(&mut client).await;
+    tokio::time::sleep(window).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Every term that acted in the window other than the one before it (terms are etcd
+    // revisions, so a new term is a leadership change).
+    let mut terms = std::collections::BTreeSet::new();
+    while let Ok(Ok(Some(message))) =
+        tokio::time::timeout(Duration::from_millis(300), watch.message()).await
+    {
+        for event in message.events() {
+            let value = event
+                .kv()
+                .and_then(|kv| kv.value_str().ok())
+                .unwrap_or_default();
+            if let Some(term) = value
+                .rsplit_once(' ')
+                .and_then(|(_, t)| t.parse::<i64>().ok())
+            {
+                if term != before {
+                    terms.insert(term);
+                }
+            }
+        }
+    }
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    let mut false_failovers = Row::new(
+        "false failovers with both cores saturated, lease TTL 1 s",
+        "0 in 10 minutes",
+        Some(0.0),
+        "",
+        "",
+    );
+    false_failovers.samples.push(terms.len() as f64);
+    false_failovers.note = format!("{} s, {} spinning threads", window.as_secs(), cores * 2);
+    drop(daemons);
+    drop(etcd);
+    vec![lost, false_failovers]
 }
 
 /// Issue 8's figures that need the test hosts; listed so that a missing one shows.

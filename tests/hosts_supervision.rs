@@ -391,17 +391,11 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         !leader.is_empty()
     });
     eprintln!("new leader {leader} after {:?}", killed.elapsed());
-    wait_until(
-        "the standalone server on the new leader",
+    wait_active(
+        &hosts,
+        &leader,
+        "milvus-fleet-standalone",
         Duration::from_secs(240),
-        || {
-            prop(
-                &hosts,
-                &leader,
-                "milvus-fleet-standalone.service",
-                "ActiveState",
-            ) == "active"
-        },
     );
     assert_eq!(count_messages(&hosts, &leader, STANDALONE_STARTED), 1);
     let other = if leader == "h2" { "h3" } else { "h2" };

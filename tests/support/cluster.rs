@@ -24,6 +24,11 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// `start` with more etcd flags (the benchmark runs etcd tuned as milvus-fleet renders it).
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
         // A /24 of loopback no other test uses: 127.<pid-derived>.<pid-derived>.1..3.
         let pid = std::process::id();
         let base = format!("127.{}.{}", 100 + pid % 100, 1 + (pid / 100) % 250);
@@ -56,6 +61,7 @@ impl Etcd {
                         "--initial-cluster-state=new".into(),
                         "--initial-cluster-token=election-test".into(),
                     ])
+                    .args(extra)
                     .stdout(Stdio::null())
                     .stderr(log)
                     .spawn()
