@@ -72,8 +72,9 @@ pub fn wait_active(hosts: &Hosts, host: &str, unit: &str, timeout: Duration) {
             let why = hosts.sh(
                 host,
                 &format!(
-                    "systemctl status --no-pager {unit}; journalctl --no-pager -o short-monotonic \
-                     -u {unit} -u milvus-fleet -n 120"
+                    "systemctl status --no-pager {unit}; \
+                     journalctl --no-pager -o short-monotonic -u milvus-fleet -n 80; \
+                     journalctl --no-pager -o short-monotonic -u {unit} -n 40"
                 ),
             );
             panic!(
