@@ -194,18 +194,65 @@ fn main() {
     report(&rows, repeats, quick);
 }
 
+/// The leader's host lost: kill -9, the daemon stays dead until a new leader acts (then
+/// it comes back as a follower). Milliseconds to the new leader acting.
+async fn lose_leader(
+    client: &mut Client,
+    daemons: &mut [Daemon],
+    leader: &mut String,
+    term: &mut i64,
+) -> f64 {
+    let mut watch = watch_acting(client).await;
+    let since = Instant::now();
+    let dead = by_name(daemons, leader);
+    dead.signal("-KILL");
+    dead.reap();
+    let (next, next_term, took) = next_acting(&mut watch, *term, since)
+        .await
+        .expect("a new leader after the loss");
+    by_name(daemons, leader).start();
+    (*leader, *term) = (next, next_term);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    took.as_secs_f64() * 1000.0
+}
+
+/// etcd (tuned as rendered) and three daemons at `ttl_secs`, in a temporary directory.
+struct Cluster {
+    daemons: Vec<Daemon>,
+    client: Client,
+    etcd: Etcd,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(ttl_secs: u64) -> Self {
+        let dir = tempfile::TempDir::new().unwrap();
+        let etcd = Etcd::start_with(dir.path(), &ETCD_TUNING);
+        let client = client(&etcd).await;
+        let daemons = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| {
+                let mut d = Daemon::prepare_with_ttl(dir.path(), n, &etcd.endpoints, ttl_secs);
+                d.start();
+                d
+            })
+            .collect();
+        Self {
+            daemons,
+            client,
+            etcd,
+            dir,
+        }
+    }
+}
+
 async fn run(repeats: usize, quick: bool) -> Vec<Row> {
-    let dir = tempfile::TempDir::new().unwrap();
-    let etcd = Etcd::start_with(dir.path(), &ETCD_TUNING);
-    let mut client = client(&etcd).await;
-    let mut daemons: Vec<Daemon> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| {
-            let mut d = Daemon::prepare_with_ttl(dir.path(), n, &etcd.endpoints, LEASE_TTL_SECS);
-            d.start();
-            d
-        })
-        .collect();
+    let Cluster {
+        mut daemons,
+        mut client,
+        etcd,
+        dir: _dir,
+    } = Cluster::start(LEASE_TTL_SECS).await;
 
     let mut graceful = Row::new(
         "graceful leader stop (SIGTERM) to new leader acting",
@@ -284,18 +331,8 @@ async fn run(repeats: usize, quick: bool) -> Vec<Row> {
         tokio::time::sleep(Duration::from_millis(500)).await;
 
         // Host lost: the daemon stays dead until a new leader acts.
-        let mut watch = watch_acting(&mut client).await;
-        let since = Instant::now();
-        let dead = by_name(&mut daemons, &leader);
-        dead.signal("-KILL");
-        dead.reap();
-        let (next, next_term, took) = next_acting(&mut watch, term, since)
-            .await
-            .expect("a new leader after the loss");
-        lost.samples.push(took.as_secs_f64() * 1000.0);
-        by_name(&mut daemons, &leader).start();
-        (leader, term) = (next, next_term);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let took = lose_leader(&mut client, &mut daemons, &mut leader, &mut term).await;
+        lost.samples.push(took);
     }
 
     // Start to answering: a follower restarted, its socket polled every millisecond.
@@ -389,17 +426,12 @@ async fn run(repeats: usize, quick: bool) -> Vec<Row> {
 /// short survives both cores saturated without a failover nobody asked for.
 async fn short_lease(repeats: usize, quick: bool) -> Vec<Row> {
     const TTL: u64 = 1;
-    let dir = tempfile::TempDir::new().unwrap();
-    let etcd = Etcd::start_with(dir.path(), &ETCD_TUNING);
-    let mut client = client(&etcd).await;
-    let mut daemons: Vec<Daemon> = ["n1", "n2", "n3"]
-        .iter()
-        .map(|n| {
-            let mut d = Daemon::prepare_with_ttl(dir.path(), n, &etcd.endpoints, TTL);
-            d.start();
-            d
-        })
-        .collect();
+    let Cluster {
+        mut daemons,
+        mut client,
+        etcd,
+        dir: _dir,
+    } = Cluster::start(TTL).await;
     let mut lost = Row::new(
         "leader lost (kill -9, not restarted) to new leader acting, lease TTL 1 s, etcd as rendered",
         "p99 <= 1.5 s",
@@ -409,18 +441,8 @@ async fn short_lease(repeats: usize, quick: bool) -> Vec<Row> {
     );
     let (mut leader, mut term) = settled_leader(&mut client).await;
     for _ in 0..repeats {
-        let mut watch = watch_acting(&mut client).await;
-        let since = Instant::now();
-        let dead = by_name(&mut daemons, &leader);
-        dead.signal("-KILL");
-        dead.reap();
-        let (next, next_term, took) = next_acting(&mut watch, term, since)
-            .await
-            .expect("a new leader after the loss");
-        lost.samples.push(took.as_secs_f64() * 1000.0);
-        by_name(&mut daemons, &leader).start();
-        (leader, term) = (next, next_term);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let took = lose_leader(&mut client, &mut daemons, &mut leader, &mut term).await;
+        lost.samples.push(took);
     }
 
     // Saturation: twice as many spinning threads as cores, nothing else happens; every
