@@ -10,7 +10,9 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::dataplane::{client, client_python, images, start_site_s3, wait_until, KEY, SECRET};
+use support::dataplane::{
+    client, client_python, credentials, images, start_site_s3, wait_until, SECRET,
+};
 use support::{deb_path, Hosts};
 
 fn config(hosts: &Hosts) -> String {
@@ -66,9 +68,7 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
         ],
     );
     let compose_plugin = PathBuf::from("/usr/libexec/docker/cli-plugins/docker-compose");
-    let credentials = format!(
-        "MILVUS_FLEET_S3_ACCESS_KEY_ID={KEY}\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY={SECRET}\n"
-    );
+    let credentials = credentials();
 
     std::thread::scope(|scope| {
         for host in hosts.names() {

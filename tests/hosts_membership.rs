@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::dataplane::{
-    client, client_python, images, prepare_hosts, start_site_s3, wait_active, wait_until, KEY,
-    SECRET,
+    client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_active,
+    wait_until, write_credentials,
 };
 use support::{deb_path, Hosts};
 
@@ -153,24 +153,14 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     });
 
     // h1: the package by hand, init.
-    hosts.sh_ok(
-        "h1",
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {PKG} >/dev/null"),
-    );
+    install_package(&hosts, "h1", PKG);
     hosts.write_file(
         "h1",
         "/etc/milvus-fleet/fleet.toml",
         &fleet_toml(&hosts),
         "0644",
     );
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/credentials/object-storage",
-        &format!(
-            "MILVUS_FLEET_S3_ACCESS_KEY_ID={KEY}\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY={SECRET}\n"
-        ),
-        "0600",
-    );
+    write_credentials(&hosts, "h1");
     start_site_s3(&hosts, "h1");
     let init = hosts.sh_ok(
         "h1",
@@ -292,10 +282,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     }
 
     // Refused joins say why and leave nothing behind (h4, by hand).
-    hosts.sh_ok(
-        "h4",
-        &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {PKG} >/dev/null"),
-    );
+    install_package(&hosts, "h4", PKG);
     let config_before = hosts.sh_ok("h1", "cat /var/lib/milvus-fleet/cluster.toml");
     let members_before = etcd_members(&hosts);
     let good = token(&hosts, "--role compute");

@@ -17,8 +17,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::dataplane::{
-    client, client_python, images, prepare_hosts, start_site_s3, wait_active, wait_until, KEY,
-    SECRET,
+    client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_active,
+    wait_until, write_credentials,
 };
 use support::{deb_path, Hosts};
 
@@ -96,10 +96,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         }
     });
     for host in hosts.names() {
-        hosts.sh_ok(
-            host,
-            &format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {PKG} >/dev/null"),
-        );
+        install_package(&hosts, host, PKG);
     }
     start_site_s3(&hosts, "h3");
     hosts.write_file(
@@ -108,14 +105,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         &fleet_toml(&hosts),
         "0644",
     );
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/credentials/object-storage",
-        &format!(
-            "MILVUS_FLEET_S3_ACCESS_KEY_ID={KEY}\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY={SECRET}\n"
-        ),
-        "0600",
-    );
+    write_credentials(&hosts, "h1");
     hosts.sh_ok(
         "h1",
         &format!(

@@ -86,6 +86,31 @@ pub fn wait_active(hosts: &Hosts, host: &str, unit: &str, timeout: Duration) {
     }
 }
 
+/// `apt-get install` of the package file `package` on `host`, as an operator would.
+pub fn install_package(hosts: &Hosts, host: &str, package: &str) {
+    hosts.sh_ok(
+        host,
+        &format!(
+            "DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 {package} >/dev/null"
+        ),
+    );
+}
+
+/// The object-storage credentials file's text (the test S3's keys).
+pub fn credentials() -> String {
+    format!("MILVUS_FLEET_S3_ACCESS_KEY_ID={KEY}\nMILVUS_FLEET_S3_SECRET_ACCESS_KEY={SECRET}\n")
+}
+
+/// Writes the 0600 credentials file an operator puts on the first node before `init`.
+pub fn write_credentials(hosts: &Hosts, host: &str) {
+    hosts.write_file(
+        host,
+        "/etc/milvus-fleet/credentials/object-storage",
+        &credentials(),
+        "0600",
+    );
+}
+
 /// The site's own S3 service on `host`, run by a unit of the test (milvus-fleet only connects).
 pub fn start_site_s3(hosts: &Hosts, host: &str) {
     let compose = format!(
