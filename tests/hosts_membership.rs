@@ -385,14 +385,21 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     );
 
     // Removing h3 is refused while h2's etcd is down (1 of 2 remaining members healthy).
-    hosts.sh_ok("h2", "systemctl stop milvus-fleet-etcd");
+    // The daemon too: its next converge would start a stopped etcd again (it supervises).
+    hosts.sh_ok(
+        "h2",
+        "systemctl stop milvus-fleet.service milvus-fleet-etcd",
+    );
     let refused = hosts.sh("h1", "milvus-fleet node remove h3");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && stderr.contains("quorum"),
         "{stderr}"
     );
-    hosts.sh_ok("h2", "systemctl start milvus-fleet-etcd");
+    hosts.sh_ok(
+        "h2",
+        "systemctl start milvus-fleet-etcd milvus-fleet.service",
+    );
     wait_until("h2's etcd back", Duration::from_secs(60), || {
         hosts
             .sh(
