@@ -25,6 +25,10 @@ use tracing::{info, warn};
 use super::messages::{LEADER_ELECTED, LEADER_LOST};
 use super::ClusterError;
 
+/// How often a follower reads the leader key besides watching it (a watch can sit on a
+/// member that froze and never fire).
+const LEADER_RECHECK: Duration = Duration::from_secs(5);
+
 /// What this daemon is in the cluster right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -227,6 +231,12 @@ impl Election {
             // delete in between is not missed), keeping the lease alive meanwhile.
             let options = WatchOptions::new().with_start_revision(revision + 1);
             let mut events = self.client.watch(key.clone(), Some(options)).await?;
+            // A watch or keepalive stream can sit on a member that froze (its TCP port
+            // still accepts): keepalives unanswered for half the TTL reopen the stream
+            // elsewhere, and the leader key is read again now and then.
+            let mut answered = Instant::now();
+            let mut recheck = tokio::time::interval(LEADER_RECHECK);
+            recheck.reset();
             let vacant = loop {
                 tokio::select! {
                     message = events.message() => {
@@ -242,12 +252,27 @@ impl Election {
                         if Instant::now() > deadline {
                             break false;
                         }
-                        keeper.keep_alive().await?;
+                        if answered.elapsed() > ttl / 2 {
+                            self.reopen_keepalive(&mut keeper, &mut responses, ttl).await;
+                        } else {
+                            keeper.keep_alive().await?;
+                        }
                     }
                     message = responses.message() => {
                         match message? {
-                            Some(r) if r.ttl() > 0 => deadline = Instant::now() + ttl,
+                            Some(r) if r.ttl() > 0 => {
+                                answered = Instant::now();
+                                deadline = answered + ttl;
+                            }
                             _ => break false,
+                        }
+                    }
+                    _ = recheck.tick() => {
+                        let read = tokio::time::timeout(ttl, self.client.get(key.clone(), None)).await;
+                        if let Ok(Ok(answer)) = read {
+                            if answer.kvs().is_empty() {
+                                break true;
+                            }
                         }
                     }
                     _ = shutdown.changed() => {
@@ -283,6 +308,7 @@ impl Election {
         // retry, and reopen the keepalive stream (it goes to another member).
         let mut act = tokio::time::interval(Duration::from_secs(1));
         let mut stream_broken = false;
+        let mut answered = Instant::now();
         loop {
             tokio::select! {
                 _ = act.tick() => {
@@ -290,26 +316,36 @@ impl Election {
                         return Ok(End::LeaseLost);
                     }
                     let value = format!("{} {term}", self.node);
-                    match self.fenced_put(term, Self::acting_key(&self.prefix), value).await {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(End::Fenced),
-                        Err(e) => warn!("leader: acting write failed, retrying within the lease: {e}"),
+                    // Bounded, so that a member that hangs cannot hold this loop past
+                    // the lease deadline.
+                    let put = self.fenced_put(term, Self::acting_key(&self.prefix), value);
+                    match tokio::time::timeout(ttl / 2, put).await {
+                        Ok(Ok(true)) => {}
+                        Ok(Ok(false)) => return Ok(End::Fenced),
+                        Ok(Err(e)) => warn!("leader: acting write failed, retrying within the lease: {e}"),
+                        Err(_) => warn!("leader: acting write unanswered for {:?}, retrying within the lease", ttl / 2),
                     }
                 }
                 _ = keepalive.tick() => {
                     if Instant::now() > *deadline {
                         return Ok(End::LeaseLost);
                     }
-                    if stream_broken || keeper.keep_alive().await.is_err() {
-                        stream_broken = !self.reopen_keepalive(keeper, responses).await;
+                    // Unanswered for half the TTL: the stream sits on a member that
+                    // stopped answering; open another.
+                    let stalled = answered.elapsed() > ttl / 2;
+                    if stream_broken || stalled || keeper.keep_alive().await.is_err() {
+                        stream_broken = !self.reopen_keepalive(keeper, responses, ttl).await;
                     }
                 }
                 message = responses.message(), if !stream_broken => {
                     match message {
-                        Ok(Some(r)) if r.ttl() > 0 => *deadline = Instant::now() + ttl,
+                        Ok(Some(r)) if r.ttl() > 0 => {
+                            answered = Instant::now();
+                            *deadline = answered + ttl;
+                        }
                         Ok(Some(_)) => return Ok(End::LeaseLost),
                         Ok(None) | Err(_) => {
-                            stream_broken = !self.reopen_keepalive(keeper, responses).await;
+                            stream_broken = !self.reopen_keepalive(keeper, responses, ttl).await;
                         }
                     }
                 }
@@ -324,8 +360,13 @@ impl Election {
         &mut self,
         keeper: &mut etcd_client::LeaseKeeper,
         responses: &mut etcd_client::LeaseKeepAliveStream,
+        ttl: Duration,
     ) -> bool {
-        match self.client.lease_keep_alive(keeper.id()).await {
+        // Opening a stream waits for the member's answer: bounded like every call here.
+        let open = tokio::time::timeout(ttl / 3, self.client.lease_keep_alive(keeper.id())).await;
+        match open.unwrap_or(Err(etcd_client::Error::InvalidArgs(
+            "no answer to the keepalive stream request".into(),
+        ))) {
             Ok((new_keeper, new_responses)) => {
                 *keeper = new_keeper;
                 *responses = new_responses;
@@ -333,7 +374,7 @@ impl Election {
                 keeper.keep_alive().await.is_ok()
             }
             Err(e) => {
-                warn!("leader: lease keepalive stream lost, reopening: {e}");
+                warn!("lease keepalive stream lost, reopening: {e}");
                 false
             }
         }

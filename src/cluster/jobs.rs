@@ -216,6 +216,17 @@ impl JobStore {
         Ok(jobs)
     }
 
+    /// A watch on the job records: the runner takes new jobs up when one is written.
+    pub async fn watch_jobs(&mut self) -> Result<etcd_client::WatchStream, JobError> {
+        let options = etcd_client::WatchOptions::new()
+            .with_prefix()
+            .with_filters([etcd_client::WatchFilterType::NoDelete]);
+        Ok(self
+            .client
+            .watch(format!("{}jobs/", self.prefix), Some(options))
+            .await?)
+    }
+
     /// Every live daemon (its registration goes with its lease): node -> API URL.
     pub async fn members(
         &mut self,

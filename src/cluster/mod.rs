@@ -56,20 +56,37 @@ pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), Clus
     Ok((client, chosen))
 }
 
-/// How long an endpoint may take to accept a TCP connection before it counts as gone.
+/// How long an endpoint may take to answer before it counts as gone.
 const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// The URLs whose host:port accepts a TCP connection, probed together.
+/// Whether the etcd process behind `address` answers an HTTP request (`/version` on
+/// its client port). A bare TCP accept is not enough: the kernel accepts for a frozen
+/// (SIGSTOPped, wedged) member too, and requests routed to it hang. A TLS client port
+/// answers plain HTTP with a 400, which still proves the process runs.
+async fn answers(address: String) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 7];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/1.")
+    };
+    matches!(
+        tokio::time::timeout(ENDPOINT_PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
+}
+
+/// The URLs whose etcd answers, probed together.
 async fn answering(urls: &[String]) -> Vec<String> {
     let probes = urls.iter().map(|url| async move {
         let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
         let address = rest.split('/').next().unwrap_or(rest).to_owned();
-        let connect = tokio::net::TcpStream::connect(address);
-        matches!(
-            tokio::time::timeout(ENDPOINT_PROBE_TIMEOUT, connect).await,
-            Ok(Ok(_))
-        )
-        .then(|| url.clone())
+        answers(address).await.then(|| url.clone())
     });
     futures_util::future::join_all(probes)
         .await
@@ -79,7 +96,7 @@ async fn answering(urls: &[String]) -> Vec<String> {
 }
 
 /// Runs beside a long-lived client (the daemon's): every second, takes endpoints that
-/// stopped accepting connections out of its balanced channel and puts back those that
+/// stopped answering out of its balanced channel and puts back those that
 /// answer again. The last answering endpoints are never taken out.
 pub async fn keep_endpoints_live(client: Client, urls: Vec<String>, connected: Vec<String>) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();

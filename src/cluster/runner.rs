@@ -31,24 +31,26 @@ pub async fn run(store: JobStore, leader_key: String, mut role: watch::Receiver<
 async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
-    let mut poll = tokio::time::interval(Duration::from_millis(250));
+    // Jobs are taken up when a job record is written (the watch), and on a slow timer
+    // that also reopens a broken watch. The watch exists before the first listing, so
+    // no job submitted in between is missed.
+    let mut events = None;
+    let mut poll = tokio::time::interval(Duration::from_secs(10));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let mut retry = false;
+        let take_up = tokio::select! {
             _ = poll.tick() => {
-                let jobs = match store.list().await {
-                    Ok(jobs) => jobs,
-                    Err(e) => { warn!("listing jobs: {e}"); continue }
-                };
-                for job in jobs.into_iter().filter(|j| !j.state.is_final()) {
-                    if running.insert(job.id.clone()) {
-                        info!(message_id = JOB_STATE, job = %job.id, state = "running", term, step = job.done_steps, "job taken up");
-                        let (mut store, key, id) = (store.clone(), leader_key.to_owned(), job.id.clone());
-                        tasks.spawn(async move {
-                            let result = run_job(&mut store, &key, term, &id).await;
-                            (id, result)
-                        });
-                    }
+                if events.is_none() {
+                    events = store.watch_jobs().await.map_err(|e| warn!("watching jobs: {e}")).ok();
                 }
+                true
+            }
+            event = next_event(&mut events) => {
+                if !event {
+                    events = None;
+                }
+                event
             }
             Some(Ok((id, result))) = tasks.join_next() => {
                 running.remove(&id);
@@ -60,9 +62,43 @@ async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
                         warn!(job = %id, term, "job stopped: this daemon no longer leads");
                         return;
                     }
-                    Err(e) => warn!(job = %id, "job runner: {e}; retrying"),
+                    Err(e) => {
+                        warn!(job = %id, "job runner: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        retry = true;
+                    }
                 }
+                retry
+            }
+        };
+        if !take_up {
+            continue;
+        }
+        let jobs = match store.list().await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                warn!("listing jobs: {e}");
+                continue;
+            }
+        };
+        for job in jobs.into_iter().filter(|j| !j.state.is_final()) {
+            if running.insert(job.id.clone()) {
+                info!(message_id = JOB_STATE, job = %job.id, state = "running", term, step = job.done_steps, "job taken up");
+                let (mut store, key, id) = (store.clone(), leader_key.to_owned(), job.id.clone());
+                tasks.spawn(async move {
+                    let result = run_job(&mut store, &key, term, &id).await;
+                    (id, result)
+                });
             }
         }
+    }
+}
+
+/// True when a job record was written; false when the watch ended (or there is none,
+/// after waiting forever).
+async fn next_event(events: &mut Option<etcd_client::WatchStream>) -> bool {
+    match events {
+        Some(stream) => matches!(stream.message().await, Ok(Some(m)) if !m.canceled()),
+        None => std::future::pending().await,
     }
 }

@@ -367,7 +367,7 @@ impl Default for DaemonConfig {
         Self {
             api_port: DEFAULT_API_PORT,
             api_advertise: String::new(),
-            lease_ttl_secs: 2,
+            lease_ttl_secs: 1,
             log_level: LogLevel::default(),
             alert_webhook: String::new(),
             wedged_after_secs: 5,

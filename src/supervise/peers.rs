@@ -69,10 +69,11 @@ async fn lead(watch: &mut PeerWatch, term: i64) {
                 warn!("checking the peers: {e}");
                 break;
             }
-            // Also on a timer: a configuration change (a node added) is no members/ event.
+            // A node added or removed is no members/ event but a `nodes` change; the slow
+            // timer only backs up a watch that went quiet on a member cut off from the rest.
             tokio::select! {
                 event = events.message() => if !matches!(event, Ok(Some(_))) { break },
-                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
                 _ = watch.nodes.changed() => {}
             }
         }

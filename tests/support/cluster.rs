@@ -11,7 +11,7 @@ use etcd_client::Client;
 pub const CLUSTER: &str = "elect";
 pub const LEADER_KEY: &str = "/milvus-fleet/elect/leader";
 pub const ACTING_KEY: &str = "/milvus-fleet/elect/leader-acting";
-/// The test daemons' lease. Longer than the 2 s default so that "well under the TTL"
+/// The test daemons' lease. Longer than the 1 s default so that "well under the TTL"
 /// (a restarted daemon revoking its predecessor's lease) stays distinguishable from
 /// "waited out the TTL" even on a heavily loaded machine.
 pub const TTL_SECS: u64 = 5;
