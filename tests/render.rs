@@ -498,15 +498,20 @@ fn a_template_in_the_override_directory_replaces_the_built_in_one() {
 }
 
 #[test]
-fn podman_runs_compose_without_a_docker_dependency() {
+fn podman_runs_compose_and_its_api_socket_without_a_docker_dependency() {
     let dir = TempDir::new().unwrap();
     let config = dir.path().join("fleet.toml");
     fs::write(&config, format!("{BASE}\n[runtime]\nengine = \"podman\"\n")).unwrap();
     render(&config, "a", &dir.path().join("a")).unwrap();
     let unit = fs::read_to_string(dir.path().join("a/units/milvus-fleet-proxy.service")).unwrap();
     assert!(
-        unit.contains("ExecStart=/usr/bin/podman compose --file"),
+        unit.contains("ExecStartPre=/usr/bin/podman compose --file"),
         "{unit}"
     );
+    assert!(
+        unit.contains("ExecStart=/usr/bin/milvus-fleet follow --engine-socket /run/podman/podman.sock mf-proxy"),
+        "{unit}"
+    );
+    assert!(unit.contains("Requires=podman.socket"), "{unit}");
     assert!(!unit.contains("docker"), "{unit}");
 }

@@ -2,6 +2,7 @@
 
 mod assets;
 mod config;
+mod follow;
 mod job;
 mod local;
 mod membership;
@@ -105,6 +106,10 @@ pub enum Command {
     /// Probe a component's health (what the component units' ExecStartPost runs).
     #[command(hide = true)]
     Probe(probe::ProbeArgs),
+    /// Follow a container until it stops: its log to stdout/stderr, its exit status as
+    /// this process's (what the component units run once compose has started it).
+    #[command(hide = true)]
+    Follow(follow::FollowArgs),
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -130,14 +135,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => membership::node(args),
         Command::Apply(args) => membership::apply(args, &paths),
         Command::Probe(args) => probe::run(args),
+        Command::Follow(args) => follow::run(args),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }
 }
 
-/// Exit codes: 1 a failure, 2 a usage error (clap's), 3 an invalid configuration.
+/// Exit codes: 1 a failure, 2 a usage error (clap's), 3 an invalid configuration;
+/// `follow` exits with its container's status.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| cause.is::<ConfigError>()) {
+    if let Some(exited) = error.downcast_ref::<follow::Exited>() {
+        exited.code()
+    } else if error.chain().any(|cause| cause.is::<ConfigError>()) {
         3
     } else {
         1

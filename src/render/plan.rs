@@ -150,6 +150,8 @@ pub struct EngineView {
     pub compose: &'static str,
     /// The engine's own unit, when it has a daemon.
     pub unit: Option<&'static str>,
+    /// Its Docker-compatible API socket (`milvus-fleet follow` reads it).
+    pub api_socket: &'static str,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +220,8 @@ pub struct ComponentView {
     pub unit: String,
     pub after: Vec<String>,
     pub compose_file: String,
+    /// The container's name (its compose file's `container_name`).
+    pub container: String,
     pub milvus_run: Vec<&'static str>,
     pub metrics_port: u16,
     /// Whether the compose file takes the object-storage credentials from the unit's
@@ -363,10 +367,13 @@ impl NodePlan {
                 Engine::Docker => EngineView {
                     compose: "/usr/bin/docker compose",
                     unit: Some("docker.service"),
+                    api_socket: "/run/docker.sock",
                 },
                 Engine::Podman => EngineView {
                     compose: "/usr/bin/podman compose",
-                    unit: None,
+                    // Podman has no daemon: its API service is socket-activated.
+                    unit: Some("podman.socket"),
+                    api_socket: "/run/podman/podman.sock",
                 },
             },
             rendered_dir: RENDERED_DIR,
@@ -429,6 +436,7 @@ impl NodePlan {
                 .map(Component::unit_name)
                 .collect(),
             compose_file: compose_path(component),
+            container: format!("mf-{}", component.name()),
             milvus_run: if component.is_milvus() {
                 component.milvus_run()
             } else {
