@@ -2,7 +2,7 @@
 //! three real daemons at the packaged lease TTL, faults injected for real (SIGTERM,
 //! kill -9, kill -9 with the daemon restarted as systemd would, SIGSTOP), each repeated;
 //! p50/p99 against the goals of issue 8. Writes target/bench/control-plane.{json,md} and
-//! prints the table. The figures that need whole hosts come from `scripts/bench-hosts.sh`.
+//! prints the table. The figures that need whole hosts come from `cargo bench --bench hosts`.
 //!
 //!   cargo bench --bench control_plane            # the full run (20 repeats each)
 //!   cargo bench --bench control_plane -- --quick # 3 repeats (what the test command runs)
@@ -811,7 +811,7 @@ async fn saturated(client: &mut Client, quick: bool) -> Row {
     false_failovers
 }
 
-/// The figures measured on the test hosts by `scripts/bench-hosts.sh` (its JSON, when a
+/// The figures measured on the test hosts by `cargo bench --bench hosts` (its JSON, when a
 /// run left one); "not measured" rows otherwise, so that a missing figure shows.
 fn host_rows() -> Vec<Row> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/hosts.json");
@@ -833,14 +833,14 @@ fn host_rows() -> Vec<Row> {
                         .unwrap_or_default();
                     row.note = found["note"].as_str().unwrap_or("").to_owned();
                 }
-                None => row.note = "run scripts/bench-hosts.sh".into(),
+                None => row.note = "run `cargo bench --bench hosts`".into(),
             }
             row
         })
         .collect()
 }
 
-/// Issue 8's figures that need whole test hosts (tests/bench_hosts.rs measures them).
+/// Issue 8's figures that need whole test hosts (benches/hosts.rs measures them).
 #[allow(clippy::type_complexity)]
 const HOST_FIGURES: [(&str, &str, Option<f64>, Option<f64>, &str, &str); 5] = [
     (

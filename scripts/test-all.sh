@@ -25,7 +25,8 @@ step "test hosts' root file system, container images, client virtualenv (cached 
 tests/hosts/fleet-hosts rootfs
 tests/images/build.sh
 tests/client/venv.sh
-step "benchmark, quick variant (so the suite cannot rot; figures in target/bench/)"
+step "benchmarks, quick variants (so the suites cannot rot; figures in target/bench/)"
+cargo bench --locked --bench hosts -- --quick
 cargo bench --locked --bench control_plane -- --quick
 step "cargo test, including the package and system tests"
 cargo test --locked --no-fail-fast -- --include-ignored

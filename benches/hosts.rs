@@ -1,0 +1,302 @@
+//! The host-level benchmark: real systemd test hosts with Docker inside, the package
+//! installed, one cluster grown by `milvus-fleet join` one host at a time. Measures what
+//! needs whole hosts: join to healthy (and component restarts on the other nodes while
+//! a node joins), the number of hosts run as one cluster, frozen components to restarted
+//! by the daemon, and the memory each supervised unit's own processes take.
+//! Writes target/bench/hosts.json; `cargo bench --bench control_plane` shows its rows.
+//!
+//!   cargo bench --bench hosts            # 15 hosts, 10 freezes of each kind
+//!   cargo bench --bench hosts -- --quick # 4 hosts, 2 freezes of each kind
+//!
+//! Needs root, systemd-nspawn, a Docker engine and the built .deb (scripts/test-all.sh
+//! installs and builds them).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::dataplane::{images, install_package, prepare_hosts, wait_until, write_credentials};
+use support::{deb_path, repo, Hosts};
+
+const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
+/// h1..h3 are storage nodes (etcd); the rest compute (a load balancer each).
+const STORAGE: usize = 3;
+
+fn fleet_toml(hosts: &Hosts) -> String {
+    format!(
+        r#"[cluster]
+name = "bench"
+topology = "standalone-ha"
+
+[object_storage]
+kind = "s3"
+endpoint = "{h1}:9000"
+bucket = "bench"
+
+[images]
+etcd = "local/etcd:test"
+nginx = "local/nginx:test"
+milvus = "local/milvus:test"
+"#,
+        h1 = hosts.address("h1"),
+    )
+}
+
+/// Every milvus-fleet unit on `host` with its invocation id and restart count.
+fn unit_runs(hosts: &Hosts, host: &str) -> Vec<String> {
+    hosts
+        .sh_ok(
+            host,
+            "for u in $(systemctl list-units --plain --no-legend 'milvus-fleet-*' | awk '{print $1}' | grep -v -e apply -e join); do \
+             echo \"$u $(systemctl show -P InvocationID $u) $(systemctl show -P NRestarts $u)\"; done",
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `host`'s status lists every one of `names` with its daemon up.
+fn all_up_in_status(hosts: &Hosts, host: &str, names: &[String]) -> bool {
+    let out = hosts.sh(host, "milvus-fleet status --json");
+    let Ok(status) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return false;
+    };
+    let nodes = status["nodes"].as_array().cloned().unwrap_or_default();
+    names.iter().all(|name| {
+        nodes
+            .iter()
+            .any(|n| n["name"] == name.as_str() && n["daemon"] == "up")
+    })
+}
+
+/// The RSS (MB) of every process in `unit`'s own control group on `host` (the
+/// container's processes live in the engine's groups, not the unit's).
+fn unit_rss_mb(hosts: &Hosts, host: &str, unit: &str) -> f64 {
+    let kb: f64 = hosts
+        .sh_ok(
+            host,
+            &format!(
+                "for p in $(cat /sys/fs/cgroup$(systemctl show -P ControlGroup {unit})/cgroup.procs); do \
+                 awk '/^VmRSS:/ {{print $2}}' /proc/$p/status; done"
+            ),
+        )
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .sum();
+    kb / 1024.0
+}
+
+struct Figure {
+    figure: &'static str,
+    samples: Vec<f64>,
+    note: String,
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (count, freezes) = if quick { (4, 2) } else { (15, 10) };
+    let started = Instant::now();
+    let deb = deb_path();
+    let images = images();
+    let hosts = Hosts::up_with(
+        "mfbh",
+        "172.31.98",
+        count,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    let names: Vec<String> = hosts.names().to_vec();
+    let storage = |host: &str| names.iter().position(|n| n == host).unwrap() < STORAGE;
+    prepare_hosts(&hosts, &deb, PKG, &images, |host| {
+        if storage(host) {
+            vec!["etcd"]
+        } else {
+            vec!["nginx"]
+        }
+    });
+    std::thread::scope(|scope| {
+        for host in &names {
+            let hosts = &hosts;
+            scope.spawn(move || install_package(hosts, host, PKG));
+        }
+    });
+    eprintln!("{count} hosts up with the package: {:?}", started.elapsed());
+
+    hosts.write_file(
+        "h1",
+        "/etc/milvus-fleet/fleet.toml",
+        &fleet_toml(&hosts),
+        "0644",
+    );
+    write_credentials(&hosts, "h1");
+    hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet init --name h1 --address {} --roles storage >/dev/null",
+            hosts.address("h1")
+        ),
+    );
+    wait_until("h1 in its own status", Duration::from_secs(60), || {
+        all_up_in_status(&hosts, "h1", &names[..1])
+    });
+
+    // Joins, one host at a time: storage nodes first, then compute nodes.
+    let mut join = Figure {
+        figure: "`join` start to node healthy in status",
+        samples: vec![],
+        note: String::new(),
+    };
+    let mut restarts = Figure {
+        figure: "component restarts on the other nodes during a join",
+        samples: vec![],
+        note: String::new(),
+    };
+    let storage_token = hosts.sh_ok(
+        "h1",
+        "milvus-fleet token create --role storage --uses 2 --ttl 30m 2>/dev/null",
+    );
+    let compute_token = hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet token create --role compute --uses {} --ttl 30m 2>/dev/null",
+            count.saturating_sub(STORAGE).max(1)
+        ),
+    );
+    for (i, host) in names.iter().enumerate().skip(1) {
+        let (token, role) = if storage(host) {
+            (&storage_token, "storage")
+        } else {
+            (&compute_token, "compute")
+        };
+        let joined: Vec<String> = names[..i].to_vec();
+        let before: Vec<Vec<String>> = joined.iter().map(|h| unit_runs(&hosts, h)).collect();
+        hosts.write_file(host, "/root/token", token.trim(), "0600");
+        let since = Instant::now();
+        hosts.sh_ok(
+            host,
+            &format!(
+                "milvus-fleet join {} --name {host} --address {} --roles {role} < /root/token >/dev/null",
+                hosts.address("h1"),
+                hosts.address(host)
+            ),
+        );
+        let component = if role == "storage" {
+            "milvus-fleet-etcd"
+        } else {
+            "milvus-fleet-lb"
+        };
+        let me = std::slice::from_ref(host);
+        wait_until(&format!("{host} healthy"), Duration::from_secs(120), || {
+            all_up_in_status(&hosts, "h1", me)
+                && hosts
+                    .sh(host, &format!("systemctl is-active --quiet {component}"))
+                    .status
+                    .success()
+        });
+        join.samples.push(since.elapsed().as_secs_f64());
+        // Let the other nodes take the new member in (a reload, new upstreams), then
+        // compare every unit's invocation and restart count.
+        std::thread::sleep(Duration::from_secs(3));
+        let after: Vec<Vec<String>> = joined.iter().map(|h| unit_runs(&hosts, h)).collect();
+        let changed = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| b.iter().filter(|line| !a.contains(line)).count())
+            .sum::<usize>();
+        restarts.samples.push(changed as f64);
+        eprintln!(
+            "{host} joined as {role} in {:?}; units restarted elsewhere: {changed}",
+            since.elapsed()
+        );
+    }
+    join.note = format!(
+        "one host at a time, {} storage then compute",
+        STORAGE.min(count) - 1
+    );
+    restarts.note = "units whose InvocationID or NRestarts changed on the nodes already in".into();
+    wait_until(
+        "every node up in every status",
+        Duration::from_secs(120),
+        || names.iter().all(|h| all_up_in_status(&hosts, h, &names)),
+    );
+    let cluster = Figure {
+        figure: "test hosts run as one cluster on this machine",
+        samples: vec![count as f64],
+        note: format!(
+            "each up in every node's status; {} s to build and grow",
+            started.elapsed().as_secs()
+        ),
+    };
+
+    // Memory the supervision adds: the unit's own processes (`milvus-fleet follow`).
+    let mut memory = Figure {
+        figure: "memory supervision adds per component unit",
+        samples: vec![],
+        note: "RSS of the processes in each unit's own cgroup, every etcd and lb unit".into(),
+    };
+    for host in &names {
+        let unit = if storage(host) {
+            "milvus-fleet-etcd"
+        } else {
+            "milvus-fleet-lb"
+        };
+        memory.samples.push(unit_rss_mb(&hosts, host, unit));
+    }
+
+    // Frozen components: SIGSTOP of the container's main process; the daemon restarts it.
+    let mut wedged = Figure {
+        figure: "wedged (frozen) component to restarted, p99",
+        samples: vec![],
+        note: String::new(),
+    };
+    let targets: Vec<(&str, &str, &str)> = vec![
+        ("h2", "mf-etcd", "milvus-fleet-etcd.service"),
+        (names.last().unwrap(), "mf-lb", "milvus-fleet-lb.service"),
+    ];
+    for round in 0..freezes {
+        for (host, container, unit) in &targets {
+            let before = hosts.systemctl(host, &format!("show -P InvocationID {unit}"));
+            hosts.sh_ok(
+                host,
+                &format!("kill -STOP $(docker inspect -f '{{{{.State.Pid}}}}' {container})"),
+            );
+            let since = Instant::now();
+            wait_until(
+                &format!("{host}'s frozen {container} restarted (round {round})"),
+                Duration::from_secs(90),
+                || {
+                    hosts.systemctl(host, &format!("show -P InvocationID {unit}")) != before
+                        && hosts.systemctl(host, &format!("show -P ActiveState {unit}")) == "active"
+                },
+            );
+            wedged.samples.push(since.elapsed().as_secs_f64());
+        }
+    }
+    wedged.note = format!("etcd on a storage node and nginx on a compute node, {freezes} each; to active (healthy) again");
+
+    let figures = [join, restarts, cluster, memory, wedged];
+    let rows: Vec<_> = figures
+        .iter()
+        .map(|f| json!({ "figure": f.figure, "samples": f.samples, "note": f.note }))
+        .collect();
+    let out = repo().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let document = json!({ "suite": "hosts", "quick": quick, "hosts": count, "rows": rows });
+    std::fs::write(
+        out.join("hosts.json"),
+        serde_json::to_string_pretty(&document).unwrap(),
+    )
+    .unwrap();
+    for f in &figures {
+        println!("{}: {:?} ({})", f.figure, f.samples, f.note);
+    }
+    println!(
+        "written: {}/hosts.json in {:?}",
+        out.display(),
+        started.elapsed()
+    );
+}
