@@ -17,11 +17,14 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::dataplane::{images, install_package, prepare_hosts, wait_until, write_credentials};
+use support::dataplane::{
+    images, install_package, prepare_hosts, start_site_s3, wait_until, write_credentials,
+};
 use support::{deb_path, repo, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
-/// h1..h3 are storage nodes (etcd); the rest compute (a load balancer each).
+/// h1..h3 are storage nodes (etcd); the rest compute (a load balancer each). h1 is
+/// both: it runs the Milvus server (the leader's node) against the site's S3 on h1.
 const STORAGE: usize = 3;
 
 fn fleet_toml(hosts: &Hosts) -> String {
@@ -112,7 +115,9 @@ fn main() {
     let names: Vec<String> = hosts.names().to_vec();
     let storage = |host: &str| names.iter().position(|n| n == host).unwrap() < STORAGE;
     prepare_hosts(&hosts, &deb, PKG, &images, |host| {
-        if storage(host) {
+        if host == "h1" {
+            vec!["etcd", "nginx", "milvus", "seaweedfs"]
+        } else if storage(host) {
             vec!["etcd"]
         } else {
             vec!["nginx"]
@@ -133,10 +138,11 @@ fn main() {
         "0644",
     );
     write_credentials(&hosts, "h1");
+    start_site_s3(&hosts, "h1");
     hosts.sh_ok(
         "h1",
         &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage >/dev/null",
+            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
             hosts.address("h1")
         ),
     );
@@ -247,7 +253,7 @@ fn main() {
         memory.samples.push(unit_rss_mb(&hosts, host, unit));
     }
 
-    // Frozen components: SIGSTOP of the container's main process; the daemon restarts it.
+    // Frozen components: SIGSTOP of every process in the container; the daemon restarts it.
     let mut wedged = Figure {
         figure: "wedged (frozen) component to restarted, p99",
         samples: vec![],
@@ -260,9 +266,10 @@ fn main() {
     for round in 0..freezes {
         for (host, container, unit) in &targets {
             let before = hosts.systemctl(host, &format!("show -P InvocationID {unit}"));
+            // Every process of the container: nginx's worker answers on its own.
             hosts.sh_ok(
                 host,
-                &format!("kill -STOP $(docker inspect -f '{{{{.State.Pid}}}}' {container})"),
+                &format!("kill -STOP $(docker top {container} -eo pid | tail -n +2)"),
             );
             let since = Instant::now();
             wait_until(

@@ -14,6 +14,10 @@ pub struct FollowArgs {
     /// The container engine's API socket (Docker's, or Podman's Docker-compatible one).
     #[arg(long, value_name = "PATH", default_value = "/run/docker.sock")]
     engine_socket: PathBuf,
+    /// Instead of following: resume every process of the container (SIGCONT), so that
+    /// a frozen component stops within its grace period (what the units' ExecStop runs).
+    #[arg(long)]
+    thaw: bool,
 }
 
 /// The container stopped with a status other than 0: the process exits with it, so
@@ -41,6 +45,10 @@ pub fn run(args: FollowArgs) -> anyhow::Result<()> {
             "container name {:?}: use 1-128 of a-z, A-Z, 0-9, '-', '_', '.'",
             args.container
         );
+    }
+    if args.thaw {
+        container::thaw(&args.engine_socket, &args.container)?;
+        return Ok(());
     }
     match container::follow(&args.engine_socket, &args.container)? {
         0 => Ok(()),

@@ -151,6 +151,39 @@ pub fn copy_log(
     }
 }
 
+/// Resumes every process of `container` (SIGCONT). A frozen (SIGSTOPped) component is
+/// what the daemon restarts as wedged, and a stop signal sits pending on a stopped
+/// process until the engine's grace period runs out; the engine itself only signals the
+/// container's main process. Returns how many processes were signalled.
+pub fn thaw(socket: &Path, container: &str) -> Result<usize, ContainerError> {
+    let path = format!("/containers/{container}/top?ps_args=-eo%20pid");
+    let mut body = String::new();
+    expect_ok(socket, "GET", &path)?
+        .read_to_string(&mut body)
+        .map_err(|error| ContainerError::Socket {
+            socket: socket.to_owned(),
+            error,
+        })?;
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| ContainerError::Garbled {
+            what: path.clone(),
+            detail: e.to_string(),
+        })?;
+    let pids: Vec<i32> = answer["Processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|row| row.get(0)?.as_str()?.trim().parse().ok())
+        .collect();
+    for pid in &pids {
+        // SAFETY: kill(2) with a plain pid and signal touches no memory of ours.
+        unsafe {
+            libc::kill(*pid, libc::SIGCONT);
+        }
+    }
+    Ok(pids.len())
+}
+
 /// Follows `container` until it stops: its log to stdout/stderr, then its exit status
 /// (what the caller exits with).
 pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
@@ -208,6 +241,16 @@ mod tests {
         copy_log(&socket, "mf-lb", &mut out, &mut err).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "to out\nmore out\n");
         assert_eq!(String::from_utf8(err).unwrap(), "to err\n");
+    }
+
+    #[test]
+    fn thaw_reads_the_container_s_processes() {
+        // Pids that cannot exist: signalling them is harmless (ESRCH).
+        let (_dir, socket) = engine(
+            b"HTTP/1.0 200 OK\r\n\r\n{\"Titles\":[\"PID\"],\"Processes\":[[\"999999991\"],[\"999999992\"]]}"
+                .to_vec(),
+        );
+        assert_eq!(thaw(&socket, "mf-lb").unwrap(), 2);
     }
 
     #[test]
