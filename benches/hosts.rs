@@ -203,7 +203,8 @@ fn main() {
                     .status
                     .success()
         });
-        join.samples.push(since.elapsed().as_secs_f64());
+        let took = since.elapsed();
+        join.samples.push(took.as_secs_f64());
         // Let the other nodes take the new member in (a reload, new upstreams), then
         // compare every unit's invocation and restart count.
         std::thread::sleep(Duration::from_secs(3));
@@ -215,8 +216,7 @@ fn main() {
             .sum::<usize>();
         restarts.samples.push(changed as f64);
         eprintln!(
-            "{host} joined as {role} in {:?}; units restarted elsewhere: {changed}",
-            since.elapsed()
+            "{host} joined as {role}, healthy in {took:?}; units restarted elsewhere: {changed}"
         );
     }
     join.note = format!(
