@@ -475,6 +475,19 @@ fn submit_drill(daemon: &Daemon, steps: u32, sleep_ms: u64, resource: &str) -> S
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// A drill submitted through `daemon`, once its first step is committed: its id.
+async fn drill_under_way(
+    client: &mut Client,
+    daemon: &Daemon,
+    steps: u32,
+    sleep_ms: u64,
+    resource: &str,
+) -> String {
+    let id = submit_drill(daemon, steps, sleep_ms, resource);
+    job_until(client, &id, |r| r["done_steps"].as_u64() >= Some(1)).await;
+    id
+}
+
 /// The job record as etcd holds it.
 async fn job(client: &mut Client, id: &str) -> serde_json::Value {
     let answer = client
@@ -547,13 +560,8 @@ async fn jobs_across_leader_loss(
     );
     let (mut leader, mut term) = settled_leader(client).await;
     for run in 0..repeats {
-        let id = submit_drill(
-            by_name(daemons, &leader),
-            STEPS,
-            300,
-            &format!("bench-job-{run}"),
-        );
-        job_until(client, &id, |r| r["done_steps"].as_u64() >= Some(1)).await;
+        let resource = format!("bench-job-{run}");
+        let id = drill_under_way(client, by_name(daemons, &leader), STEPS, 300, &resource).await;
         let since = Instant::now();
         lose_leader(client, daemons, &mut leader, &mut term).await;
         let new_term = term;
@@ -588,13 +596,8 @@ async fn zombie_writes(client: &mut Client, daemons: &mut [Daemon], repeats: usi
     let (mut leader, mut term) = settled_leader(client).await;
     let (mut refused_tries, mut stood_down) = (0, 0);
     for run in 0..repeats {
-        let id = submit_drill(
-            by_name(daemons, &leader),
-            STEPS,
-            400,
-            &format!("bench-zombie-{run}"),
-        );
-        job_until(client, &id, |r| r["done_steps"].as_u64() >= Some(1)).await;
+        let resource = format!("bench-zombie-{run}");
+        let id = drill_under_way(client, by_name(daemons, &leader), STEPS, 400, &resource).await;
         let start_revision = client
             .get(ACTING_KEY, None)
             .await

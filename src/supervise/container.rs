@@ -94,26 +94,30 @@ fn expect_ok(
     Ok(body)
 }
 
-/// Blocks until the container is not running; its exit status.
-pub fn wait(socket: &Path, container: &str) -> Result<i64, ContainerError> {
-    let path = format!("/containers/{container}/wait?condition=not-running");
+/// One request whose answer is a JSON document.
+fn json(socket: &Path, method: &str, path: &str) -> Result<serde_json::Value, ContainerError> {
     let mut body = String::new();
-    expect_ok(socket, "POST", &path)?
+    expect_ok(socket, method, path)?
         .read_to_string(&mut body)
         .map_err(|error| ContainerError::Socket {
             socket: socket.to_owned(),
             error,
         })?;
-    let answer: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| ContainerError::Garbled {
-            what: path.clone(),
-            detail: e.to_string(),
-        })?;
+    serde_json::from_str(&body).map_err(|e| ContainerError::Garbled {
+        what: format!("{method} {path}"),
+        detail: format!("{e}: {}", body.trim()),
+    })
+}
+
+/// Blocks until the container is not running; its exit status.
+pub fn wait(socket: &Path, container: &str) -> Result<i64, ContainerError> {
+    let path = format!("/containers/{container}/wait?condition=not-running");
+    let answer = json(socket, "POST", &path)?;
     answer["StatusCode"]
         .as_i64()
         .ok_or_else(|| ContainerError::Garbled {
             what: path,
-            detail: body.trim().to_owned(),
+            detail: answer.to_string(),
         })
 }
 
@@ -156,19 +160,11 @@ pub fn copy_log(
 /// process until the engine's grace period runs out; the engine itself only signals the
 /// container's main process. Returns how many processes were signalled.
 pub fn thaw(socket: &Path, container: &str) -> Result<usize, ContainerError> {
-    let path = format!("/containers/{container}/top?ps_args=-eo%20pid");
-    let mut body = String::new();
-    expect_ok(socket, "GET", &path)?
-        .read_to_string(&mut body)
-        .map_err(|error| ContainerError::Socket {
-            socket: socket.to_owned(),
-            error,
-        })?;
-    let answer: serde_json::Value =
-        serde_json::from_str(&body).map_err(|e| ContainerError::Garbled {
-            what: path.clone(),
-            detail: e.to_string(),
-        })?;
+    let answer = json(
+        socket,
+        "GET",
+        &format!("/containers/{container}/top?ps_args=-eo%20pid"),
+    )?;
     let pids: Vec<i32> = answer["Processes"]
         .as_array()
         .into_iter()
