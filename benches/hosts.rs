@@ -264,13 +264,14 @@ fn main() {
         samples: vec![],
         note: String::new(),
     };
-    // Each round freezes etcd on a storage node other than h1 and nginx on a compute
-    // node, taking the nodes in turn (the daemon's restart budget is per component).
+    // Each round freezes etcd on a storage node and nginx on a compute node, taking the
+    // nodes in turn: the daemon's restart budget is per component, and systemd refuses
+    // a unit's 6th start in 5 minutes (StartLimitBurst).
     let compute: Vec<&String> = names.iter().skip(STORAGE).collect();
     for round in 0..freezes {
         let targets = [
             (
-                names[1 + round % 2].as_str(),
+                names[round % STORAGE].as_str(),
                 "mf-etcd",
                 "milvus-fleet-etcd.service",
             ),
@@ -300,7 +301,7 @@ fn main() {
         }
     }
     wedged.note = format!(
-        "etcd on h2/h3 and nginx on the compute nodes in turn, {freezes} each, all of the container's processes frozen; to active (healthy) again"
+        "etcd on h1-h3 and nginx on the compute nodes in turn, {freezes} each, all of the container's processes frozen; to active (healthy) again"
     );
 
     let figures = [join, restarts, cluster, memory, wedged];
