@@ -297,7 +297,22 @@ fn main() {
                         && hosts.systemctl(host, &format!("show -P ActiveState {unit}")) == "active"
                 },
             );
-            wedged.samples.push(since.elapsed().as_secs_f64());
+            let took = since.elapsed();
+            wedged.samples.push(took.as_secs_f64());
+            if took > Duration::from_secs(10) {
+                // Over the goal: show what the node did meanwhile.
+                let seconds = took.as_secs() + 5;
+                eprintln!(
+                    "{host}'s {container}: {took:?}; its journal meanwhile:\n{}",
+                    hosts.sh_ok(
+                        host,
+                        &format!(
+                            "journalctl -q -o short-precise --since=-{seconds}s -u milvus-fleet \
+                             -u milvus-fleet-etcd -u milvus-fleet-standalone | grep -v ' mf-' | tail -50"
+                        )
+                    )
+                );
+            }
         }
     }
     wedged.note = format!(

@@ -546,9 +546,14 @@ impl Supervisor {
         match self.systemd.state(&unit).await {
             Ok(state) if state.is_running() => {
                 warn!("this node no longer leads: stopping the standalone server");
-                if let Err(e) = self.systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {
-                    error!("stopping {unit}: {e}");
-                }
+                // Beside the loop: a server that cannot reach etcd takes its whole stop
+                // timeout to go, and the loop (whose ticks feed the watchdog) must not wait.
+                let systemd = self.systemd.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {
+                        error!("stopping {unit}: {e}");
+                    }
+                });
             }
             Ok(_) => {}
             Err(e) => error!("{unit}: {e}"),
