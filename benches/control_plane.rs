@@ -598,13 +598,7 @@ async fn zombie_writes(client: &mut Client, daemons: &mut [Daemon], repeats: usi
     for run in 0..repeats {
         let resource = format!("bench-zombie-{run}");
         let id = drill_under_way(client, by_name(daemons, &leader), STEPS, 400, &resource).await;
-        let start_revision = client
-            .get(ACTING_KEY, None)
-            .await
-            .unwrap()
-            .header()
-            .unwrap()
-            .revision();
+        let start_revision = current_revision(client).await;
         let mut watch = watch_acting(client).await;
         let zombie = leader.clone();
         let outcomes = |daemons: &mut [Daemon]| {
@@ -637,6 +631,12 @@ async fn zombie_writes(client: &mut Client, daemons: &mut [Daemon], repeats: usi
     vec![accepted]
 }
 
+/// etcd's revision now.
+async fn current_revision(client: &mut Client) -> i64 {
+    let answer = client.get(ACTING_KEY, None).await.unwrap();
+    answer.header().unwrap().revision()
+}
+
 /// Writes under `prefix` after `since_revision` that etcd accepted after `new_term` began
 /// and that carry `old_term` (a job record or step effect of that term, or the old
 /// leader's acting record).
@@ -651,13 +651,7 @@ async fn old_term_writes(
         .with_prefix()
         .with_start_revision(since_revision + 1);
     let mut history = client.watch(PREFIX, Some(options)).await.unwrap();
-    let now = client
-        .get(ACTING_KEY, None)
-        .await
-        .unwrap()
-        .header()
-        .unwrap()
-        .revision();
+    let now = current_revision(client).await;
     let mut count = 0;
     let mut seen = since_revision;
     while seen < now {
