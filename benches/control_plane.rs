@@ -839,7 +839,31 @@ fn host_rows() -> Vec<Row> {
 
 /// Issue 8's figures that need whole test hosts (benches/hosts.rs measures them).
 #[allow(clippy::type_complexity)]
-const HOST_FIGURES: [(&str, &str, Option<f64>, Option<f64>, &str, &str); 5] = [
+const HOST_FIGURES: [(&str, &str, Option<f64>, Option<f64>, &str, &str); 8] = [
+    (
+        "leader host cut off (network) to a new leader, seen from another node",
+        "p99 <= 1.5 s",
+        Some(1.5),
+        None,
+        "s",
+        "10.3 / 13.6 / 15.2 s",
+    ),
+    (
+        "storage host killed (its etcd member lost) to the leader's alert",
+        "<= 5 s; exactly 1",
+        Some(5.0),
+        None,
+        "s",
+        "50.3 / 54.1 / 58.1 s",
+    ),
+    (
+        "compute node rebooted to up in status with its load balancer active",
+        "reported",
+        None,
+        None,
+        "s",
+        "",
+    ),
     (
         "wedged (frozen) component to restarted, p99",
         "<= 10 s",

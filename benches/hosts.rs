@@ -319,7 +319,123 @@ fn main() {
         "etcd on h1-h3 and nginx on the compute nodes in turn, {freezes} each, all of the container's processes frozen; to active (healthy) again"
     );
 
-    let figures = [join, restarts, cluster, memory, wedged];
+    // Faults on whole hosts, last (they move leadership): the leader's host cut off from
+    // the network, a compute node rebooted, a storage node's host killed (power loss:
+    // its etcd member is lost with it).
+    let status_of = |host: &str| -> serde_json::Value {
+        let out = hosts.sh(host, "milvus-fleet status --json");
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    };
+    let leader_seen_by = |observer: &str| -> Option<String> {
+        let status = status_of(observer);
+        match status["role"].as_str() {
+            Some("leader") => Some(observer.to_owned()),
+            Some("follower") => status["leader"].as_str().map(str::to_owned),
+            _ => None,
+        }
+    };
+    let mut cut = Figure {
+        figure: "leader host cut off (network) to a new leader, seen from another node",
+        samples: vec![],
+        note: String::new(),
+    };
+    for _ in 0..if quick { 1 } else { 3 } {
+        let old = leader_seen_by(compute[0]).expect("a leader before the cut");
+        let observer = names.iter().find(|h| **h != old).unwrap().as_str();
+        hosts.cut(&old);
+        let since = Instant::now();
+        wait_until(
+            "a new leader after the cut",
+            Duration::from_secs(60),
+            || leader_seen_by(observer).is_some_and(|l| l != old),
+        );
+        cut.samples.push(since.elapsed().as_secs_f64());
+        hosts.heal(&old);
+        wait_until(
+            "the cut-off host back as a follower",
+            Duration::from_secs(60),
+            || status_of(&old)["role"] == "follower",
+        );
+    }
+    cut.note =
+        "polled every ~50 ms through `milvus-fleet status` on a node that did not lead; lease 1 s"
+            .into();
+
+    let rebooted_host = compute.last().unwrap().as_str();
+    let lb_run = |host: &str| hosts.systemctl(host, "show -P InvocationID milvus-fleet-lb");
+    let before_reboot = lb_run(rebooted_host);
+    let since = Instant::now();
+    hosts.reboot(rebooted_host);
+    let me = [rebooted_host.to_owned()];
+    wait_until("the rebooted node up", Duration::from_secs(120), || {
+        let run = lb_run(rebooted_host);
+        !run.is_empty()
+            && run != before_reboot
+            && hosts
+                .sh(rebooted_host, "systemctl is-active --quiet milvus-fleet-lb")
+                .status
+                .success()
+            && all_up_in_status(&hosts, compute[0], &me)
+    });
+    let reboot = Figure {
+        figure: "compute node rebooted to up in status with its load balancer active",
+        samples: vec![since.elapsed().as_secs_f64()],
+        note: format!("{rebooted_host}: from the reboot command to a new run of its load balancer, active, and its daemon up"),
+    };
+
+    // A storage node that does not lead, killed: one peer-down alert on the leader, and
+    // the leadership stays where it is.
+    let leader = leader_seen_by(compute[0]).expect("a leader");
+    let victim = names[..STORAGE]
+        .iter()
+        .find(|h| **h != leader)
+        .unwrap()
+        .clone();
+    let alerts = |host: &str| -> usize {
+        hosts
+            .sh_ok(
+                host,
+                "journalctl -q -o cat MESSAGE_ID=3eab256b8aa646e690c4e162f94c0fe8 | wc -l",
+            )
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let before = alerts(&leader);
+    let leader_term = status_of(&leader)["term"].as_i64();
+    hosts.kill(&victim);
+    let since = Instant::now();
+    wait_until(
+        "the leader's peer-down alert",
+        Duration::from_secs(60),
+        || alerts(&leader) > before,
+    );
+    let mut member_lost = Figure {
+        figure: "storage host killed (its etcd member lost) to the leader's alert",
+        samples: vec![since.elapsed().as_secs_f64()],
+        note: String::new(),
+    };
+    std::thread::sleep(Duration::from_secs(5));
+    member_lost.note = format!(
+        "{victim}; {} alert(s) on the leader, its term {}",
+        alerts(&leader) - before,
+        if status_of(&leader)["term"].as_i64() == leader_term {
+            "unchanged"
+        } else {
+            "CHANGED"
+        }
+    );
+
+    let figures = [
+        join,
+        restarts,
+        cluster,
+        memory,
+        wedged,
+        cut,
+        reboot,
+        member_lost,
+    ];
     let rows: Vec<_> = figures
         .iter()
         .map(|f| json!({ "figure": f.figure, "samples": f.samples, "note": f.note }))
