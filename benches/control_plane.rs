@@ -841,7 +841,7 @@ fn host_rows() -> Vec<Row> {
 #[allow(clippy::type_complexity)]
 const HOST_FIGURES: [(&str, &str, Option<f64>, Option<f64>, &str, &str); 8] = [
     (
-        "leader host cut off (network) to a new leader, seen from another node",
+        "leader host cut off (network) to a new leader acting",
         "p99 <= 1.5 s",
         Some(1.5),
         None,
