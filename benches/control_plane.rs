@@ -162,6 +162,13 @@ async fn settled_leader(client: &mut Client) -> (String, i64) {
     }
 }
 
+/// The acting leader's name and a follower's.
+async fn leader_and_follower(client: &mut Client, daemons: &[Daemon]) -> (String, String) {
+    let (leader, _) = settled_leader(client).await;
+    let follower = daemons.iter().find(|d| d.name != leader).unwrap();
+    (leader, follower.name.clone())
+}
+
 async fn watch_acting(client: &mut Client) -> WatchStream {
     client
         .watch(ACTING_KEY, Some(WatchOptions::new()))
@@ -357,15 +364,9 @@ async fn run(repeats: usize, quick: bool) -> Vec<Row> {
     rows.extend(jobs_across_leader_loss(&mut client, &mut daemons, repeats).await);
     rows.extend(zombie_writes(&mut client, &mut daemons, repeats).await);
     rows.extend(peer_alerts(&mut client, &mut daemons, repeats).await);
-    let (leader, _) = settled_leader(&mut client).await;
+    let (leader, follower) = leader_and_follower(&mut client, &daemons).await;
 
     // Start to answering: a follower restarted, its socket polled every millisecond.
-    let follower = daemons
-        .iter()
-        .find(|d| d.name != leader)
-        .unwrap()
-        .name
-        .clone();
     for _ in 0..repeats.max(5) {
         let daemon = by_name(&mut daemons, &follower);
         daemon.signal("-TERM");
@@ -704,13 +705,7 @@ async fn peer_alerts(client: &mut Client, daemons: &mut [Daemon], repeats: usize
         "N-1 (2 of 3 nodes) / 0",
     )
     .exactly(1.0);
-    let (leader, _) = settled_leader(client).await;
-    let follower = daemons
-        .iter()
-        .find(|d| d.name != leader)
-        .unwrap()
-        .name
-        .clone();
+    let (_, follower) = leader_and_follower(client, daemons).await;
     let down = format!("peer {follower} is down");
     let recovered = format!("peer {follower} recovered");
     let count = |daemons: &[Daemon], text: &str| -> usize {

@@ -363,10 +363,12 @@ impl Election {
         ttl: Duration,
     ) -> bool {
         // Opening a stream waits for the member's answer: bounded like every call here.
-        let open = tokio::time::timeout(ttl / 3, self.client.lease_keep_alive(keeper.id())).await;
-        match open.unwrap_or(Err(etcd_client::Error::InvalidArgs(
-            "no answer to the keepalive stream request".into(),
-        ))) {
+        let opened =
+            match tokio::time::timeout(ttl / 3, self.client.lease_keep_alive(keeper.id())).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no answer within {:?}", ttl / 3)),
+            };
+        match opened {
             Ok((new_keeper, new_responses)) => {
                 *keeper = new_keeper;
                 *responses = new_responses;

@@ -38,7 +38,6 @@ async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
     let mut poll = tokio::time::interval(Duration::from_secs(10));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut retry = false;
         let take_up = tokio::select! {
             _ = poll.tick() => {
                 if events.is_none() {
@@ -56,19 +55,20 @@ async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
                 running.remove(&id);
                 match result {
                     Ok(Stop::Finished(state)) => {
-                        info!(message_id = JOB_STATE, job = %id, state = ?state, term, "job ended")
+                        info!(message_id = JOB_STATE, job = %id, state = ?state, term, "job ended");
+                        false
                     }
                     Ok(Stop::Fenced) => {
                         warn!(job = %id, term, "job stopped: this daemon no longer leads");
                         return;
                     }
+                    // Taken up again by the listing below, after a pause.
                     Err(e) => {
                         warn!(job = %id, "job runner: {e}; retrying");
                         tokio::time::sleep(Duration::from_millis(500)).await;
-                        retry = true;
+                        true
                     }
                 }
-                retry
             }
         };
         if !take_up {
