@@ -228,9 +228,29 @@ async fn campaign(
             role.send_replace(updates.borrow().clone());
         }
     };
+    // With etcd run by the cluster itself, the fleet leader keeps etcd's raft leader off
+    // its host (a lost host would otherwise cost two elections in a row).
+    let own_etcd_address = match config.etcd.mode {
+        crate::config::model::ServiceMode::Local => {
+            settings.local_node().map(|n| n.address.clone())
+        }
+        crate::config::model::ServiceMode::External => None,
+    };
+    let raft_role = election.subscribe();
+    let probe_now = election.endpoint_probe();
+    let raft_leader = async {
+        match own_etcd_address {
+            Some(address) => {
+                crate::cluster::raft_leader::keep_off_this_host(client.clone(), address, raft_role)
+                    .await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = election.run(stop) => {}
-        _ = crate::cluster::keep_endpoints_live(client.clone(), urls, connected) => {}
+        _ = raft_leader => {}
+        _ = crate::cluster::keep_endpoints_live(client.clone(), urls, connected, probe_now) => {}
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}

@@ -26,7 +26,7 @@ use super::messages::{LEADER_ELECTED, LEADER_LOST};
 use super::ClusterError;
 
 /// How often a follower reads the leader key besides watching it (a watch can sit on a
-/// member that froze and never fire).
+/// member that froze or was cut off and never fire); at once when its keepalive stalls.
 const LEADER_RECHECK: Duration = Duration::from_secs(5);
 
 /// What this daemon is in the cluster right now.
@@ -53,6 +53,9 @@ pub struct Election {
     ttl_secs: i64,
     lease_file: PathBuf,
     role: watch::Sender<Role>,
+    /// Told when a keepalive stalls, so that the endpoint prober takes a frozen member
+    /// out of the client's channel now rather than on its next round.
+    probe_endpoints: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// How a leadership (or a lease) ended.
@@ -80,7 +83,14 @@ impl Election {
             ttl_secs: i64::from(ttl_secs),
             lease_file: state_dir.join("leader-lease"),
             role,
+            probe_endpoints: Default::default(),
         }
+    }
+
+    /// The signal this election gives when its keepalive stream stalls (for
+    /// [`super::keep_endpoints_live`]).
+    pub fn endpoint_probe(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.probe_endpoints.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Role> {
@@ -219,14 +229,19 @@ impl Election {
                 }
                 break end;
             }
-            let leader = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(get) => get
-                    .kvs()
-                    .first()
-                    .map(|kv| kv.value_str().unwrap_or("").to_owned()),
+            let seen = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                    (
+                        kv.value_str().unwrap_or("").to_owned(),
+                        kv.create_revision(),
+                    )
+                }),
                 _ => None,
             });
-            self.role.send_replace(Role::Follower { leader });
+            let leader_term = seen.as_ref().map_or(0, |(_, term)| *term);
+            self.role.send_replace(Role::Follower {
+                leader: seen.map(|(name, _)| name),
+            });
             // Follow: wait for the key to go (from the revision the campaign saw, so a
             // delete in between is not missed), keeping the lease alive meanwhile.
             let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -237,7 +252,7 @@ impl Election {
             let mut answered = Instant::now();
             let mut recheck = tokio::time::interval(LEADER_RECHECK);
             recheck.reset();
-            let vacant = loop {
+            let campaign_again = loop {
                 tokio::select! {
                     message = events.message() => {
                         let Some(message) = message? else { break false };
@@ -254,6 +269,8 @@ impl Election {
                         }
                         if answered.elapsed() > ttl / 2 {
                             self.reopen_keepalive(&mut keeper, &mut responses, ttl).await;
+                            // The watch may sit on the same silent member.
+                            recheck.reset_immediately();
                         } else {
                             keeper.keep_alive().await?;
                         }
@@ -269,8 +286,10 @@ impl Election {
                     }
                     _ = recheck.tick() => {
                         let read = tokio::time::timeout(ttl, self.client.get(key.clone(), None)).await;
+                        // Vacant, or taken by another term while the watch was silent:
+                        // campaign again, which also names the new leader.
                         if let Ok(Ok(answer)) = read {
-                            if answer.kvs().is_empty() {
+                            if answer.kvs().first().is_none_or(|kv| kv.create_revision() != leader_term) {
                                 break true;
                             }
                         }
@@ -282,7 +301,7 @@ impl Election {
                     }
                 }
             };
-            if !vacant {
+            if !campaign_again {
                 break End::LeaseLost;
             }
         };
@@ -362,6 +381,7 @@ impl Election {
         responses: &mut etcd_client::LeaseKeepAliveStream,
         ttl: Duration,
     ) -> bool {
+        self.probe_endpoints.notify_one();
         // Opening a stream waits for the member's answer: bounded like every call here.
         let opened =
             match tokio::time::timeout(ttl / 3, self.client.lease_keep_alive(keeper.id())).await {

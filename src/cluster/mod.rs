@@ -5,6 +5,7 @@
 pub mod election;
 pub mod jobs;
 pub mod messages;
+pub mod raft_leader;
 pub mod runner;
 
 use std::time::Duration;
@@ -57,7 +58,7 @@ pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), Clus
 }
 
 /// How long an endpoint may take to answer before it counts as gone.
-const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Whether the etcd process behind `address` answers an HTTP request (`/version` on
 /// its client port). A bare TCP accept is not enough: the kernel accepts for a frozen
@@ -95,15 +96,24 @@ async fn answering(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs beside a long-lived client (the daemon's): every second, takes endpoints that
-/// stopped answering out of its balanced channel and puts back those that
-/// answer again. The last answering endpoints are never taken out.
-pub async fn keep_endpoints_live(client: Client, urls: Vec<String>, connected: Vec<String>) {
+/// Runs beside a long-lived client (the daemon's): every second, and at once when
+/// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
+/// out of its balanced channel and puts back those that answer again. The last
+/// answering endpoints are never taken out.
+pub async fn keep_endpoints_live(
+    client: Client,
+    urls: Vec<String>,
+    connected: Vec<String>,
+    probe_now: std::sync::Arc<tokio::sync::Notify>,
+) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = probe_now.notified() => tick.reset(),
+        }
         let live: std::collections::BTreeSet<String> = answering(&urls).await.into_iter().collect();
         if live.is_empty() {
             continue;

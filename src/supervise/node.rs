@@ -630,9 +630,11 @@ impl Supervisor {
             let unit = watched.unit.clone();
             self.operation = Some(Operation::Restart(
                 component,
-                tokio::spawn(
-                    async move { systemd.run(UnitAction::Restart, &unit, JOB_TIMEOUT).await },
-                ),
+                tokio::spawn(async move {
+                    systemd
+                        .run(UnitAction::RestartAlone, &unit, JOB_TIMEOUT)
+                        .await
+                }),
             ));
         }
     }

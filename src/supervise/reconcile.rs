@@ -117,7 +117,7 @@ pub async fn converge(
             systemd.run(action, &unit, JOB_TIMEOUT).await?;
             match action {
                 UnitAction::Start => report.started.push(unit),
-                UnitAction::Restart => report.restarted.push(unit),
+                UnitAction::Restart | UnitAction::RestartAlone => report.restarted.push(unit),
                 UnitAction::Reload => report.reloaded.push(unit),
                 UnitAction::Stop => report.stopped.push(unit),
             }

@@ -48,6 +48,10 @@ pub enum UnitAction {
     Start,
     Stop,
     Restart,
+    /// A restart that waits for no other job: systemd's `ignore-dependencies` mode. For a
+    /// wedged component, which must not sit behind the stop of a unit ordered after it
+    /// (a server cut off from a frozen etcd can take its whole stop timeout).
+    RestartAlone,
     Reload,
 }
 
@@ -56,7 +60,7 @@ impl std::fmt::Display for UnitAction {
         f.write_str(match self {
             UnitAction::Start => "start",
             UnitAction::Stop => "stop",
-            UnitAction::Restart => "restart",
+            UnitAction::Restart | UnitAction::RestartAlone => "restart",
             UnitAction::Reload => "reload",
         })
     }
@@ -106,11 +110,17 @@ impl Systemd {
     ) -> Result<(), SystemdError> {
         // Listen before asking, so the signal cannot pass between the two.
         let mut removed = self.manager.receive_job_removed().await?;
-        let (name, mode) = (unit.to_owned(), "replace".to_owned());
+        let mode = match action {
+            UnitAction::RestartAlone => "ignore-dependencies",
+            _ => "replace",
+        };
+        let (name, mode) = (unit.to_owned(), mode.to_owned());
         let call = match action {
             UnitAction::Start => self.manager.start_unit(name, mode).await,
             UnitAction::Stop => self.manager.stop_unit(name, mode).await,
-            UnitAction::Restart => self.manager.restart_unit(name, mode).await,
+            UnitAction::Restart | UnitAction::RestartAlone => {
+                self.manager.restart_unit(name, mode).await
+            }
             UnitAction::Reload => self.manager.reload_unit(name, mode).await,
         };
         let job = call.map_err(|e| call_error(action, unit, e))?;
