@@ -198,6 +198,13 @@ async fn campaign(
         config.daemon.lease_ttl_secs,
         &state_dir(),
     );
+    let election = match crate::cluster::connect_each(&urls).await {
+        Ok(clients) => election.with_member_clients(clients),
+        Err(e) => {
+            warn!("no client per etcd member ({e}): a stalled keepalive is reopened through the shared one");
+            election
+        }
+    };
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
     jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(

@@ -56,6 +56,11 @@ pub struct Election {
     /// Told when a keepalive stalls, so that the endpoint prober takes a frozen member
     /// out of the client's channel now rather than on its next round.
     probe_endpoints: std::sync::Arc<tokio::sync::Notify>,
+    /// One client per etcd member. A stalled keepalive stream is reopened on all of them
+    /// at once and the first that answers wins: the balanced client could hand the new
+    /// stream to the same silent member, and at a 1 s lease there is no time for a
+    /// second try.
+    per_member: Vec<Client>,
 }
 
 /// How a leadership (or a lease) ended.
@@ -84,7 +89,15 @@ impl Election {
             lease_file: state_dir.join("leader-lease"),
             role,
             probe_endpoints: Default::default(),
+            per_member: Vec::new(),
         }
+    }
+
+    /// Clients of one etcd member each, for reopening a stalled keepalive stream (see
+    /// `per_member`); without them the stream is reopened through the balanced client.
+    pub fn with_member_clients(mut self, clients: Vec<Client>) -> Self {
+        self.per_member = clients;
+        self
     }
 
     /// The signal this election gives when its keepalive stream stalls (for
@@ -328,21 +341,30 @@ impl Election {
         let mut act = tokio::time::interval(Duration::from_secs(1));
         let mut stream_broken = false;
         let mut answered = Instant::now();
+        // Dropped (and so aborted) with leadership; a late write would be fenced anyway.
+        let mut acting = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = act.tick() => {
                     if Instant::now() > *deadline {
                         return Ok(End::LeaseLost);
                     }
-                    let value = format!("{} {term}", self.node);
-                    // Bounded, so that a member that hangs cannot hold this loop past
-                    // the lease deadline.
-                    let put = self.fenced_put(term, Self::acting_key(&self.prefix), value);
-                    match tokio::time::timeout(ttl / 2, put).await {
-                        Ok(Ok(true)) => {}
-                        Ok(Ok(false)) => return Ok(End::Fenced),
-                        Ok(Err(e)) => warn!("leader: acting write failed, retrying within the lease: {e}"),
-                        Err(_) => warn!("leader: acting write unanswered for {:?}, retrying within the lease", ttl / 2),
+                    // One write at a time, beside this loop and bounded: a write that
+                    // sits on a silent member must hold up neither the keepalives nor
+                    // the next write past the lease deadline.
+                    if acting.is_empty() {
+                        let value = format!("{} {term}", self.node);
+                        let put = self.fenced_put(term, Self::acting_key(&self.prefix), value);
+                        acting.spawn(tokio::time::timeout(ttl / 2, put));
+                    }
+                }
+                Some(written) = acting.join_next(), if !acting.is_empty() => {
+                    match written {
+                        Ok(Ok(Ok(true))) => {}
+                        Ok(Ok(Ok(false))) => return Ok(End::Fenced),
+                        Ok(Ok(Err(e))) => warn!("leader: acting write failed, retrying within the lease: {e}"),
+                        Ok(Err(_)) => warn!("leader: acting write unanswered for {:?}, retrying within the lease", ttl / 2),
+                        Err(e) => warn!("leader: acting write did not finish: {e}"),
                     }
                 }
                 _ = keepalive.tick() => {
@@ -382,10 +404,22 @@ impl Election {
         ttl: Duration,
     ) -> bool {
         self.probe_endpoints.notify_one();
-        // Opening a stream waits for the member's answer: bounded like every call here.
+        let id = keeper.id();
+        let clients = if self.per_member.is_empty() {
+            vec![self.client.clone()]
+        } else {
+            self.per_member.clone()
+        };
+        // Opening a stream waits for the member's first answer; every member is asked at
+        // once, the first answer wins, and the whole is bounded like every call here.
+        let attempts = clients
+            .into_iter()
+            .map(|mut client| Box::pin(async move { client.lease_keep_alive(id).await }));
         let opened =
-            match tokio::time::timeout(ttl / 3, self.client.lease_keep_alive(keeper.id())).await {
-                Ok(result) => result.map_err(|e| e.to_string()),
+            match tokio::time::timeout(ttl / 3, futures_util::future::select_ok(attempts)).await {
+                Ok(result) => result
+                    .map(|(streams, _)| streams)
+                    .map_err(|e| e.to_string()),
                 Err(_) => Err(format!("no answer within {:?}", ttl / 3)),
             };
         match opened {
@@ -404,12 +438,13 @@ impl Election {
 
     /// A write of the leader's: applied only while `term` still holds the leader key.
     /// Returns false when fenced.
-    async fn fenced_put(
-        &mut self,
+    fn fenced_put(
+        &self,
         term: i64,
         key: String,
         value: String,
-    ) -> Result<bool, ClusterError> {
+    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+        let mut client = self.client.clone();
         let txn = Txn::new()
             .when([Compare::create_revision(
                 self.leader_key(),
@@ -417,7 +452,7 @@ impl Election {
                 term,
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        Ok(self.client.txn(txn).await?.succeeded())
+        async move { Ok(client.txn(txn).await?.succeeded()) }
     }
 }
 

@@ -49,12 +49,24 @@ pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
 pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), ClusterError> {
     let live = answering(urls).await;
     let chosen = if live.is_empty() { urls.to_vec() } else { live };
-    let options = ConnectOptions::new()
+    let client = Client::connect(&chosen, Some(connect_options())).await?;
+    Ok((client, chosen))
+}
+
+fn connect_options() -> ConnectOptions {
+    ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)
-        .with_connect_timeout(Duration::from_secs(2));
-    let client = Client::connect(&chosen, Some(options)).await?;
-    Ok((client, chosen))
+        .with_connect_timeout(Duration::from_secs(2))
+}
+
+/// One client per URL (connected lazily), each bound to its own etcd member.
+pub async fn connect_each(urls: &[String]) -> Result<Vec<Client>, ClusterError> {
+    let mut clients = Vec::with_capacity(urls.len());
+    for url in urls {
+        clients.push(Client::connect([url], Some(connect_options())).await?);
+    }
+    Ok(clients)
 }
 
 /// How long an endpoint may take to answer before it counts as gone.
@@ -96,7 +108,7 @@ async fn answering(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs beside a long-lived client (the daemon's): every second, and at once when
+/// Runs beside a long-lived client (the daemon's): every 2 s, and at once when
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
 /// out of its balanced channel and puts back those that answer again. The last
 /// answering endpoints are never taken out.
@@ -107,7 +119,9 @@ pub async fn keep_endpoints_live(
     probe_now: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Not quicker: each round is a connection per member, and the time-critical case (a
+    // keepalive stream on a silent member) asks for a round at once.
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
