@@ -4,13 +4,14 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::local::{request, DEFAULT_SOCKET};
 use crate::config::model::Role;
 use crate::config::ConfigPaths;
 use crate::membership::init::Identity;
+use crate::membership::join::BadJoinFile;
 use crate::membership::local::JOIN_FILE;
 use crate::membership::token::JoinToken;
 
@@ -238,7 +239,9 @@ pub fn init(args: InitArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
 #[serde(deny_unknown_fields)]
 struct JoinFile {
     server: String,
-    token: String,
+    /// Optional here so that a file without it gets its own message (below).
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     roles: Vec<Role>,
     #[serde(default)]
@@ -260,7 +263,17 @@ pub fn join(args: JoinArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
         identity.name = identity.name.or(file.name);
         identity.address = identity.address.or(file.address);
         let server = args.server.clone().unwrap_or(file.server);
-        (server, file.token, Some(path))
+        let token = match file.token {
+            Some(token) if !token.trim().is_empty() => token,
+            _ => {
+                return Err(BadJoinFile(format!(
+                    "{} has no join token (`token = \"MFT1-...\"`): the user-data must come from `milvus-fleet cloud-init` on a member, or add a token from `milvus-fleet token create`; nothing was sent",
+                    path.display()
+                ))
+                .into())
+            }
+        };
+        (server, token, Some(path))
     } else {
         let server = args
             .server
@@ -301,19 +314,20 @@ pub fn join(args: JoinArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads the join file; every problem with it is a [`BadJoinFile`] (retrying cannot help).
 fn read_join_file(path: &Path) -> anyhow::Result<JoinFile> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |what: String| BadJoinFile(format!("{}: {what}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
     if meta.mode() & 0o077 != 0 {
-        bail!(
-            "{}: mode {:o} lets others read the join token; it must be 0600",
-            path.display(),
+        return Err(bad(format!(
+            "mode {:o} lets others read the join token; it must be 0600",
             meta.mode() & 0o777
-        );
+        ))
+        .into());
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    Ok(toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?)
 }
 
 pub fn token(args: TokenArgs) -> anyhow::Result<()> {

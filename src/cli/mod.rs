@@ -141,13 +141,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Exit codes: 1 a failure, 2 a usage error (clap's), 3 an invalid configuration;
+/// Exit codes: 1 a failure, 2 a usage error (clap's), 3 an invalid configuration,
+/// 4 a join that trying again cannot fix (bad token or join file, wrong CA, refused);
 /// `follow` exits with its container's status.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(exited) = error.downcast_ref::<follow::Exited>() {
         exited.code()
     } else if error.chain().any(|cause| cause.is::<ConfigError>()) {
         3
+    } else if crate::membership::join::refused_for_good(error) {
+        crate::membership::join::REFUSED_FOR_GOOD_EXIT
     } else {
         1
     }

@@ -321,6 +321,30 @@ pub enum RequestError {
     Local(String),
 }
 
+/// The exit code of a `milvus-fleet join` that trying again cannot fix: a garbled or
+/// missing token, a bad join file, a server with another CA, a refusal by the cluster.
+/// milvus-fleet-join.service lists it in `RestartPreventExitStatus=`, so such a join
+/// fails once with its reason instead of looping. An unreachable or busy cluster keeps
+/// exit code 1 (retried).
+pub const REFUSED_FOR_GOOD_EXIT: u8 = 4;
+
+/// A join file (what cloud-init writes) that cannot be used as it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadJoinFile(pub String);
+
+/// Whether `error` (from a join) is one that trying again cannot fix.
+pub fn refused_for_good(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.is::<BadJoinFile>()
+            || cause.is::<TokenError>()
+            || matches!(
+                cause.downcast_ref::<RequestError>(),
+                Some(RequestError::WrongCa { .. } | RequestError::Refused(_))
+            )
+    })
+}
+
 pub fn with_default_port(server: &str) -> String {
     let port = crate::config::model::DEFAULT_API_PORT;
     match server.rsplit_once(':') {
