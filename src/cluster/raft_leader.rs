@@ -16,9 +16,10 @@ use tracing::{info, warn};
 use super::election::Role;
 use super::{answering, ClusterError};
 
-/// How often the leader looks where etcd's raft leader is. Raft leadership only moves
-/// on an etcd election (a member restarted or lost), so this need not be quick.
-const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// How often the leader looks where etcd's raft leader is. Raft leadership moves only
+/// on an etcd election (a member restarted, lost, or added), and a look is two small
+/// reads.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// The first look after becoming the leader: soon, but after the election settled.
 const FIRST_CHECK: Duration = Duration::from_secs(1);
 /// Bound on every etcd call here: this is housekeeping, never worth a hang.

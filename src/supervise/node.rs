@@ -109,7 +109,6 @@ enum Operation {
         /// It may start the standalone server (so losing leadership aborts it).
         starts_standalone: bool,
     },
-    Restart(Component, JoinHandle<Result<(), SystemdError>>),
 }
 
 pub async fn run(mut inputs: Inputs) {
@@ -137,6 +136,7 @@ pub async fn run(mut inputs: Inputs) {
         systemd,
         watched: BTreeMap::new(),
         operation: None,
+        restart: None,
         render_needed: true,
         converge_needed: true,
         next_converge: Instant::now(),
@@ -158,7 +158,7 @@ pub async fn run(mut inputs: Inputs) {
                 let role = inputs.role.borrow().clone();
                 supervisor.track(&settings, &events_tx, &mut followed).await;
                 supervisor.finish_operation().await;
-                if supervisor.operation.is_none() {
+                if supervisor.operation.is_none() && supervisor.restart.is_none() {
                     supervisor.maybe_converge(&settings, &role).await;
                 }
                 supervisor.check_health(&settings, &probe_client).await;
@@ -187,6 +187,10 @@ struct Supervisor {
     systemd: Systemd,
     watched: BTreeMap<Component, Watched>,
     operation: Option<Operation>,
+    /// A wedged component's restart. Apart from `operation`: a converge can wait on the
+    /// wedged component itself (a server's stop that needs the frozen etcd), and the
+    /// restart must not wait for it.
+    restart: Option<(Component, JoinHandle<Result<(), SystemdError>>)>,
     render_needed: bool,
     converge_needed: bool,
     next_converge: Instant,
@@ -323,11 +327,25 @@ impl Supervisor {
         }
     }
 
-    /// Collects a finished operation's outcome.
+    /// Collects a finished operation's (and restart's) outcome.
     async fn finish_operation(&mut self) {
+        if self
+            .restart
+            .as_ref()
+            .is_some_and(|(_, task)| task.is_finished())
+        {
+            if let Some((component, task)) = self.restart.take() {
+                match task.await {
+                    Ok(Ok(())) => {
+                        info!(component = component.name(), "restarted and healthy again")
+                    }
+                    Ok(Err(e)) => error!(component = component.name(), "restart: {e}"),
+                    Err(e) => warn!("restart task: {e}"),
+                }
+            }
+        }
         let finished = match &self.operation {
             Some(Operation::Converge { task, .. }) => task.is_finished(),
-            Some(Operation::Restart(_, task)) => task.is_finished(),
             None => false,
         };
         if !finished {
@@ -348,11 +366,6 @@ impl Supervisor {
                     self.next_converge = Instant::now() + Duration::from_secs(10);
                 }
                 Err(e) => warn!("converge task: {e}"),
-            },
-            Some(Operation::Restart(component, task)) => match task.await {
-                Ok(Ok(())) => info!(component = component.name(), "restarted and healthy again"),
-                Ok(Err(e)) => error!(component = component.name(), "restart: {e}"),
-                Err(e) => warn!("restart task: {e}"),
             },
             None => {}
         }
@@ -591,7 +604,7 @@ impl Supervisor {
                 }
             };
             let since = *watched.failing_since.get_or_insert(now);
-            if now - since < wedged_after || self.operation.is_some() {
+            if now - since < wedged_after || self.restart.is_some() {
                 continue;
             }
             watched.restarts.retain(|t| now - *t < window);
@@ -628,7 +641,7 @@ impl Supervisor {
             );
             let systemd = self.systemd.clone();
             let unit = watched.unit.clone();
-            self.operation = Some(Operation::Restart(
+            self.restart = Some((
                 component,
                 tokio::spawn(async move {
                     systemd
