@@ -14,7 +14,7 @@ use support::dataplane::{
     client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_active,
     wait_until, write_credentials,
 };
-use support::{deb_path, Hosts};
+use support::{deb_path, secret_of, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
 
@@ -45,24 +45,7 @@ fn status(hosts: &Hosts, host: &str) -> serde_json::Value {
 
 /// The nodes a host's status lists, with whether each daemon is up.
 fn nodes_seen(hosts: &Hosts, host: &str) -> Vec<(String, String)> {
-    let out = hosts.sh(host, "milvus-fleet status --json");
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return vec![];
-    };
-    value["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n["name"].as_str().unwrap_or("").to_owned(),
-                        n["daemon"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    hosts.nodes_seen(host)
 }
 
 fn all_up(names: &[&str]) -> Vec<(String, String)> {
@@ -501,9 +484,4 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             );
         }
     }
-}
-
-/// The secret part of a token (`...-<id>.<secret>`).
-fn secret_of(token: &str) -> String {
-    token.trim().rsplit('.').next().unwrap().to_owned()
 }

@@ -100,6 +100,8 @@ compose_plugin() {
     echo "$dir/docker-compose"
 }
 compose=$(compose_plugin)
+# Left over by an interrupted build (the lock says none is running).
+rm -rf --one-file-system "$CACHE"/work-* "$CACHE"/image-*.tmp "$CACHE"/.rootfs-* "$CACHE"/.compose-*
 
 # Stage 1 key: everything that goes into the root file system.
 rootfs_key=$({
@@ -170,10 +172,12 @@ P
     read -r root_start root_sectors < <(sfdisk -d "$raw" | awk '/name="root"/{gsub(/[=,]/," "); for(i=1;i<=NF;i++){if($i=="start")s=$(i+1); if($i=="size")n=$(i+1)}; print s, n}')
     # No loop devices: both file systems are written at their offsets in the file.
     # The ESP must be real FAT32 for OVMF: one sector per cluster (-s 1).
-    mkfs.fat -F 32 -s 1 -n ESP --offset 4096 "$raw" $((260096 / 2)) >/dev/null
+    # (mkfs.fat warns that the file is bigger than the file system: that is the point.)
+    mkfs.fat -F 32 -s 1 -n ESP --offset 4096 "$raw" $((260096 / 2)) >"$work/mkfs.log" 2>&1 || { cat "$work/mkfs.log" >&2; die "mkfs.fat failed"; }
     mmd -i "$raw@@$((4096 * 512))" ::/EFI ::/EFI/BOOT
     # ext4 goes into a file of its own, then into place: e2fsprogs 1.47.0's `-d` with
     # `-E offset=` wrote a truncated file (the .deb) here.
+    truncate -s "$((root_sectors / 2))k" "$work/root.ext4"
     mkfs.ext4 -q -F -L fleetroot -U "$(printf '%s' "$final_key" | sha256sum | sed -E 's/^(.{8})(.{4})(.{4})(.{4})(.{12}).*/\1-\2-\3-\4-\5/')" \
         -d "$root" "$work/root.ext4" "$((root_sectors / 2))k"
     dd if="$work/root.ext4" of="$raw" bs=4M seek=$((root_start * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
@@ -203,6 +207,11 @@ P
     mv "$final.tmp" "$final"
 }
 [ -f "$image" ] || build_disk
+# The cache keeps the three newest images and two newest root file systems (~350 MB and
+# ~290 MB each); touching the ones in use marks them newest.
+touch "$final" "$rootfs"
+ls -1dt "$CACHE"/image-* | tail -n +4 | xargs -r rm -rf --one-file-system
+ls -1t "$CACHE"/rootfs-*.tar.zst | tail -n +3 | xargs -r rm -f
 
 if [ -n "${previous:-}" ]; then
     if ! diff -u "$previous" "$final/manifest.txt" >&2; then

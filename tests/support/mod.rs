@@ -67,6 +67,11 @@ pub fn run_ok(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The secret part of a join token (`...-<id>.<secret>`).
+pub fn secret_of(token: &str) -> String {
+    token.trim().rsplit('.').next().unwrap().to_owned()
+}
+
 /// A set of booted test hosts (tests/hosts/fleet-hosts); torn down when dropped, also
 /// when the test panics.
 pub struct Hosts {
@@ -192,6 +197,41 @@ impl Hosts {
     pub fn address(&self, name: &str) -> String {
         let index: usize = name.trim_start_matches('h').parse().unwrap();
         format!("{}.{}", self.subnet, 10 + index)
+    }
+
+    /// A tap device `name` on the hosts' bridge, in the switch namespace (`fleet-hosts
+    /// tap`): a VM run there with `-netdev tap,ifname=NAME` sits beside the hosts.
+    /// Removed with the hosts.
+    pub fn tap(&self, name: &str) {
+        let out = self.harness(&["tap", name]);
+        assert!(
+            out.status.success(),
+            "tap: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The nodes `milvus-fleet status` on `host` lists, with whether each daemon is up
+    /// (empty while it cannot answer).
+    pub fn nodes_seen(&self, host: &str) -> Vec<(String, String)> {
+        let out = self.sh(host, "milvus-fleet status --json");
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return vec![];
+        };
+        value["nodes"]
+            .as_array()
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .map(|n| {
+                        (
+                            n["name"].as_str().unwrap_or("").to_owned(),
+                            n["daemon"].as_str().unwrap_or("").to_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn reboot(&self, host: &str) {
