@@ -29,6 +29,15 @@ use super::ClusterError;
 /// member that froze or was cut off and never fire); at once when its keepalive stalls.
 const LEADER_RECHECK: Duration = Duration::from_secs(5);
 
+/// How reopening a keepalive stream went.
+enum Reopen {
+    Open,
+    /// No member answered in time; try again on the next tick.
+    Failed,
+    /// etcd answered that the lease has expired.
+    LeaseGone,
+}
+
 /// What this daemon is in the cluster right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
@@ -66,7 +75,12 @@ pub struct Election {
 /// How a leadership (or a lease) ended.
 enum End {
     Shutdown,
+    /// etcd said the lease is gone.
     LeaseLost,
+    /// The leader's own deadline passed unconfirmed: it stopped acting, but the lease may
+    /// still live (an etcd leader election stalls every keepalive for up to ~1 s, and the
+    /// new etcd leader extends the leases). It keeps the lease and campaigns again.
+    Lapsed,
     Fenced,
 }
 
@@ -127,7 +141,7 @@ impl Election {
         loop {
             match self.one_lease(&mut shutdown).await {
                 Ok(End::Shutdown) => return,
-                Ok(End::LeaseLost | End::Fenced) => {}
+                Ok(End::LeaseLost | End::Lapsed | End::Fenced) => {}
                 Err(e) => {
                     warn!("election: {e}; retrying");
                     self.role.send_replace(Role::Unknown);
@@ -187,7 +201,9 @@ impl Election {
             .await?;
         let (mut keeper, mut responses) = self.client.lease_keep_alive(lease_id).await?;
         // The lease is ours until this deadline; every answered keepalive moves it on.
-        // A leader past it stops acting without asking anyone.
+        // A leader past it stops acting without asking anyone. A follower only keeps its
+        // lease alive: the lease ends when etcd says so, never on a local guess (giving it
+        // up would drop this node's registration and raise a false peer-down alert).
         let mut deadline = Instant::now() + ttl;
         let mut keepalive = tokio::time::interval(ttl / 3);
 
@@ -204,9 +220,33 @@ impl Election {
                 .or_else([TxnOp::get(key.clone(), None)]);
             let response = self.client.txn(txn).await?;
             let revision = response.header().map_or(0, |h| h.revision());
-            if response.succeeded() {
-                let term = revision;
-                info!(message_id = LEADER_ELECTED, term, node = %self.node, "became the leader");
+            let seen = response.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                    (
+                        kv.value_str().unwrap_or("").to_owned(),
+                        kv.create_revision(),
+                        kv.lease(),
+                    )
+                }),
+                _ => None,
+            });
+            // The key is still bound to this lease after a lapse: no one else led in
+            // between, so this daemon leads on under the same term (fencing token), once
+            // a keepalive answered again (the deadline is ahead).
+            let own_key = seen
+                .as_ref()
+                .is_some_and(|(_, _, lease)| *lease == lease_id);
+            let resumed = seen
+                .as_ref()
+                .filter(|_| own_key && Instant::now() < deadline)
+                .map(|(_, term, _)| *term);
+            if response.succeeded() || resumed.is_some() {
+                let term = resumed.unwrap_or(revision);
+                if resumed.is_some() {
+                    info!(message_id = LEADER_ELECTED, term, node = %self.node, "the lease held: leading again under the same term");
+                } else {
+                    info!(message_id = LEADER_ELECTED, term, node = %self.node, "became the leader");
+                }
                 self.role.send_replace(Role::Leader { term });
                 let end = self
                     .lead(
@@ -222,6 +262,7 @@ impl Election {
                 let reason = match end {
                     End::Shutdown => "resigned",
                     End::LeaseLost => "lease lost",
+                    End::Lapsed => "lease unconfirmed",
                     End::Fenced => "fenced",
                 };
                 info!(
@@ -240,20 +281,15 @@ impl Election {
                         .and_then([TxnOp::delete(key.clone(), None)]);
                     let _ = self.client.txn(resign).await;
                 }
+                if let End::Lapsed = end {
+                    // Keep the lease; the next campaign finds out whether it held.
+                    continue;
+                }
                 break end;
             }
-            let seen = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
-                    (
-                        kv.value_str().unwrap_or("").to_owned(),
-                        kv.create_revision(),
-                    )
-                }),
-                _ => None,
-            });
-            let leader_term = seen.as_ref().map_or(0, |(_, term)| *term);
+            let leader_term = seen.as_ref().map_or(0, |(_, term, _)| *term);
             self.role.send_replace(Role::Follower {
-                leader: seen.map(|(name, _)| name),
+                leader: seen.map(|(name, _, _)| name),
             });
             // Follow: wait for the key to go (from the revision the campaign saw, so a
             // delete in between is not missed), keeping the lease alive meanwhile.
@@ -263,38 +299,51 @@ impl Election {
             // still accepts): keepalives unanswered for half the TTL reopen the stream
             // elsewhere, and the leader key is read again now and then.
             let mut answered = Instant::now();
+            let mut stream_broken = false;
             let mut recheck = tokio::time::interval(LEADER_RECHECK);
             recheck.reset();
             let campaign_again = loop {
                 tokio::select! {
                     message = events.message() => {
-                        let Some(message) = message? else { break false };
+                        // A broken or cancelled watch: campaign again (which reads the key
+                        // and watches anew), keeping the lease.
+                        let Ok(Some(message)) = message else { break true };
                         if message.canceled() {
-                            break false;
+                            break true;
                         }
                         if message.events().iter().any(|e| e.event_type() == EventType::Delete) {
                             break true;
                         }
                     }
                     _ = keepalive.tick() => {
-                        if Instant::now() > deadline {
-                            break false;
-                        }
-                        if answered.elapsed() > ttl / 2 {
-                            self.reopen_keepalive(&mut keeper, &mut responses, ttl).await;
+                        let stalled = answered.elapsed() > ttl / 2;
+                        if stream_broken || stalled || keeper.keep_alive().await.is_err() {
+                            match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
+                                Reopen::Open => stream_broken = false,
+                                Reopen::Failed => stream_broken = true,
+                                Reopen::LeaseGone => break false,
+                            }
                             // The watch may sit on the same silent member.
                             recheck.reset_immediately();
-                        } else {
-                            keeper.keep_alive().await?;
                         }
                     }
-                    message = responses.message() => {
-                        match message? {
-                            Some(r) if r.ttl() > 0 => {
+                    message = responses.message(), if !stream_broken => {
+                        match message {
+                            Ok(Some(r)) if r.ttl() > 0 => {
                                 answered = Instant::now();
                                 deadline = answered + ttl;
+                                // The key is this lease's (a lapsed leader's): it held, so
+                                // lead again.
+                                if own_key {
+                                    break true;
+                                }
                             }
-                            _ => break false,
+                            Ok(Some(_)) => break false,
+                            Ok(None) | Err(_) => match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
+                                Reopen::Open => stream_broken = false,
+                                Reopen::Failed => stream_broken = true,
+                                Reopen::LeaseGone => break false,
+                            },
                         }
                     }
                     _ = recheck.tick() => {
@@ -347,7 +396,7 @@ impl Election {
             tokio::select! {
                 _ = act.tick() => {
                     if Instant::now() > *deadline {
-                        return Ok(End::LeaseLost);
+                        return Ok(End::Lapsed);
                     }
                     // One write at a time, beside this loop and bounded: a write that
                     // sits on a silent member must hold up neither the keepalives nor
@@ -369,13 +418,17 @@ impl Election {
                 }
                 _ = keepalive.tick() => {
                     if Instant::now() > *deadline {
-                        return Ok(End::LeaseLost);
+                        return Ok(End::Lapsed);
                     }
                     // Unanswered for half the TTL: the stream sits on a member that
                     // stopped answering; open another.
                     let stalled = answered.elapsed() > ttl / 2;
                     if stream_broken || stalled || keeper.keep_alive().await.is_err() {
-                        stream_broken = !self.reopen_keepalive(keeper, responses, ttl).await;
+                        match self.reopen_keepalive(keeper, responses, ttl).await {
+                            Reopen::Open => stream_broken = false,
+                            Reopen::Failed => stream_broken = true,
+                            Reopen::LeaseGone => return Ok(End::LeaseLost),
+                        }
                     }
                 }
                 message = responses.message(), if !stream_broken => {
@@ -385,9 +438,11 @@ impl Election {
                             *deadline = answered + ttl;
                         }
                         Ok(Some(_)) => return Ok(End::LeaseLost),
-                        Ok(None) | Err(_) => {
-                            stream_broken = !self.reopen_keepalive(keeper, responses, ttl).await;
-                        }
+                        Ok(None) | Err(_) => match self.reopen_keepalive(keeper, responses, ttl).await {
+                            Reopen::Open => stream_broken = false,
+                            Reopen::Failed => stream_broken = true,
+                            Reopen::LeaseGone => return Ok(End::LeaseLost),
+                        },
                     }
                 }
                 _ = shutdown.changed() => return Ok(End::Shutdown),
@@ -395,14 +450,13 @@ impl Election {
         }
     }
 
-    /// Opens a new keepalive stream for the lease the current one was for; false when
-    /// etcd cannot be reached right now (the caller retries on its next tick).
+    /// Opens a new keepalive stream for the lease the current one was for.
     async fn reopen_keepalive(
         &mut self,
         keeper: &mut etcd_client::LeaseKeeper,
         responses: &mut etcd_client::LeaseKeepAliveStream,
         ttl: Duration,
-    ) -> bool {
+    ) -> Reopen {
         self.probe_endpoints.notify_one();
         let id = keeper.id();
         let clients = if self.per_member.is_empty() {
@@ -417,9 +471,13 @@ impl Election {
             .map(|mut client| Box::pin(async move { client.lease_keep_alive(id).await }));
         let opened =
             match tokio::time::timeout(ttl / 3, futures_util::future::select_ok(attempts)).await {
-                Ok(result) => result
-                    .map(|(streams, _)| streams)
-                    .map_err(|e| e.to_string()),
+                Ok(Ok((streams, _))) => Ok(streams),
+                // etcd's answer to a keepalive of an expired lease.
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
+                    warn!("lease keepalive: etcd says the lease is gone");
+                    return Reopen::LeaseGone;
+                }
+                Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {:?}", ttl / 3)),
             };
         match opened {
@@ -427,11 +485,15 @@ impl Election {
                 *keeper = new_keeper;
                 *responses = new_responses;
                 // Renew at once: the broken stream may have eaten the last answer.
-                keeper.keep_alive().await.is_ok()
+                if keeper.keep_alive().await.is_ok() {
+                    Reopen::Open
+                } else {
+                    Reopen::Failed
+                }
             }
             Err(e) => {
                 warn!("lease keepalive stream lost, reopening: {e}");
-                false
+                Reopen::Failed
             }
         }
     }
@@ -510,7 +572,7 @@ mod tests {
     async fn a_write_with_a_superseded_term_is_refused_by_etcd() {
         let (_etcd, mut client) = etcd().await;
         let state = tempfile::TempDir::new().unwrap();
-        let mut election = Election::new(
+        let election = Election::new(
             client.clone(),
             "/t/".into(),
             "a".into(),
