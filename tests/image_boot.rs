@@ -425,16 +425,21 @@ fn golden_image_boots_bios_and_uefi_and_joins_or_refuses_cleanly() {
             .to_owned()
     };
 
-    // (a) a good seed, SeaBIOS.
+    // (a) a good seed, SeaBIOS (MILVUS_FLEET_IMAGE_TEST_GOOD_UEFI=1: OVMF, to measure
+    // boot-to-READY under UEFI too).
+    let good_firmware = match std::env::var_os("MILVUS_FLEET_IMAGE_TEST_GOOD_UEFI") {
+        Some(_) => Firmware::Uefi,
+        None => Firmware::Bios,
+    };
     let good = snippet();
     let secret = secret_of(&token_of(&good));
     let dir = tempfile::tempdir().unwrap();
     let (vm1, mac1, address1) = ("vm1", "52:54:00:99:00:50", format!("{SUBNET}.50"));
     write_seed(dir.path(), &good, vm1, &address1, mac1);
     hosts.tap("mfi-tap1");
-    let mut vm = Vm::boot(&hosts, dir.path(), &image, Firmware::Bios, "mfi-tap1", mac1);
+    let mut vm = Vm::boot(&hosts, dir.path(), &image, good_firmware, "mfi-tap1", mac1);
     let report = vm.report(dir.path());
-    eprintln!("(a) BIOS, good seed:\n{}", report.text());
+    eprintln!("(a) {good_firmware:?}, good seed:\n{}", report.text());
     assert_eq!(
         report.get("JOIN"),
         "active success restarts=0",
@@ -466,7 +471,7 @@ fn golden_image_boots_bios_and_uefi_and_joins_or_refuses_cleanly() {
     );
     let ready_kernel = ready_us.parse::<f64>().unwrap() / 1e6;
     eprintln!(
-        "(a) READY {ready_kernel:.1} s after the kernel started; report seen {:.1} s after QEMU started",
+        "(a) {good_firmware:?}: READY {ready_kernel:.1} s after the kernel started; report seen {:.1} s after QEMU started",
         report.seen_at("DAEMON")
     );
     wait_until(
