@@ -348,6 +348,7 @@ fn main() {
         samples: vec![],
         note: String::new(),
     };
+    let mut stale_writes = 0;
     for _ in 0..if quick { 1 } else { 3 } {
         let old = leader_seen_by(compute[0]).expect("a leader before the cut");
         let observer = names[..STORAGE]
@@ -358,20 +359,64 @@ fn main() {
         let (_, old_term) = acting_on(observer).expect("an acting leader before the cut");
         hosts.cut(&old);
         let since = Instant::now();
+        let mut new_term = 0;
         wait_until(
             "a new leader acting after the cut",
             Duration::from_secs(60),
-            || acting_on(observer).is_some_and(|(node, term)| node != old && term > old_term),
+            || match acting_on(observer) {
+                Some((node, term)) if node != old && term > old_term => {
+                    new_term = term;
+                    true
+                }
+                _ => false,
+            },
         );
-        cut.samples.push(since.elapsed().as_secs_f64());
+        let took = since.elapsed();
+        cut.samples.push(took.as_secs_f64());
+        if took > Duration::from_millis(1500) {
+            // Over the goal: show what the new leader's daemon saw meanwhile.
+            let new_leader = acting_on(observer)
+                .map(|(node, _)| node)
+                .unwrap_or_default();
+            eprintln!(
+                "cut of {old}: {took:?}; {new_leader}'s daemon meanwhile:\n{}",
+                hosts.sh_ok(
+                    &new_leader,
+                    &format!(
+                        "journalctl -q -o short-precise --since=-{}s -u milvus-fleet | tail -30",
+                        took.as_secs() + 3
+                    )
+                )
+            );
+        }
         hosts.heal(&old);
         wait_until(
             "the cut-off host back as a follower",
             Duration::from_secs(60),
             || status_of(&old)["role"] == "follower",
         );
+        // Every acting record etcd accepted since the new term began: none may carry the
+        // old leader's term, before or after the heal.
+        let history = hosts.sh_ok(
+            observer,
+            &format!(
+                "docker exec mf-etcd timeout 3 etcdctl watch --rev={new_term} /milvus-fleet/bench/leader-acting 2>/dev/null || true"
+            ),
+        );
+        // The new leader's own records are there: the read worked.
+        assert!(
+            history
+                .lines()
+                .any(|l| l.trim().ends_with(&format!(" {new_term}"))),
+            "no acting history read from {observer}: {history:?}"
+        );
+        let old_record = format!("{old} {old_term}");
+        stale_writes += history.lines().filter(|l| l.trim() == old_record).count();
     }
-    cut.note = "the acting record read from a surviving etcd member every ~0.1 s; lease 1 s".into();
+    cut.note = format!(
+        "the acting record read from a surviving etcd member every ~0.1 s; lease 1 s; \
+         writes of the cut-off leader's term accepted after the new term began: {stale_writes}"
+    );
 
     let rebooted_host = compute.last().unwrap().as_str();
     let lb_run = |host: &str| hosts.systemctl(host, "show -P InvocationID milvus-fleet-lb");
@@ -428,6 +473,15 @@ fn main() {
         note: String::new(),
     };
     std::thread::sleep(Duration::from_secs(5));
+    if alerts(&leader) - before != 1 {
+        eprintln!(
+            "alerts on the leader {leader} after {victim} was killed:\n{}",
+            hosts.sh_ok(
+                &leader,
+                "journalctl -q -o short-precise --since=-20s -u milvus-fleet | tail -40"
+            )
+        );
+    }
     member_lost.note = format!(
         "{victim}; {} alert(s) on the leader, its term {}",
         alerts(&leader) - before,
