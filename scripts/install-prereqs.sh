@@ -28,18 +28,12 @@ command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
 command -v cargo-generate-rpm >/dev/null || cargo install --locked cargo-generate-rpm@0.21.1
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
-# The VM golden image (packaging/image/build.sh) and its boot test (tests/image_boot.rs):
-# disk assembly without loop devices (fdisk's sfdisk, dosfstools, mtools), the NoCloud
-# seed (cloud-image-utils, genisoimage), UEFI firmware (ovmf).
-image_tools=()
-for p in fdisk dosfstools mtools cloud-image-utils genisoimage ovmf e2fsprogs; do
-    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || image_tools+=("$p")
-done
-[ ${#image_tools[@]} -eq 0 ] || apt-get install -y -q --no-install-recommends "${image_tools[@]}" >/dev/null
-# QEMU itself: this machine's qemu-utils comes from bookworm-backports, and bookworm's
-# qemu-system 7.2 conflicts with it, so the emulator comes from backports too. Through a
-# private apt configuration naming only these packages: `-t bookworm-backports` for the
-# whole install (or adding backports to /etc/apt) would upgrade the host's systemd.
+# QEMU for the VM golden image (packaging/image/build.sh) and its boot test
+# (tests/image_boot.rs): the build machine's qemu-utils comes from bookworm-backports, and
+# bookworm's qemu-system 7.2 conflicts with it, so QEMU comes from backports as a whole
+# (first, so that cloud-image-utils below finds qemu-utils there). Through a private apt
+# configuration naming only these packages: `-t bookworm-backports` for the whole install
+# (or adding backports to /etc/apt) would upgrade the host's systemd.
 if ! command -v qemu-system-x86_64 >/dev/null; then
     bpo=/var/cache/milvus-fleet-apt-bpo
     mirror=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
@@ -53,6 +47,14 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
         -o "Dir::State::lists=$bpo/lists" -o "Dir::Cache::archives=$bpo/archives")
     apt-get "${apt_bpo[@]}" update -q >/dev/null
     apt-get "${apt_bpo[@]}" install -y -q --no-install-recommends \
-        qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports \
+        qemu-utils/bookworm-backports qemu-system-x86/bookworm-backports qemu-system-common/bookworm-backports \
         qemu-system-data/bookworm-backports seabios/bookworm-backports >/dev/null
 fi
+
+# The image's other tools: disk assembly without loop devices (fdisk's sfdisk, dosfstools,
+# mtools), the NoCloud seed (cloud-image-utils, genisoimage), UEFI firmware (ovmf).
+image_tools=()
+for p in fdisk dosfstools mtools cloud-image-utils genisoimage ovmf e2fsprogs; do
+    dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed' || image_tools+=("$p")
+done
+[ ${#image_tools[@]} -eq 0 ] || apt-get install -y -q --no-install-recommends "${image_tools[@]}" >/dev/null
