@@ -359,13 +359,13 @@ fn main() {
         let (_, old_term) = acting_on(observer).expect("an acting leader before the cut");
         hosts.cut(&old);
         let since = Instant::now();
-        let mut new_term = 0;
+        let (mut new_leader, mut new_term) = (String::new(), 0);
         wait_until(
             "a new leader acting after the cut",
             Duration::from_secs(60),
             || match acting_on(observer) {
                 Some((node, term)) if node != old && term > old_term => {
-                    new_term = term;
+                    (new_leader, new_term) = (node, term);
                     true
                 }
                 _ => false,
@@ -375,9 +375,6 @@ fn main() {
         cut.samples.push(took.as_secs_f64());
         if took > Duration::from_millis(1500) {
             // Over the goal: show what the new leader's daemon saw meanwhile.
-            let new_leader = acting_on(observer)
-                .map(|(node, _)| node)
-                .unwrap_or_default();
             eprintln!(
                 "cut of {old}: {took:?}; {new_leader}'s daemon meanwhile:\n{}",
                 hosts.sh_ok(

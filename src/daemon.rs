@@ -54,6 +54,10 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Default::default());
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(node_names(&settings));
+    // The etcd members change as storage nodes join and leave: the long-lived clients
+    // follow this list rather than the one they started with.
+    let (etcd_urls_tx, etcd_urls_rx) =
+        tokio::sync::watch::channel(settings.config.etcd_client_urls());
     let (config_changed_tx, mut config_changed) = tokio::sync::mpsc::channel::<()>(4);
     let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let channels = ClusterChannels {
@@ -63,6 +67,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         revoked: revoked_tx,
         config_changed: config_changed_tx,
         nodes: nodes_rx.clone(),
+        etcd_urls: etcd_urls_rx,
         metrics: metrics.clone(),
     };
     let mut cluster = ClusterLoops::default();
@@ -134,6 +139,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
             }
@@ -142,6 +148,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
             }
@@ -174,10 +181,11 @@ async fn campaign(
         revoked,
         config_changed,
         nodes,
+        etcd_urls,
         metrics,
     } = channels;
     let config = &settings.config;
-    let urls = config.etcd_client_urls();
+    let urls = etcd_urls.borrow().clone();
     let (client, connected) = loop {
         match crate::cluster::connect_live(&urls).await {
             Ok(connected) => break connected,
@@ -198,13 +206,7 @@ async fn campaign(
         config.daemon.lease_ttl_secs,
         &state_dir(),
     );
-    let election = match crate::cluster::connect_each(&urls).await {
-        Ok(clients) => election.with_member_clients(clients),
-        Err(e) => {
-            warn!("no client per etcd member ({e}): a stalled keepalive is reopened through the shared one");
-            election
-        }
-    };
+    let election = election.with_member_urls(etcd_urls.clone());
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
     jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(
@@ -257,7 +259,7 @@ async fn campaign(
     tokio::select! {
         _ = election.run(stop) => {}
         _ = raft_leader => {}
-        _ = crate::cluster::keep_endpoints_live(client.clone(), urls, connected, probe_now) => {}
+        _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now) => {}
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}
@@ -340,6 +342,7 @@ struct ClusterChannels {
     revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
     config_changed: tokio::sync::mpsc::Sender<()>,
     nodes: tokio::sync::watch::Receiver<Vec<String>>,
+    etcd_urls: tokio::sync::watch::Receiver<Vec<String>>,
     metrics: std::sync::Arc<crate::api::Metrics>,
 }
 
@@ -455,7 +458,7 @@ fn reload(paths: &ConfigPaths, settings: &mut Settings, role: &Role) {
     }
 }
 
-fn replace_if_changed(current: &mut Settings, new: &Settings) -> bool {
+fn replace_if_changed<T: PartialEq + Clone>(current: &mut T, new: &T) -> bool {
     if current == new {
         return false;
     }

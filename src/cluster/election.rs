@@ -65,11 +65,14 @@ pub struct Election {
     /// Told when a keepalive stalls, so that the endpoint prober takes a frozen member
     /// out of the client's channel now rather than on its next round.
     probe_endpoints: std::sync::Arc<tokio::sync::Notify>,
-    /// One client per etcd member. A stalled keepalive stream is reopened on all of them
-    /// at once and the first that answers wins: the balanced client could hand the new
-    /// stream to the same silent member, and at a 1 s lease there is no time for a
-    /// second try.
-    per_member: Vec<Client>,
+    /// The etcd members' client URLs, as the cluster changes. A stalled keepalive stream
+    /// is reopened on every member at once and the first that answers wins: the balanced
+    /// client could hand the new stream to the same silent member, and at a 1 s lease
+    /// there is no time for a second try.
+    member_urls: Option<watch::Receiver<Vec<String>>>,
+    /// The one-member client the current keepalive stream runs on, when it was reopened
+    /// that way (the stream lives as long as its client).
+    keepalive_client: Option<Client>,
 }
 
 /// How a leadership (or a lease) ended.
@@ -103,14 +106,15 @@ impl Election {
             lease_file: state_dir.join("leader-lease"),
             role,
             probe_endpoints: Default::default(),
-            per_member: Vec::new(),
+            member_urls: None,
+            keepalive_client: None,
         }
     }
 
-    /// Clients of one etcd member each, for reopening a stalled keepalive stream (see
-    /// `per_member`); without them the stream is reopened through the balanced client.
-    pub fn with_member_clients(mut self, clients: Vec<Client>) -> Self {
-        self.per_member = clients;
+    /// The etcd members to reopen a stalled keepalive stream on (see `member_urls`);
+    /// without them the stream is reopened through the balanced client.
+    pub fn with_member_urls(mut self, urls: watch::Receiver<Vec<String>>) -> Self {
+        self.member_urls = Some(urls);
         self
     }
 
@@ -459,19 +463,34 @@ impl Election {
     ) -> Reopen {
         self.probe_endpoints.notify_one();
         let id = keeper.id();
-        let clients = if self.per_member.is_empty() {
-            vec![self.client.clone()]
-        } else {
-            self.per_member.clone()
-        };
+        let urls = self
+            .member_urls
+            .as_ref()
+            .map(|urls| urls.borrow().clone())
+            .unwrap_or_default();
+        let mut clients = Vec::with_capacity(urls.len());
+        for url in &urls {
+            if let Ok(client) = super::connect_one(url).await {
+                clients.push(client);
+            }
+        }
+        if clients.is_empty() {
+            clients.push(self.client.clone());
+        }
         // Opening a stream waits for the member's first answer; every member is asked at
         // once, the first answer wins, and the whole is bounded like every call here.
-        let attempts = clients
-            .into_iter()
-            .map(|mut client| Box::pin(async move { client.lease_keep_alive(id).await }));
+        let attempts = clients.into_iter().map(|mut client| {
+            Box::pin(async move {
+                let streams = client.lease_keep_alive(id).await?;
+                Ok::<_, etcd_client::Error>((client, streams))
+            })
+        });
         let opened =
             match tokio::time::timeout(ttl / 3, futures_util::future::select_ok(attempts)).await {
-                Ok(Ok((streams, _))) => Ok(streams),
+                Ok(Ok(((client, streams), _))) => {
+                    self.keepalive_client = Some(client);
+                    Ok(streams)
+                }
                 // etcd's answer to a keepalive of an expired lease.
                 Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
                     warn!("lease keepalive: etcd says the lease is gone");

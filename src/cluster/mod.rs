@@ -60,13 +60,9 @@ fn connect_options() -> ConnectOptions {
         .with_connect_timeout(Duration::from_secs(2))
 }
 
-/// One client per URL (connected lazily), each bound to its own etcd member.
-pub async fn connect_each(urls: &[String]) -> Result<Vec<Client>, ClusterError> {
-    let mut clients = Vec::with_capacity(urls.len());
-    for url in urls {
-        clients.push(Client::connect([url], Some(connect_options())).await?);
-    }
-    Ok(clients)
+/// A client of the one etcd member at `url` (it connects on first use).
+pub async fn connect_one(url: &str) -> Result<Client, ClusterError> {
+    Ok(Client::connect([url], Some(connect_options())).await?)
 }
 
 /// How long an endpoint may take to answer before it counts as gone.
@@ -110,11 +106,12 @@ async fn answering(urls: &[String]) -> Vec<String> {
 
 /// Runs beside a long-lived client (the daemon's): every 2 s, and at once when
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
-/// out of its balanced channel and puts back those that answer again. The last
-/// answering endpoints are never taken out.
+/// (or left `urls`, the cluster's members as they change) out of its balanced channel
+/// and puts in those that answer (again). The last answering endpoints are never taken
+/// out.
 pub async fn keep_endpoints_live(
     client: Client,
-    urls: Vec<String>,
+    urls: tokio::sync::watch::Receiver<Vec<String>>,
     connected: Vec<String>,
     probe_now: std::sync::Arc<tokio::sync::Notify>,
 ) {
@@ -128,11 +125,14 @@ pub async fn keep_endpoints_live(
             _ = tick.tick() => {}
             _ = probe_now.notified() => tick.reset(),
         }
-        let live: std::collections::BTreeSet<String> = answering(&urls).await.into_iter().collect();
+        let current = urls.borrow().clone();
+        let live: std::collections::BTreeSet<String> =
+            answering(&current).await.into_iter().collect();
         if live.is_empty() {
             continue;
         }
-        for url in &urls {
+        let known: Vec<String> = current.iter().chain(included.iter()).cloned().collect();
+        for url in &known {
             let wanted = live.contains(url);
             if wanted == included.contains(url) {
                 continue;
@@ -147,7 +147,7 @@ pub async fn keep_endpoints_live(
                     tracing::info!(
                         endpoint = %url,
                         "etcd endpoint {url} {}",
-                        if wanted { "answers again: back in use" } else { "does not answer: out of use" }
+                        if wanted { "answers: in use" } else { "does not answer, or left the cluster: out of use" }
                     );
                     if wanted {
                         included.insert(url.clone());
