@@ -3,7 +3,8 @@
 //! A daemon's registration `<prefix>members/<node>` lives on its lease: a killed, frozen
 //! or cut-off daemon's key goes when the lease expires (the lease TTL, plus etcd's 0.5 s
 //! expiry scan). The leader follows `members/` with a watch and compares it with the
-//! configured nodes. The alert state is kept in etcd (`<prefix>alerts/peers/<node>`:
+//! configured nodes; a registration gone for a second is a peer down (a daemon whose
+//! lease lapsed registers again at once, and that blip raises nothing). The alert state is kept in etcd (`<prefix>alerts/peers/<node>`:
 //! `up` once the node was seen registered, `down` once its loss was raised), written in
 //! transactions guarded by the leader's term: an alert is raised only by the write that
 //! records it, so a new leader neither repeats an alert its predecessor raised
@@ -12,19 +13,25 @@
 //! Each alert is a journal entry with a stable MESSAGE_ID, a Prometheus counter, and,
 //! when `daemon.alert_webhook` is set, a JSON POST sent (and retried) beside the loop.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::Metrics;
 use crate::cluster::election::Role;
 use crate::cluster::messages::{PEER_DOWN, PEER_RECOVERED};
 use crate::cluster::{read_prefix, ClusterError};
+
+/// How long a registration must stay gone before it is an event. A daemon whose lease
+/// lapsed (a loaded host, an etcd leader election) registers again within milliseconds;
+/// that blip is not a peer going down, and alerting on it would page for nothing.
+const DOWN_AFTER: Duration = Duration::from_secs(1);
 
 /// What the peer watcher needs.
 pub struct PeerWatch {
@@ -64,16 +71,21 @@ async fn lead(watch: &mut PeerWatch, term: i64) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
+        let mut absent_since = BTreeMap::new();
         loop {
-            if let Err(e) = evaluate(watch, term).await {
-                warn!("checking the peers: {e}");
-                break;
-            }
+            let recheck = match evaluate(watch, term, &mut absent_since).await {
+                Ok(recheck) => recheck,
+                Err(e) => {
+                    warn!("checking the peers: {e}");
+                    break;
+                }
+            };
             // A node added or removed is no members/ event but a `nodes` change; the slow
             // timer only backs up a watch that went quiet on a member cut off from the rest.
             tokio::select! {
                 event = events.message() => if !matches!(event, Ok(Some(_))) { break },
                 _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep_until(recheck.unwrap_or_else(Instant::now)), if recheck.is_some() => {}
                 _ = watch.nodes.changed() => {}
             }
         }
@@ -82,8 +94,15 @@ async fn lead(watch: &mut PeerWatch, term: i64) {
 }
 
 /// Compares live registrations with the configured nodes and records (and raises) each
-/// transition once.
-async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), ClusterError> {
+/// transition once. Returns when to look again for a registration that is gone but not
+/// yet for [`DOWN_AFTER`].
+async fn evaluate(
+    watch: &mut PeerWatch,
+    term: i64,
+    absent_since: &mut BTreeMap<String, Instant>,
+) -> Result<Option<Instant>, ClusterError> {
+    let now = Instant::now();
+    let mut recheck: Option<Instant> = None;
     let up = read_prefix(&mut watch.client, &format!("{}members/", watch.prefix)).await?;
     let alerts_prefix = format!("{}alerts/peers/", watch.prefix);
     let down = read_prefix(&mut watch.client, &alerts_prefix).await?;
@@ -92,6 +111,16 @@ async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), ClusterError> 
     for node in &configured {
         let key = format!("{alerts_prefix}{node}");
         let registered = up.contains_key(node);
+        if registered {
+            absent_since.remove(node);
+        } else if down.get(node).map(String::as_str) == Some("up") && *node != watch.me {
+            let since = *absent_since.entry(node.clone()).or_insert(now);
+            if now - since < DOWN_AFTER {
+                let at = since + DOWN_AFTER;
+                recheck = Some(recheck.map_or(at, |r| r.min(at)));
+                continue;
+            }
+        }
         // "up" once seen registered, "down" once alerted; a node never seen (its daemon
         // not started yet, say while it joins) raises nothing.
         let (value, event) = match (registered, down.get(node).map(String::as_str)) {
@@ -105,7 +134,7 @@ async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), ClusterError> 
             .and_then([TxnOp::put(key, value, None)]);
         if !watch.client.txn(txn).await?.succeeded() {
             // No longer the leader of `term`: the next leader takes over.
-            return Ok(());
+            return Ok(None);
         }
         if let Some(event) = event {
             raise(watch, node, event, term);
@@ -126,7 +155,7 @@ async fn evaluate(watch: &mut PeerWatch, term: i64) -> Result<(), ClusterError> 
         .metrics
         .peers_down
         .store(still_down as u64, Ordering::Relaxed);
-    Ok(())
+    Ok(recheck)
 }
 
 #[derive(Debug, Clone, Copy)]
