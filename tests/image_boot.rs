@@ -117,8 +117,8 @@ impl Vm {
     }
 
     /// Waits for the report's end marker; returns the report's lines (without `MFI-`) and
-    /// the seconds from QEMU's start to each marker's first sight.
-    fn report(&mut self, dir: &Path) -> Report {
+    /// the seconds from QEMU's start to each marker's first sight, or why there is none.
+    fn report(&mut self, dir: &Path) -> Result<Report, String> {
         let mut seen: Vec<(String, f64)> = Vec::new();
         loop {
             let text = fs::read(&self.serial)
@@ -133,21 +133,21 @@ impl Vm {
                 seen.push((line.clone(), now));
             }
             if lines.iter().any(|l| l == "END") {
-                return Report { lines: seen };
+                return Ok(Report { lines: seen });
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "QEMU ended ({status}) before the report; {}:\n{}\nqemu: {}",
-                    self.serial.display(),
+                return Err(format!(
+                    "QEMU ended ({status}) before the report; serial console:\n{}\nqemu: {}",
                     tail(&text, 60),
                     fs::read_to_string(dir.join("qemu.log")).unwrap_or_default()
-                );
+                ));
             }
-            assert!(
-                self.started.elapsed() < BOOT_TIMEOUT,
-                "no report within {BOOT_TIMEOUT:?}; serial console:\n{}",
-                tail(&text, 80)
-            );
+            if self.started.elapsed() >= BOOT_TIMEOUT {
+                return Err(format!(
+                    "no report within {BOOT_TIMEOUT:?}; serial console:\n{}",
+                    tail(&text, 80)
+                ));
+            }
             std::thread::sleep(Duration::from_millis(500));
         }
     }
@@ -276,6 +276,58 @@ fn write_seed(dir: &Path, snippet: &str, name: &str, address: &str, mac: &str) {
         ],
     );
     fs::set_permissions(&seed, fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Boots VM number `n` (name vm`n`, address .`49+n` on the bridge, its own tap and MAC)
+/// from the image with a seed made of `snippet`, and waits for its report. The VM keeps
+/// running until the returned [`Vm`] is dropped; the directory holds its seed and overlay.
+fn boot_vm(
+    hosts: &Hosts,
+    image: &Path,
+    n: u8,
+    snippet: &str,
+    firmware: Firmware,
+) -> (Vm, Report, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, tap) = (format!("vm{n}"), format!("mfi-tap{n}"));
+    let mac = format!("52:54:00:99:00:{}", 49 + n);
+    write_seed(
+        dir.path(),
+        snippet,
+        &name,
+        &format!("{SUBNET}.{}", 49 + n),
+        &mac,
+    );
+    hosts.tap(&tap);
+    // A TCG guest on a loaded 2-core machine has been seen (once in six boots) to lose a
+    // virtio-blk completion and hang early in boot (RCU stalls, no report). Such a hang
+    // is retried once on a fresh overlay, its console kept under target/image-boot/; a
+    // report that came but says the wrong thing is never retried.
+    let mut failures = Vec::new();
+    for attempt in 1..=2 {
+        let mut vm = Vm::boot(hosts, dir.path(), image, firmware, &tap, &mac);
+        match vm.report(dir.path()) {
+            Ok(report) => return (vm, report, dir),
+            Err(why) => {
+                drop(vm);
+                let kept = repo().join(format!("target/image-boot/{name}-attempt{attempt}.log"));
+                fs::create_dir_all(kept.parent().unwrap()).unwrap();
+                let _ = fs::copy(dir.path().join("serial.log"), &kept);
+                eprintln!(
+                    "{name} ({firmware:?}) attempt {attempt}: {} (console kept in {})",
+                    why.lines().next().unwrap_or(""),
+                    kept.display()
+                );
+                let _ = fs::remove_file(dir.path().join("disk.qcow2"));
+                let _ = fs::remove_file(dir.path().join("serial.log"));
+                failures.push(why);
+            }
+        }
+    }
+    panic!(
+        "{name} ({firmware:?}) gave no report in two boots:\n{}",
+        failures.join("\n---\n")
+    );
 }
 
 /// The image, from the build command (cached by its inputs).
@@ -433,12 +485,8 @@ fn golden_image_boots_bios_and_uefi_and_joins_or_refuses_cleanly() {
     };
     let good = snippet();
     let secret = secret_of(&token_of(&good));
-    let dir = tempfile::tempdir().unwrap();
-    let (vm1, mac1, address1) = ("vm1", "52:54:00:99:00:50", format!("{SUBNET}.50"));
-    write_seed(dir.path(), &good, vm1, &address1, mac1);
-    hosts.tap("mfi-tap1");
-    let mut vm = Vm::boot(&hosts, dir.path(), &image, good_firmware, "mfi-tap1", mac1);
-    let report = vm.report(dir.path());
+    let vm1 = "vm1";
+    let (vm, report, _dir) = boot_vm(&hosts, &image, 1, &good, good_firmware);
     eprintln!("(a) {good_firmware:?}, good seed:\n{}", report.text());
     assert_eq!(
         report.get("JOIN"),
@@ -495,12 +543,7 @@ fn golden_image_boots_bios_and_uefi_and_joins_or_refuses_cleanly() {
         .split_once('-')
         .unwrap();
     let wrong_pin = snippet_b.replace(&token_b, &format!("MFT1-{}-{rest}", "ab".repeat(32)));
-    let dir = tempfile::tempdir().unwrap();
-    let (vm2, mac2) = ("vm2", "52:54:00:99:00:51");
-    write_seed(dir.path(), &wrong_pin, vm2, &format!("{SUBNET}.51"), mac2);
-    hosts.tap("mfi-tap2");
-    let mut vm = Vm::boot(&hosts, dir.path(), &image, Firmware::Uefi, "mfi-tap2", mac2);
-    let report = vm.report(dir.path());
+    let (vm, report, _dir) = boot_vm(&hosts, &image, 2, &wrong_pin, Firmware::Uefi);
     eprintln!("(b) UEFI, wrong CA pin:\n{}", report.text());
     assert_refused(&report, &["but the token pins", "nothing was sent"]);
     assert_eq!(report.get("CLOUDINIT"), "status: done");
@@ -512,12 +555,7 @@ fn golden_image_boots_bios_and_uefi_and_joins_or_refuses_cleanly() {
         .filter(|l| !l.trim().starts_with("token = "))
         .map(|l| format!("{l}\n"))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (vm3, mac3) = ("vm3", "52:54:00:99:00:52");
-    write_seed(dir.path(), &no_token, vm3, &format!("{SUBNET}.52"), mac3);
-    hosts.tap("mfi-tap3");
-    let mut vm = Vm::boot(&hosts, dir.path(), &image, Firmware::Bios, "mfi-tap3", mac3);
-    let report = vm.report(dir.path());
+    let (vm, report, _dir) = boot_vm(&hosts, &image, 3, &no_token, Firmware::Bios);
     eprintln!("(c) BIOS, no token:\n{}", report.text());
     assert_refused(&report, &["has no join token", "nothing was sent"]);
     drop(vm);
