@@ -606,7 +606,9 @@ async fn zombie_writes(client: &mut Client, daemons: &mut [Daemon], repeats: usi
             let log = by_name(daemons, &zombie).log();
             (
                 log.matches("no longer leads").count(),
-                log.matches("reason=\"lease lost\"").count(),
+                // Its own deadline passed ("lease unconfirmed"), or etcd said so.
+                log.matches("reason=\"lease unconfirmed\"").count()
+                    + log.matches("reason=\"lease lost\"").count(),
             )
         };
         let (fenced_before, lapsed_before) = outcomes(daemons);

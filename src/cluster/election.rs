@@ -292,9 +292,13 @@ impl Election {
                 break end;
             }
             let leader_term = seen.as_ref().map_or(0, |(_, term, _)| *term);
-            self.role.send_replace(Role::Follower {
+            let following = Role::Follower {
                 leader: seen.map(|(name, _, _)| name),
-            });
+            };
+            self.role.send_replace(following.clone());
+            // Past the deadline with no answer, this daemon cannot tell who leads: it says
+            // so (Unknown) until etcd answers again, rather than name a stale leader.
+            let mut unsure = false;
             // Follow: wait for the key to go (from the revision the campaign saw, so a
             // delete in between is not missed), keeping the lease alive meanwhile.
             let options = WatchOptions::new().with_start_revision(revision + 1);
@@ -320,6 +324,10 @@ impl Election {
                         }
                     }
                     _ = keepalive.tick() => {
+                        if !unsure && Instant::now() > deadline {
+                            unsure = true;
+                            self.role.send_replace(Role::Unknown);
+                        }
                         let stalled = answered.elapsed() > ttl / 2;
                         if stream_broken || stalled || keeper.keep_alive().await.is_err() {
                             match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
@@ -340,6 +348,10 @@ impl Election {
                                 // lead again.
                                 if own_key {
                                     break true;
+                                }
+                                if unsure {
+                                    unsure = false;
+                                    self.role.send_replace(following.clone());
                                 }
                             }
                             Ok(Some(_)) => break false,
