@@ -99,9 +99,10 @@ impl Row {
         };
         let n = self.samples.len();
         let unit = self.unit;
-        // Small values keep two decimals, so 0.13 % is not shown as a goal-meeting 0.1 %.
+        // Small values keep two decimals, so 0.13 % is not shown as a goal-meeting 0.1 %
+        // (nor 1.51 s as 1.5 s).
         let show = |v: f64| {
-            if v < 1.0 {
+            if v < 10.0 {
                 format!("{v:.2}")
             } else {
                 format!("{v:.1}")
