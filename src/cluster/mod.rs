@@ -104,7 +104,7 @@ async fn answering(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Runs beside a long-lived client (the daemon's): every 2 s, and at once when
+/// Runs beside a long-lived client (the daemon's): every second, and at once when
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
 /// (or left `urls`, the cluster's members as they change) out of its balanced channel
 /// and puts in those that answer (again). The last answering endpoints are never taken
@@ -116,9 +116,9 @@ pub async fn keep_endpoints_live(
     probe_now: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
-    // Not quicker: each round is a connection per member, and the time-critical case (a
-    // keepalive stream on a silent member) asks for a round at once.
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // Every second: until a dead member is out, requests the channel routes to it fail
+    // (an operator's command right after a member died would get a transport error).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
