@@ -105,8 +105,21 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
 /// Polls the job and prints each new log line; the job's record is the progress.
 pub(super) fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
     let mut printed = 0;
+    let mut unavailable = 0;
     loop {
-        let answer = request(socket, "GET", &format!("/v1/jobs/{id}"), None)?;
+        // The job runs in the leader whatever happens to this view of it: an etcd member
+        // going away under the daemon (a node removal stops one) is a passing 503, so
+        // keep polling for a while.
+        let answer = match request(socket, "GET", &format!("/v1/jobs/{id}"), None) {
+            Ok(answer) => answer,
+            Err(e) if e.to_string().ends_with("(HTTP 503)") && unavailable < 40 => {
+                unavailable += 1;
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        unavailable = 0;
         let job: Job = serde_json::from_str(&answer).context("the daemon's answer")?;
         for line in job.log.iter().skip(printed) {
             println!("{line}");
