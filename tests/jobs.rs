@@ -90,7 +90,7 @@ async fn effects(client: &mut Client, id: &str) -> Vec<(String, i64)> {
 #[ignore = "needs etcd-server: scripts/test-all.sh runs it"]
 async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step() {
     let dir = TempDir::new().unwrap();
-    let etcd = Etcd::start(dir.path());
+    let mut etcd = Etcd::start(dir.path());
     let mut client = client(&etcd).await;
     let mut daemons = daemons(dir.path(), &etcd);
     let socket = daemons[0].runtime.join("api.sock");
@@ -204,6 +204,44 @@ async fn jobs_survive_their_leader_are_locked_per_resource_and_cancel_at_a_step(
         2,
         "only the two accepted jobs exist"
     );
+
+    // An etcd member (not raft's leader) is stopped: the commands an operator runs right
+    // after it still work, although the daemon learns of it only at its next probe.
+    let mut follower = None;
+    for (index, url) in etcd.endpoints.iter().enumerate() {
+        let mut one = Client::connect([url], None).await.unwrap();
+        let status = one.status().await.unwrap();
+        if status.leader() != status.header().unwrap().member_id() {
+            follower = Some(index);
+        }
+    }
+    etcd.stop(follower.expect("two of three members follow raft's leader"));
+    for round in 0..10 {
+        let listed = cli(&socket, &["job", "list"]);
+        assert!(
+            listed.status.success(),
+            "job list {round} after the member stopped: {}",
+            String::from_utf8_lossy(&listed.stderr)
+        );
+        let resource = format!("after-crash-{round}");
+        let submitted = cli(
+            &socket,
+            &[
+                "job",
+                "submit",
+                "drill",
+                "--steps",
+                "1",
+                "--resource",
+                &resource,
+            ],
+        );
+        assert!(
+            submitted.status.success(),
+            "job submit {round} after the member stopped: {}",
+            String::from_utf8_lossy(&submitted.stderr)
+        );
+    }
     drop(daemons);
     drop(etcd);
 }

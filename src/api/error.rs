@@ -6,6 +6,7 @@ use axum::Json;
 
 use crate::cluster::jobs::JobError;
 use crate::membership::join::JoinError;
+use crate::membership::remove::RemoveError;
 use crate::membership::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +60,16 @@ impl From<StoreError> for ApiError {
             StoreError::NoToken(_) => ApiError::NotFound(e.to_string()),
             StoreError::NoConfig => ApiError::NoCluster,
             _ => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<RemoveError> for ApiError {
+    fn from(e: RemoveError) -> Self {
+        match e {
+            RemoveError::NoNode { .. } => ApiError::NotFound(e.to_string()),
+            RemoveError::Refused(_) => ApiError::Conflict(e.to_string()),
+            RemoveError::Etcd(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }

@@ -285,9 +285,7 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
             // Refused now, with the reason, rather than failing later in the job.
             let mut members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
             let (config, _, _) = members.config().await?;
-            crate::membership::remove::check(&mut members.client, &config, &node)
-                .await
-                .map_err(ApiError::Conflict)?;
+            crate::membership::remove::check(&mut members.client, &config, &node).await?;
             (JobKind::NodeRemove { node }, "membership".to_owned())
         }
     };

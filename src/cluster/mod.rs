@@ -2,6 +2,7 @@
 //! etcd is the single source of cluster truth; every key lives under
 //! `/milvus-fleet/<cluster>/`.
 
+mod channel;
 pub mod election;
 pub mod jobs;
 pub mod messages;
@@ -45,11 +46,17 @@ pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
 /// Connects to the endpoints of `urls` that accept a connection now (all of them when
 /// none does) and returns which. The client's balanced channel keeps sending requests
 /// to an endpoint whose host is gone, and each such request fails: a dead member must
-/// not be in it. [`keep_endpoints_live`] keeps it that way for a long-lived client.
+/// not be in it. [`keep_endpoints_live`] keeps it that way for a long-lived client, and
+/// until it does, a request that such a member refuses is sent again (see `channel`).
 pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), ClusterError> {
     let live = answering(urls).await;
     let chosen = if live.is_empty() { urls.to_vec() } else { live };
-    let client = Client::connect(&chosen, Some(connect_options())).await?;
+    let client = Client::connect_with_balanced_channel(
+        &chosen,
+        Some(connect_options()),
+        channel::ResendRefused,
+    )
+    .await?;
     Ok((client, chosen))
 }
 

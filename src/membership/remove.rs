@@ -28,17 +28,34 @@ pub struct StepEffects {
     pub log: String,
 }
 
+/// Why a node cannot leave now.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("no node {node:?} in cluster {cluster}")]
+    NoNode { node: String, cluster: String },
+    /// Removing it would break the cluster; the message says how.
+    #[error("{0}")]
+    Refused(String),
+    #[error("reading etcd's members: {0}")]
+    Etcd(#[from] etcd_client::Error),
+}
+
 /// Whether `node` can leave now; the error says why not.
-pub async fn check(client: &mut Client, config: &FleetConfig, node: &str) -> Result<(), String> {
+pub async fn check(
+    client: &mut Client,
+    config: &FleetConfig,
+    node: &str,
+) -> Result<(), RemoveError> {
+    let refused = |message: String| Err(RemoveError::Refused(message));
     let Some(entry) = config.nodes.iter().find(|n| n.name == node) else {
-        return Err(format!(
-            "no node {node:?} in cluster {}",
-            config.cluster.name
-        ));
+        return Err(RemoveError::NoNode {
+            node: node.to_owned(),
+            cluster: config.cluster.name.clone(),
+        });
     };
     let has = |role| entry.roles.contains(&role);
     if has(Role::Storage) && config.object_storage.kind == ObjectStorageKind::Minio {
-        return Err(format!(
+        return refused(format!(
             "removing {node} would break the storage pool: MinIO's erasure-coded pool spans the drives of every storage node and cannot shrink"
         ));
     }
@@ -48,16 +65,13 @@ pub async fn check(client: &mut Client, config: &FleetConfig, node: &str) -> Res
             .iter()
             .any(|n| n.name != node && n.roles.contains(&Role::Compute))
     {
-        return Err(format!(
+        return refused(format!(
             "{node} is the last compute node: Milvus would have nowhere to run"
         ));
     }
     if config.etcd.mode == ServiceMode::Local && (has(Role::Storage) || has(Role::Witness)) {
         let peer = peer_url(&entry.address, config.etcd.peer_port);
-        let members = client
-            .member_list()
-            .await
-            .map_err(|e| format!("reading etcd's members: {e}"))?;
+        let members = client.member_list().await?;
         let voters: Vec<_> = members
             .members()
             .iter()
@@ -69,7 +83,7 @@ pub async fn check(client: &mut Client, config: &FleetConfig, node: &str) -> Res
                 .filter(|m| !m.peer_urls().contains(&peer))
                 .collect();
             if remaining.is_empty() {
-                return Err(format!("{node} runs the last etcd member"));
+                return refused(format!("{node} runs the last etcd member"));
             }
             let mut healthy = 0;
             for member in &remaining {
@@ -79,7 +93,7 @@ pub async fn check(client: &mut Client, config: &FleetConfig, node: &str) -> Res
             }
             let needed = remaining.len() / 2 + 1;
             if healthy < needed {
-                return Err(format!(
+                return refused(format!(
                     "removing {node} would break etcd's quorum: {healthy} of the {} remaining members are healthy, {needed} needed",
                     remaining.len()
                 ));
@@ -119,7 +133,9 @@ pub async fn step(
                     ..Default::default()
                 });
             };
-            check(&mut store.client, &config, node).await?;
+            check(&mut store.client, &config, node)
+                .await
+                .map_err(|e| e.to_string())?;
             if config.etcd.mode != ServiceMode::Local {
                 return Ok(StepEffects {
                     log: "etcd is external: no member to remove".into(),

@@ -73,6 +73,19 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Stops member `index` (0..3) with SIGTERM, as `systemctl stop` would.
+    pub fn stop(&mut self, index: usize) {
+        let pid = self.members[index].id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let _ = self.members[index].wait();
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         for member in &mut self.members {
