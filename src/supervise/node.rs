@@ -91,7 +91,10 @@ struct Watched {
     unit: String,
     probe: Option<Probe>,
     active: String,
-    failing_since: Option<Instant>,
+    /// When its probe last answered in this activation (None while the unit is not
+    /// active): "wedged" counts from the last answer, not from the first missed probe,
+    /// which a probe timing out would report seconds late.
+    answered_at: Option<Instant>,
     restarts: VecDeque<Instant>,
     gave_up: bool,
     /// Since when the unit has been "failed" (systemd passes through "failed" on every
@@ -235,7 +238,7 @@ impl Supervisor {
                 unit: unit.clone(),
                 probe: None,
                 active: String::new(),
-                failing_since: None,
+                answered_at: None,
                 restarts: VecDeque::new(),
                 gave_up: false,
                 failed_since: None,
@@ -578,6 +581,12 @@ impl Supervisor {
         let daemon = &settings.config.daemon;
         let wedged_after = Duration::from_secs(daemon.wedged_after_secs.into());
         let window = Duration::from_secs(daemon.restart_window_secs.into());
+        for watched in self.watched.values_mut() {
+            if watched.active != "active" {
+                watched.answered_at = None;
+            }
+        }
+        let probed_at = Instant::now();
         let probes: Vec<(Component, Probe)> = self
             .watched
             .iter()
@@ -599,11 +608,12 @@ impl Supervisor {
                 Health::NoAnswer(why) => why,
                 // Answering: alive, even if not yet healthy (etcd without quorum).
                 Health::Healthy | Health::Unhealthy(_) => {
-                    watched.failing_since = None;
+                    watched.answered_at = Some(now);
                     continue;
                 }
             };
-            let since = *watched.failing_since.get_or_insert(now);
+            // Not answered yet in this activation: silent since this probe went out.
+            let since = *watched.answered_at.get_or_insert(probed_at);
             if now - since < wedged_after || self.restart.is_some() {
                 continue;
             }
@@ -628,7 +638,7 @@ impl Supervisor {
             }
             watched.gave_up = false;
             watched.restarts.push_back(now);
-            watched.failing_since = None;
+            watched.answered_at = None;
             self.metrics.wedged_restarts.fetch_add(1, Ordering::Relaxed);
             warn!(
                 message_id = COMPONENT_WEDGED,
