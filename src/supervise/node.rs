@@ -4,11 +4,12 @@
 //! - Converge: when the configuration changes (and at start), it asks root to render
 //!   (starts milvus-fleet-apply.service and waits for the job), then brings the units
 //!   to the new render in dependency order (reconcile.rs).
-//! - Health: every second it probes each running component; one that does not answer
-//!   for `daemon.wedged_after_secs` is wedged and restarted, within a restart budget per
-//!   window; past the budget it raises one alert and leaves the component alone. Unit
-//!   state comes from systemd's PropertiesChanged signals; a unit systemd gives up on
-//!   (it failed repeatedly) raises one alert.
+//! - Health: every second it probes each running component (beside the loop, one probe
+//!   in flight per component); one that has not answered for `daemon.wedged_after_secs`
+//!   is wedged and restarted, within a restart budget per window; past the budget it
+//!   raises one alert and leaves the component alone. Unit state comes from systemd's
+//!   PropertiesChanged signals; a unit systemd gives up on (it failed repeatedly) raises
+//!   one alert.
 //! - Standalone (standalone-ha topology): only the leader's node runs the Milvus
 //!   standalone server. A new leader starts it only once no Milvus session of another
 //!   node is left in etcd: Milvus exits when its session's lease is lost, and that
@@ -95,6 +96,12 @@ struct Watched {
     /// active): "wedged" counts from the last answer, not from the first missed probe,
     /// which a probe timing out would report seconds late.
     answered_at: Option<Instant>,
+    /// The probe in flight, beside the loop (a probe that times out must not hold up the
+    /// tick, or the silence would be noticed only at the next probe's end), and when it
+    /// was sent: an answer counts from then, so the silence is measured to the tick.
+    probing: Option<JoinHandle<(Health, Instant)>>,
+    /// Why the last finished probe got no answer.
+    silence: String,
     restarts: VecDeque<Instant>,
     gave_up: bool,
     /// Since when the unit has been "failed" (systemd passes through "failed" on every
@@ -239,6 +246,8 @@ impl Supervisor {
                 probe: None,
                 active: String::new(),
                 answered_at: None,
+                probing: None,
+                silence: String::new(),
                 restarts: VecDeque::new(),
                 gave_up: false,
                 failed_since: None,
@@ -576,47 +585,59 @@ impl Supervisor {
         }
     }
 
-    /// Probes every running component; restarts a wedged one within its budget.
+    /// Probes every running component, one probe at a time each, beside the loop;
+    /// restarts one that has not answered for `wedged_after_secs`, within its budget.
     async fn check_health(&mut self, settings: &Settings, client: &reqwest::Client) {
         let daemon = &settings.config.daemon;
         let wedged_after = Duration::from_secs(daemon.wedged_after_secs.into());
         let window = Duration::from_secs(daemon.restart_window_secs.into());
-        for watched in self.watched.values_mut() {
-            if watched.active != "active" {
+        let now = Instant::now();
+        let mut silent = Vec::new();
+        for (component, watched) in &mut self.watched {
+            let Some(probe) = watched.probe.clone().filter(|_| watched.active == "active") else {
+                // Not running: a restarted unit starts counting afresh.
                 watched.answered_at = None;
+                if let Some(probing) = watched.probing.take() {
+                    probing.abort();
+                }
+                continue;
+            };
+            if let Some(finished) = watched.probing.take_if(|p| p.is_finished()) {
+                if let Ok((health, at)) = finished.await {
+                    match health {
+                        Health::NoAnswer(why) => watched.silence = why,
+                        // Answering: alive, even if not yet healthy (etcd without quorum).
+                        Health::Healthy | Health::Unhealthy(_) => {
+                            watched.answered_at = Some(at);
+                            watched.silence.clear();
+                        }
+                    }
+                }
+            }
+            // Not answered yet in this activation: silent since now.
+            let since = *watched.answered_at.get_or_insert(now);
+            if watched.probing.is_none() {
+                let client = client.clone();
+                watched.probing = Some(tokio::spawn(async move {
+                    let sent = Instant::now();
+                    (probe.check(&client).await, sent)
+                }));
+            }
+            if now - since >= wedged_after {
+                silent.push((*component, since));
             }
         }
-        let probed_at = Instant::now();
-        let probes: Vec<(Component, Probe)> = self
-            .watched
-            .iter()
-            .filter(|(_, w)| w.active == "active")
-            .filter_map(|(c, w)| w.probe.clone().map(|p| (*c, p)))
-            .collect();
-        let results = futures_util::future::join_all(
-            probes
-                .iter()
-                .map(|(c, p)| async move { (*c, p.check(client).await) }),
-        )
-        .await;
-        let now = Instant::now();
-        for (component, health) in results {
+        for (component, since) in silent {
+            if self.restart.is_some() {
+                break;
+            }
             let Some(watched) = self.watched.get_mut(&component) else {
                 continue;
             };
-            let why = match health {
-                Health::NoAnswer(why) => why,
-                // Answering: alive, even if not yet healthy (etcd without quorum).
-                Health::Healthy | Health::Unhealthy(_) => {
-                    watched.answered_at = Some(now);
-                    continue;
-                }
+            let why = match watched.silence.as_str() {
+                "" => "no answer".to_owned(),
+                why => why.to_owned(),
             };
-            // Not answered yet in this activation: silent since this probe went out.
-            let since = *watched.answered_at.get_or_insert(probed_at);
-            if now - since < wedged_after || self.restart.is_some() {
-                continue;
-            }
             watched.restarts.retain(|t| now - *t < window);
             if watched.restarts.len() >= daemon.restart_budget as usize {
                 if !watched.gave_up {
