@@ -49,7 +49,7 @@ pub async fn connect_to(urls: &[String]) -> Result<Client, ClusterError> {
 /// not be in it. [`keep_endpoints_live`] keeps it that way for a long-lived client, and
 /// until it does, a request that such a member refuses is sent again (see `channel`).
 pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), ClusterError> {
-    let live = answering(&probe_client(), urls).await;
+    let live = answering(urls).await;
     let chosen = if live.is_empty() { urls.to_vec() } else { live };
     let client = Client::connect_with_balanced_channel(
         &chosen,
@@ -79,25 +79,30 @@ const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 /// its client port). A bare TCP accept is not enough: the kernel accepts for a frozen
 /// (SIGSTOPped, wedged) member too, and requests routed to it hang. A TLS client port
 /// answers plain HTTP with a 400, which still proves the process runs.
-async fn answers(http: &reqwest::Client, address: &str) -> bool {
-    match http.get(format!("http://{address}/version")).send().await {
-        // Read to the end, so the connection is kept for the next probe.
-        Ok(answer) => answer.bytes().await.is_ok(),
-        Err(_) => false,
-    }
-}
-
-/// The client the endpoint probes share.
-fn probe_client() -> reqwest::Client {
-    crate::supervise::health::client_with_timeout(ENDPOINT_PROBE_TIMEOUT)
+async fn answers(address: String) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /version HTTP/1.0\r\nHost: etcd\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 7];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/1.")
+    };
+    matches!(
+        tokio::time::timeout(ENDPOINT_PROBE_TIMEOUT, probe).await,
+        Ok(Some(true))
+    )
 }
 
 /// The URLs whose etcd answers, probed together.
-async fn answering(http: &reqwest::Client, urls: &[String]) -> Vec<String> {
+async fn answering(urls: &[String]) -> Vec<String> {
     let probes = urls.iter().map(|url| async move {
         let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let address = rest.split('/').next().unwrap_or(rest);
-        answers(http, address).await.then(|| url.clone())
+        let address = rest.split('/').next().unwrap_or(rest).to_owned();
+        answers(address).await.then(|| url.clone())
     });
     futures_util::future::join_all(probes)
         .await
@@ -118,7 +123,6 @@ pub async fn keep_endpoints_live(
     probe_now: std::sync::Arc<tokio::sync::Notify>,
 ) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
-    let http = probe_client();
     // Every second: until a dead member is out, requests the channel routes to it fail
     // (an operator's command right after a member died would get a transport error).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -130,7 +134,7 @@ pub async fn keep_endpoints_live(
         }
         let current = urls.borrow().clone();
         let live: std::collections::BTreeSet<String> =
-            answering(&http, &current).await.into_iter().collect();
+            answering(&current).await.into_iter().collect();
         if live.is_empty() {
             continue;
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::election::Role;
-use super::{answering, probe_client, ClusterError};
+use super::{answering, ClusterError};
 
 /// How often the leader looks where etcd's raft leader is. Raft leadership moves only
 /// on an etcd election (a member restarted, lost, or added), and a look is two small
@@ -109,10 +109,7 @@ async fn move_off(
         .iter()
         .filter(|m| m.id() != raft_leader && !m.is_learner())
     {
-        if !answering(&probe_client(), member.client_urls())
-            .await
-            .is_empty()
-        {
+        if !answering(member.client_urls()).await.is_empty() {
             target = Some(member);
             break;
         }

@@ -61,18 +61,12 @@ impl std::fmt::Display for Probe {
 
 /// A client for probes: short timeouts, no proxies from the environment.
 pub fn client() -> reqwest::Client {
-    client_with_timeout(PROBE_TIMEOUT)
-}
-
-/// A plain-HTTP client that gives up after `timeout`. It keeps its connections open
-/// between requests, so probing every second costs a request, not a connection.
-pub fn client_with_timeout(timeout: Duration) -> reqwest::Client {
     // reqwest is built without a default TLS provider; probes are plain HTTP, but the
     // client still wants one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout)
+        .timeout(PROBE_TIMEOUT)
+        .connect_timeout(PROBE_TIMEOUT)
         .no_proxy()
         .build()
         .unwrap_or_default()
