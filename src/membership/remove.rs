@@ -118,13 +118,37 @@ async fn is_healthy(urls: &[String]) -> bool {
         .is_some()
 }
 
+/// A read of the store, made again on an etcd error for up to 5 s: right after step 0
+/// the removed member closes its connections as it stops, and a request the leader's
+/// client routed to it fails (a reset, which the channel does not resend).
+async fn reread<T, Read>(
+    store: &MembershipStore,
+    read: impl Fn(MembershipStore) -> Read,
+) -> Result<T, String>
+where
+    Read: std::future::Future<Output = Result<T, super::store::StoreError>>,
+{
+    let mut tries = 0;
+    loop {
+        match read(store.clone()).await {
+            Err(super::store::StoreError::Cluster(e)) if tries < 20 => {
+                tracing::info!("reading etcd again: {e}");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => return answer.map_err(|e| e.to_string()),
+        }
+    }
+}
+
 /// Runs step `step` of removing `node`; an error fails the job with that message.
 pub async fn step(
     store: &mut MembershipStore,
     node: &str,
     step: u32,
 ) -> Result<StepEffects, String> {
-    let (config, _, revision) = store.config().await.map_err(|e| e.to_string())?;
+    let (config, _, revision) =
+        reread(store, |mut store| async move { store.config().await }).await?;
     match step {
         0 => {
             let Some(entry) = config.nodes.iter().find(|n| n.name == node) else {
@@ -181,10 +205,8 @@ pub async fn step(
         _ => {
             let mut config = config;
             config.nodes.retain(|n| n.name != node);
-            let cert = store
-                .cert_of(node)
-                .await
-                .map_err(|e| e.to_string())?
+            let cert = reread(store, |mut store| async move { store.cert_of(node).await })
+                .await?
                 .unwrap_or_default();
             let key = store.config_key();
             Ok(StepEffects {
