@@ -59,6 +59,9 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (etcd_urls_tx, etcd_urls_rx) =
         tokio::sync::watch::channel(settings.config.etcd_client_urls());
     let (config_changed_tx, mut config_changed) = tokio::sync::mpsc::channel::<()>(4);
+    let (candidates_tx, candidates_rx) =
+        tokio::sync::watch::channel(standalone_candidates(&settings));
+    let (placement_tx, placement_rx) = tokio::sync::watch::channel(None);
     let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let channels = ClusterChannels {
         role: role_tx,
@@ -68,6 +71,8 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         config_changed: config_changed_tx,
         nodes: nodes_rx.clone(),
         etcd_urls: etcd_urls_rx,
+        standalone_candidates: candidates_rx,
+        placement: placement_tx,
         metrics: metrics.clone(),
     };
     let mut cluster = ClusterLoops::default();
@@ -81,6 +86,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         crate::supervise::node::Inputs {
             settings: settings_rx,
             role: role.clone(),
+            placement: placement_rx,
             metrics: metrics.clone(),
             heartbeat: heartbeat.clone(),
             status: supervision_tx,
@@ -139,6 +145,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                candidates_tx.send_if_modified(|c| replace_if_changed(c, &standalone_candidates(&settings)));
                 etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
@@ -148,6 +155,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                candidates_tx.send_if_modified(|c| replace_if_changed(c, &standalone_candidates(&settings)));
                 etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
                 cluster.follow(&settings, &channels).await;
@@ -182,6 +190,8 @@ async fn campaign(
         config_changed,
         nodes,
         etcd_urls,
+        standalone_candidates,
+        placement,
         metrics,
     } = channels;
     let config = &settings.config;
@@ -230,6 +240,18 @@ async fn campaign(
         },
         election.subscribe(),
     );
+    // Where the standalone server runs: the leader decides, every node follows.
+    let place = crate::cluster::placement::lead(
+        crate::cluster::placement::PlacementLead {
+            client: client.clone(),
+            prefix: prefix.clone(),
+            leader_key: format!("{prefix}leader"),
+            me: settings.node_name.clone(),
+            candidates: standalone_candidates,
+        },
+        election.subscribe(),
+    );
+    let placed = crate::cluster::placement::follow(client.clone(), prefix.clone(), placement);
     let store = MembershipStore::new(client.clone(), prefix.clone());
     members.send_replace(Some(store.clone()));
     let forward = async {
@@ -263,6 +285,8 @@ async fn campaign(
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}
+        _ = place => {}
+        _ = placed => {}
         _ = sync_from_etcd(store, revoked, config_changed) => {}
     }
     role.send_replace(Role::Unknown);
@@ -343,6 +367,9 @@ struct ClusterChannels {
     config_changed: tokio::sync::mpsc::Sender<()>,
     nodes: tokio::sync::watch::Receiver<Vec<String>>,
     etcd_urls: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The nodes that may run the standalone server, with their addresses.
+    standalone_candidates: tokio::sync::watch::Receiver<Vec<(String, String)>>,
+    placement: tokio::sync::watch::Sender<Option<crate::cluster::placement::Placement>>,
     metrics: std::sync::Arc<crate::api::Metrics>,
 }
 
@@ -377,6 +404,21 @@ impl ClusterLoops {
             let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
         }
     }
+}
+
+/// The compute nodes, which may run the standalone server (none in other topologies).
+fn standalone_candidates(settings: &Settings) -> Vec<(String, String)> {
+    use crate::config::model::{Role as NodeRole, Topology};
+    if settings.config.cluster.topology != Topology::StandaloneHa {
+        return Vec::new();
+    }
+    settings
+        .config
+        .nodes
+        .iter()
+        .filter(|n| n.roles.contains(&NodeRole::Compute))
+        .map(|n| (n.name.clone(), n.address.clone()))
+        .collect()
 }
 
 fn node_names(settings: &Settings) -> Vec<String> {

@@ -75,6 +75,48 @@ fn invocations(hosts: &Hosts, host: &str, units: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// The Milvus upstreams of `host`'s running load balancer, as its nginx reads its
+/// configuration inside the container (`nginx -T`), not the file rendered on the host.
+fn lb_upstreams(hosts: &Hosts, host: &str) -> BTreeSet<String> {
+    let dump = hosts.sh_ok(
+        host,
+        "docker exec mf-lb nginx -T -c /etc/milvus-fleet/lb/nginx.conf 2>/dev/null",
+    );
+    let block = dump
+        .split("upstream milvus {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_default();
+    block
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("server "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the running load balancer of every host in `lbs` routes clients to
+/// exactly the Milvus port of `compute`; on timeout, says what each one has.
+fn assert_lbs_route_to(hosts: &Hosts, lbs: &[&str], compute: &[&str], after: &str) {
+    let wanted: BTreeSet<String> = compute
+        .iter()
+        .map(|h| format!("{}:19530", hosts.address(h)))
+        .collect();
+    let start = std::time::Instant::now();
+    loop {
+        let seen: Vec<(&str, BTreeSet<String>)> =
+            lbs.iter().map(|h| (*h, lb_upstreams(hosts, h))).collect();
+        if seen.iter().all(|(_, upstreams)| *upstreams == wanted) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "after {after}: the running load balancers should route to {wanted:?}, they route to {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// What a refused join must leave on the joining host: nothing.
 fn assert_nothing_joined(hosts: &Hosts, host: &str) {
     let left = hosts.sh_ok(
@@ -178,6 +220,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         "milvus-fleet-standalone",
         Duration::from_secs(300),
     );
+    assert_lbs_route_to(&hosts, &["h1"], &["h1"], "init");
     let before_storage_joins = invocations(&hosts, "h1", &h1_units);
 
     // h2 and h3: user-data from `milvus-fleet cloud-init`, one token for both.
@@ -249,6 +292,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         before_storage_joins,
         "nothing restarted on h1 when h2 and h3 joined"
     );
+    assert_lbs_route_to(&hosts, &["h1"], &["h1"], "h2 and h3 joined (storage only)");
     for host in ["h2", "h3"] {
         assert_eq!(
             hosts.sh_ok(
@@ -362,10 +406,14 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
     let upstream = format!("{}:19530", hosts.address("h4"));
     assert!(
         hosts
-            .sh_ok("h1", "cat /var/lib/milvus-fleet-rendered/config/nginx.conf")
+            .sh_ok(
+                "h1",
+                "cat /var/lib/milvus-fleet-rendered/config/lb/nginx.conf"
+            )
             .contains(&upstream),
         "h1's load balancer knows h4"
     );
+    assert_lbs_route_to(&hosts, &["h1", "h4"], &["h1", "h4"], "h4 joined");
 
     // Removing h3 is refused while h2's etcd is down (1 of 2 remaining members healthy).
     // The daemon too: its next converge would start a stopped etcd again (it supervises).
@@ -396,7 +444,13 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             .success()
     });
     let unknown = hosts.sh("h1", "milvus-fleet node remove nope");
-    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no node \"nope\""));
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        !unknown.status.success() && stderr.contains("no node \"nope\""),
+        "`node remove nope` right after h2's etcd came back: {}, stdout {:?}, stderr {stderr:?}",
+        unknown.status,
+        String::from_utf8_lossy(&unknown.stdout)
+    );
 
     let removed = hosts.sh_ok("h1", "milvus-fleet node remove h3 2>&1");
     assert!(removed.contains("revoked its certificate"), "{removed}");
@@ -428,6 +482,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    assert_lbs_route_to(&hosts, &["h1", "h4"], &["h1", "h4"], "h3 was removed");
     let leader = status(&hosts, "h2");
     assert_eq!(leader["leader"], "h1");
 

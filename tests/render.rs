@@ -267,7 +267,7 @@ fn every_rendered_nginx_config_passes_nginx_t() {
     let dir = TempDir::new().unwrap();
     let mut checked = 0;
     for out in render_examples(dir.path()) {
-        let conf = out.join("config/nginx.conf");
+        let conf = out.join("config/lb/nginx.conf");
         if !conf.exists() {
             continue; // a node without the compute role runs no load balancer
         }
@@ -329,7 +329,7 @@ fn adding_a_compute_node_changes_only_the_load_balancers() {
     let after =
         format!("{BASE}\n[[nodes]]\nname = \"d\"\naddress = \"10.1.0.4\"\nroles = [\"compute\"]\n");
     for (node, files) in changes(BASE, &after) {
-        assert_eq!(files, ["config/nginx.conf"], "on {node}");
+        assert_eq!(files, ["config/lb/nginx.conf"], "on {node}");
     }
 }
 
@@ -344,8 +344,8 @@ fn adding_a_storage_node_changes_etcd_minio_and_load_balancer_settings_only() {
             files,
             [
                 "config/etcd-bootstrap.env",
-                "config/minio.env",
-                "config/nginx.conf"
+                "config/lb/nginx.conf",
+                "config/minio.env"
             ],
             "on {node}"
         );

@@ -11,7 +11,7 @@ mod membership;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
@@ -282,10 +282,25 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
             resource,
         } => (JobKind::Drill { steps, sleep_ms }, resource),
         SubmitRequest::NodeRemove { node } => {
-            // Refused now, with the reason, rather than failing later in the job.
-            let mut members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
-            let (config, _, _) = members.config().await?;
-            crate::membership::remove::check(&mut members.client, &config, &node).await?;
+            // Refused now, with the reason, rather than failing later in the job. The
+            // checks only read, so an etcd error (a member restarting under the leader)
+            // is tried again before it is an answer.
+            let members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
+            crate::cluster::retry_reads(
+                Duration::from_secs(5),
+                |e| matches!(e, ApiError::Unavailable(_)),
+                || {
+                    let mut members = members.clone();
+                    let node = node.clone();
+                    async move {
+                        let (config, _, _) = members.config().await?;
+                        crate::membership::remove::check(&mut members.client, &config, &node)
+                            .await?;
+                        Ok::<_, ApiError>(())
+                    }
+                },
+            )
+            .await?;
             (JobKind::NodeRemove { node }, "membership".to_owned())
         }
     };

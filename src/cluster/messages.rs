@@ -20,5 +20,8 @@ pub const COMPONENT_WEDGED: &str = "5d0b3f6ad5a04a4c9a8e3f0c2b7e91d4";
 pub const COMPONENT_GAVE_UP: &str = "c41a7e2d9b3f4e0f8a6d1b5c7e9f2a38";
 /// systemd gave up on a component unit: it failed (fields: COMPONENT, UNIT, RESULT).
 pub const COMPONENT_FAILED: &str = "e2b94c6f1d8a4f37b0c5a9d3e6f1b284";
-/// The standalone server started on this node after the old one's session ended (fields: TERM).
+/// The standalone server started on this node, the one its placement names, once no
+/// other node's Milvus session was left (fields: TERM).
 pub const STANDALONE_STARTED: &str = "7f3c1e9a2b6d4c08a5e4f2d1b9c8a673";
+/// The leader placed the standalone server on a node (fields: NODE, TERM).
+pub const STANDALONE_PLACED: &str = "0c6e2f7d94b1458a9f3d8e5b2a71c406";

@@ -6,6 +6,7 @@ mod channel;
 pub mod election;
 pub mod jobs;
 pub mod messages;
+pub mod placement;
 pub mod raft_leader;
 pub mod runner;
 
@@ -184,4 +185,30 @@ pub async fn read_prefix(
             Some((name, kv.value_str().unwrap_or("").to_owned()))
         })
         .collect())
+}
+
+/// Runs `read` again while it fails with an error `transient` accepts, for up to
+/// `within`: an etcd member that restarts or leaves closes its connections, and a read
+/// the client routed to it fails with a reset the channel rightly does not resend (a
+/// write might have reached etcd; a read is safe to make again).
+pub async fn retry_reads<T, E, Read, Fut>(
+    within: Duration,
+    transient: impl Fn(&E) -> bool,
+    mut read: Read,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Read: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match read().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::info!("reading etcd again: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            answer => return answer,
+        }
+    }
 }

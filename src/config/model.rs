@@ -55,7 +55,8 @@ pub enum Topology {
     /// Milvus in cluster mode: coordinators, proxies, query/data/streaming nodes.
     #[default]
     Distributed,
-    /// One Milvus standalone server on the elected leader's node, the others on standby.
+    /// One Milvus standalone server on one compute node (the leader places it), the
+    /// others on standby.
     StandaloneHa,
 }
 

@@ -119,8 +119,7 @@ async fn is_healthy(urls: &[String]) -> bool {
 }
 
 /// A read of the store, made again on an etcd error for up to 5 s: right after step 0
-/// the removed member closes its connections as it stops, and a request the leader's
-/// client routed to it fails (a reset, which the channel does not resend).
+/// the removed member closes its connections as it stops.
 async fn reread<T, Read>(
     store: &MembershipStore,
     read: impl Fn(MembershipStore) -> Read,
@@ -128,17 +127,13 @@ async fn reread<T, Read>(
 where
     Read: std::future::Future<Output = Result<T, super::store::StoreError>>,
 {
-    let mut tries = 0;
-    loop {
-        match read(store.clone()).await {
-            Err(super::store::StoreError::Cluster(e)) if tries < 20 => {
-                tracing::info!("reading etcd again: {e}");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            answer => return answer.map_err(|e| e.to_string()),
-        }
-    }
+    crate::cluster::retry_reads(
+        Duration::from_secs(5),
+        |e| matches!(e, super::store::StoreError::Cluster(_)),
+        || read(store.clone()),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Runs step `step` of removing `node`; an error fails the job with that message.

@@ -58,8 +58,8 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../templates/config/minio.env"),
     ),
     (
-        "config/nginx.conf",
-        include_str!("../../templates/config/nginx.conf"),
+        "config/lb/nginx.conf",
+        include_str!("../../templates/config/lb/nginx.conf"),
     ),
     (
         "config/milvus-user.yaml",

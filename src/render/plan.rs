@@ -504,7 +504,7 @@ const ETCD_FILES: &[ConfigFile] = &[
     },
 ];
 const MINIO_FILES: &[ConfigFile] = &[config_file("config/minio.env")];
-const LB_FILES: &[ConfigFile] = &[config_file("config/nginx.conf")];
+const LB_FILES: &[ConfigFile] = &[config_file("config/lb/nginx.conf")];
 const MILVUS_FILES: &[ConfigFile] = &[config_file("config/milvus-user.yaml")];
 
 /// The compose template of a component and the settings files it reads.

@@ -10,11 +10,16 @@
 //!   raises one alert and leaves the component alone. Unit state comes from systemd's
 //!   PropertiesChanged signals; a unit systemd gives up on (it failed repeatedly) raises
 //!   one alert.
-//! - Standalone (standalone-ha topology): only the leader's node runs the Milvus
-//!   standalone server. A new leader starts it only once no Milvus session of another
-//!   node is left in etcd: Milvus exits when its session's lease is lost, and that
-//!   lease is what etcd just expired, so the old server cannot still be serving. A node
-//!   that stops leading stops its server at once.
+//! - Standalone (standalone-ha topology): only the node the placement record names
+//!   runs the Milvus standalone server (the leader writes the record, see
+//!   cluster/placement.rs; leadership moving does not move the server). A node the
+//!   record newly names starts it only once no Milvus session of another node is left
+//!   in etcd: Milvus exits when its session's lease is lost, and that lease is what etcd
+//!   just expired, so the old server cannot still be serving. A node the record no
+//!   longer names stops its server at once, and so does a node whose daemon has lost
+//!   etcd for [`OUT_OF_TOUCH_AFTER`] (it can no longer learn that the server moved). A
+//!   restarted daemon adopts the server it finds running: it neither starts nor stops
+//!   it until it has read the record.
 //!
 //! The loop never waits on a unit job itself (jobs run beside it), so it ticks every
 //! second; the daemon's watchdog pings depend on those ticks.
@@ -30,12 +35,13 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::health::{Health, Probe};
-use super::reconcile::{converge, StandaloneWanted, JOB_TIMEOUT};
+use super::reconcile::{converge, standalone_wanted, StandaloneWanted, JOB_TIMEOUT};
 use super::systemd::{Systemd, SystemdError, UnitAction};
 use crate::cluster::election::Role;
 use crate::cluster::messages::{
     COMPONENT_FAILED, COMPONENT_GAVE_UP, COMPONENT_WEDGED, STANDALONE_STARTED,
 };
+use crate::cluster::placement::Placement;
 use crate::config::Settings;
 use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
 
@@ -45,8 +51,10 @@ pub const RENDER_UNIT: &str = "milvus-fleet-apply.service";
 /// A unit still "failed" after this is not waiting for an automatic restart (the units'
 /// RestartSec= is 2 s): systemd gave up on it.
 const FAILED_FOR_GOOD_AFTER: Duration = Duration::from_secs(5);
-
-pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
+/// A daemon that has lost etcd this long stops its standalone server: it cannot learn
+/// that the server moved. Longer than the keepalive stalls of an etcd leader election
+/// (up to a second), shorter than the Milvus session TTL that lets another node start.
+pub const OUT_OF_TOUCH_AFTER: Duration = Duration::from_secs(3);
 
 /// Proof of life of the supervision loop, read by the daemon's watchdog.
 #[derive(Debug, Default)]
@@ -81,6 +89,8 @@ impl Heartbeat {
 pub struct Inputs {
     pub settings: watch::Receiver<Settings>,
     pub role: watch::Receiver<Role>,
+    /// The standalone server's placement record (standalone-ha topology).
+    pub placement: watch::Receiver<Option<Placement>>,
     pub metrics: Arc<crate::api::Metrics>,
     pub heartbeat: Arc<Heartbeat>,
     /// What supervision is doing, for the daemon's STATUS= line.
@@ -152,6 +162,10 @@ pub async fn run(mut inputs: Inputs) {
         next_converge: Instant::now(),
         etcd: None,
         standalone_blocker: None,
+        placement: None,
+        in_touch: false,
+        out_of_touch_since: None,
+        fenced: false,
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
@@ -165,14 +179,19 @@ pub async fn run(mut inputs: Inputs) {
             _ = tick.tick() => {
                 inputs.heartbeat.beat();
                 let settings = inputs.settings.borrow().clone();
-                let role = inputs.role.borrow().clone();
                 supervisor.track(&settings, &events_tx, &mut followed).await;
                 supervisor.finish_operation().await;
                 if supervisor.operation.is_none() && supervisor.restart.is_none() {
-                    supervisor.maybe_converge(&settings, &role).await;
+                    supervisor.maybe_converge(&settings).await;
                 }
                 supervisor.check_health(&settings, &probe_client).await;
                 supervisor.alert_failed_units();
+                if supervisor.out_of_touch_since.is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER)
+                    && !supervisor.fenced
+                {
+                    supervisor.fenced = true;
+                    supervisor.stop_standalone(&settings, "this daemon has lost etcd: it cannot learn whether the server moved").await;
+                }
             }
             Ok(()) = inputs.settings.changed() => {
                 supervisor.render_needed = true;
@@ -180,10 +199,27 @@ pub async fn run(mut inputs: Inputs) {
                 supervisor.next_converge = Instant::now();
             }
             Ok(()) = inputs.role.changed() => {
+                // Only losing etcd matters here (the leadership does not place the
+                // server): a daemon that was in touch and now is not.
                 let role = inputs.role.borrow().clone();
-                if !matches!(role, Role::Leader { .. }) {
-                    let settings = inputs.settings.borrow().clone();
-                    supervisor.stop_standalone(&settings).await;
+                if role == Role::Unknown {
+                    if supervisor.in_touch {
+                        supervisor.out_of_touch_since.get_or_insert_with(Instant::now);
+                    }
+                } else {
+                    supervisor.in_touch = true;
+                    supervisor.out_of_touch_since = None;
+                    supervisor.fenced = false;
+                }
+                supervisor.converge_needed = true;
+                supervisor.next_converge = Instant::now();
+            }
+            Ok(()) = inputs.placement.changed() => {
+                let placement = inputs.placement.borrow().clone();
+                let settings = inputs.settings.borrow().clone();
+                supervisor.placement = placement.clone();
+                if let Some(p) = placement.filter(|p| p.node != settings.node_name) {
+                    supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason)).await;
                 }
                 supervisor.converge_needed = true;
                 supervisor.next_converge = Instant::now();
@@ -207,6 +243,14 @@ struct Supervisor {
     etcd: Option<etcd_client::Client>,
     /// Why the standalone server is not started here yet (the old one's session).
     standalone_blocker: Option<String>,
+    /// The placement record as last read.
+    placement: Option<Placement>,
+    /// This daemon has been in touch with etcd since it started.
+    in_touch: bool,
+    /// Since when it has not been (it was before).
+    out_of_touch_since: Option<Instant>,
+    /// Its standalone server was stopped for that.
+    fenced: bool,
     status_tx: watch::Sender<String>,
     metrics: Arc<crate::api::Metrics>,
 }
@@ -384,7 +428,7 @@ impl Supervisor {
     }
 
     /// Renders (root, through the apply unit) and converges, when something changed.
-    async fn maybe_converge(&mut self, settings: &Settings, role: &Role) {
+    async fn maybe_converge(&mut self, settings: &Settings) {
         if !self.converge_needed || Instant::now() < self.next_converge {
             return;
         }
@@ -407,47 +451,55 @@ impl Supervisor {
             }
             return;
         };
+        let out_of_touch = self
+            .out_of_touch_since
+            .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER);
+        let placed_on = self.placement.as_ref().map(|p| p.node.as_str());
         let standalone = if !plan.components.contains(&Component::Standalone) {
             StandaloneWanted::Leave
-        } else if let Role::Leader { term } = role {
-            match self.standalone_blocker(settings).await {
-                None => {
-                    let waited = self.standalone_blocker.take().is_some();
-                    let unit = Component::Standalone.unit_name();
-                    let running = self
-                        .systemd
-                        .state(&unit)
-                        .await
-                        .is_ok_and(|s| s.is_running());
-                    if !running {
-                        info!(
-                            message_id = STANDALONE_STARTED,
-                            term,
-                            waited,
-                            "this node leads (term {term}) and no other node's Milvus session is alive: starting the standalone server here"
-                        );
+        } else {
+            match standalone_wanted(placed_on, &settings.node_name, out_of_touch) {
+                StandaloneWanted::Run => match self.standalone_blocker(settings).await {
+                    None => {
+                        let waited = self.standalone_blocker.take().is_some();
+                        let unit = Component::Standalone.unit_name();
+                        let running = self
+                            .systemd
+                            .state(&unit)
+                            .await
+                            .is_ok_and(|s| s.is_running());
+                        if !running {
+                            let (term, reason) = self
+                                .placement
+                                .as_ref()
+                                .map(|p| (p.term, p.reason.clone()))
+                                .unwrap_or_default();
+                            info!(
+                                message_id = STANDALONE_STARTED,
+                                term,
+                                waited,
+                                "the standalone server is placed on this node (term {term}: {reason}) and no other node's Milvus session is alive: starting it here"
+                            );
+                        }
+                        StandaloneWanted::Run
                     }
-                    StandaloneWanted::Run
-                }
-                Some(why) => {
-                    if self.standalone_blocker.as_deref() != Some(why.as_str()) {
-                        info!("standalone server: waiting: {why}");
+                    Some(why) => {
+                        if self.standalone_blocker.as_deref() != Some(why.as_str()) {
+                            info!("standalone server: waiting: {why}");
+                        }
+                        self.status(&format!("standalone server: waiting: {why}"));
+                        self.standalone_blocker = Some(why);
+                        // Check again shortly; the rest of the node converges meanwhile.
+                        self.converge_needed = true;
+                        self.next_converge = Instant::now() + Duration::from_millis(500);
+                        StandaloneWanted::Leave
                     }
-                    self.status(&format!("standalone server: waiting: {why}"));
-                    self.standalone_blocker = Some(why);
-                    // Check again shortly; the rest of the node converges meanwhile.
-                    self.converge_needed = true;
-                    self.next_converge = Instant::now() + Duration::from_millis(500);
-                    StandaloneWanted::Leave
+                },
+                wanted => {
+                    self.standalone_blocker = None;
+                    wanted
                 }
             }
-        } else if *role == Role::Unknown {
-            // Not campaigned yet (a daemon that just started): neither start nor stop it;
-            // losing leadership stops it through the role watch.
-            StandaloneWanted::Leave
-        } else {
-            self.standalone_blocker = None;
-            StandaloneWanted::Stop
         };
         let render = std::mem::take(&mut self.render_needed);
         let systemd = self.systemd.clone();
@@ -513,14 +565,13 @@ impl Supervisor {
             }
         }
         let client = self.etcd.as_mut()?;
-        let options = etcd_client::GetOptions::new().with_prefix();
-        let answer = match tokio::time::timeout(
+        let serving = match tokio::time::timeout(
             Duration::from_secs(2),
-            client.get(MILVUS_SESSION_PREFIX, Some(options)),
+            crate::cluster::placement::read_serving(client),
         )
         .await
         {
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(serving)) => serving,
             Ok(Err(e)) => {
                 self.etcd = None;
                 return Some(format!("cannot read Milvus sessions from etcd: {e}"));
@@ -531,25 +582,15 @@ impl Supervisor {
             }
         };
         let me = settings.local_node().map(|n| n.address.clone())?;
-        for kv in answer.kvs() {
-            if kv.lease() == 0 {
-                continue;
-            }
-            let value: serde_json::Value = serde_json::from_slice(kv.value()).unwrap_or_default();
-            let address = value["Address"].as_str().unwrap_or_default();
-            let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-            if host != me {
-                return Some(format!(
-                    "Milvus session {} of {address} is still alive (ends with its lease)",
-                    kv.key_str().unwrap_or("?")
-                ));
-            }
-        }
-        None
+        serving
+            .into_iter()
+            .find(|host| *host != me)
+            .map(|host| format!("a Milvus session of {host} is still alive (ends with its lease)"))
     }
 
-    /// Stops the standalone server here at once (this node no longer leads).
-    async fn stop_standalone(&mut self, settings: &Settings) {
+    /// Stops the standalone server here at once (it is placed elsewhere, or this daemon
+    /// lost etcd), saying `why`.
+    async fn stop_standalone(&mut self, settings: &Settings, why: &str) {
         let runs_here = NodePlan::for_node(&settings.config, &settings.node_name)
             .is_some_and(|p| p.components.contains(&Component::Standalone));
         if !runs_here {
@@ -570,7 +611,7 @@ impl Supervisor {
         let unit = Component::Standalone.unit_name();
         match self.systemd.state(&unit).await {
             Ok(state) if state.is_running() => {
-                warn!("this node no longer leads: stopping the standalone server");
+                warn!("stopping the standalone server here: {why}");
                 // Beside the loop: a server that cannot reach etcd takes its whole stop
                 // timeout to go, and the loop (whose ticks feed the watchdog) must not wait.
                 let systemd = self.systemd.clone();

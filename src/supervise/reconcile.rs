@@ -23,11 +23,28 @@ pub const JOB_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the standalone server (standalone-ha topology) should do on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StandaloneWanted {
-    /// This node's daemon leads and the old server is provably gone.
+    /// The placement names this node (and the old server is provably gone).
     Run,
     Stop,
-    /// Not this caller's decision (the root side's `apply`).
+    /// Not this caller's decision (the root side's `apply`), or not known yet (a daemon
+    /// that just started and has not read the placement: it adopts what runs).
     Leave,
+}
+
+/// What this node does with the standalone server, from the node the placement record
+/// names and whether this daemon has lost etcd for long (then it cannot learn that the
+/// server moved, and stops it).
+pub fn standalone_wanted(
+    placed_on: Option<&str>,
+    me: &str,
+    out_of_touch: bool,
+) -> StandaloneWanted {
+    match placed_on {
+        _ if out_of_touch => StandaloneWanted::Stop,
+        Some(node) if node == me => StandaloneWanted::Run,
+        Some(_) => StandaloneWanted::Stop,
+        None => StandaloneWanted::Leave,
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -171,4 +188,31 @@ fn record(applied: &mut Manifest, manifest: &Manifest, name: &str) {
         }
     }
     applied.component_files.insert(name.to_owned(), files);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_standalone_server_runs_where_it_is_placed_and_nowhere_else() {
+        assert_eq!(
+            standalone_wanted(Some("h1"), "h1", false),
+            StandaloneWanted::Run
+        );
+        assert_eq!(
+            standalone_wanted(Some("h2"), "h1", false),
+            StandaloneWanted::Stop
+        );
+        // A daemon that has not read the record yet leaves a running server alone.
+        assert_eq!(
+            standalone_wanted(None, "h1", false),
+            StandaloneWanted::Leave
+        );
+        // Out of touch with etcd: it cannot know the server stays here.
+        assert_eq!(
+            standalone_wanted(Some("h1"), "h1", true),
+            StandaloneWanted::Stop
+        );
+    }
 }

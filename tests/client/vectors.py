@@ -3,6 +3,10 @@ balancer, write vectors, search them.
 
   vectors.py HOST PORT write   create the collection, insert 1000 vectors, index, load
   vectors.py HOST PORT check   the collection is there: count and a nearest-neighbour search
+  vectors.py HOST[,HOST...] PORT watch STOPFILE
+                               search ten times a second through each host's load balancer
+                               until STOPFILE exists; print one JSON line per load balancer:
+                               searches, failures, and the longest gap between answers
 
 Prints one line per step; exits non-zero on any failure.
 """
@@ -18,6 +22,60 @@ NAME, DIM, ROWS = "fleet_smoke", 16, 1000
 def vectors():
     rng = random.Random(7)  # the same vectors on every run
     return [[rng.random() for _ in range(DIM)] for _ in range(ROWS)]
+
+
+def watch(hosts, port, stopfile):
+    """A client's view during a fault: each load balancer searched on its own thread."""
+    import json
+    import os
+    import threading
+
+    data = vectors()
+    results = {}
+
+    def one(host):
+        alias = f"lb-{host}"
+        searches = failures = 0
+        errors = {}
+        start = last_answer = time.monotonic()
+        longest = 0.0
+        collection = None
+        while not os.path.exists(stopfile):
+            tick = time.monotonic()
+            try:
+                if collection is None:
+                    connections.connect(alias=alias, host=host, port=port, timeout=2)
+                    collection = Collection(NAME, using=alias)
+                hits = collection.search([data[123]], "vec", {"metric_type": "L2", "params": {}},
+                                         limit=1, timeout=2)[0]
+                if hits[0].id != 123:
+                    raise RuntimeError(f"wrong top hit {hits[0].id}")
+                now = time.monotonic()
+                longest = max(longest, now - last_answer)
+                last_answer = now
+            except Exception as e:  # noqa: BLE001 - every failure is what the client sees
+                failures += 1
+                kind = type(e).__name__
+                errors[kind] = errors.get(kind, 0) + 1
+                collection = None
+                try:
+                    connections.disconnect(alias)
+                except Exception:  # noqa: BLE001
+                    pass
+            searches += 1
+            time.sleep(max(0.0, 0.1 - (time.monotonic() - tick)))
+        longest = max(longest, time.monotonic() - last_answer)
+        results[host] = {"lb": host, "searches": searches, "failures": failures,
+                         "longest_gap_s": round(longest, 3), "errors": errors,
+                         "seconds": round(time.monotonic() - start, 1)}
+
+    threads = [threading.Thread(target=one, args=(h,)) for h in hosts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for h in hosts:
+        print(json.dumps(results[h]))
 
 
 def main(host, port, mode):
@@ -56,4 +114,7 @@ def main(host, port, mode):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3])
+    if sys.argv[3] == "watch":
+        watch(sys.argv[1].split(","), sys.argv[2], sys.argv[4])
+    else:
+        main(sys.argv[1], sys.argv[2], sys.argv[3])

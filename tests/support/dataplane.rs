@@ -48,6 +48,58 @@ pub fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str)
     stdout
 }
 
+/// What one load balancer's client saw while [`Searching`] ran.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SearchView {
+    pub lb: String,
+    pub searches: u64,
+    pub failures: u64,
+    pub longest_gap_s: f64,
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// A Milvus client searching ten times a second through the load balancers of some
+/// hosts (one thread each), from the hosts' bridge network, until stopped.
+pub struct Searching {
+    child: std::process::Child,
+    stop_file: tempfile::TempPath,
+}
+
+impl Searching {
+    pub fn start(hosts: &Hosts, python: &str, lbs: &[&str]) -> Self {
+        let stop_file = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+        std::fs::remove_file(&stop_file).unwrap();
+        let addresses: Vec<String> = lbs.iter().map(|h| hosts.address(h)).collect();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &hosts.switch_netns(), python])
+            .arg(repo().join("tests/client/vectors.py"))
+            .args([&addresses.join(","), "19537", "watch"])
+            .arg(&stop_file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, stop_file }
+    }
+
+    /// Stops the searches and returns what each load balancer's client saw.
+    pub fn stop(self) -> Vec<SearchView> {
+        std::fs::write(&self.stop_file, "").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the searching client failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {

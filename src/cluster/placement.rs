@@ -1,0 +1,403 @@
+//! Where the standalone Milvus server runs (standalone-ha topology).
+//!
+//! A record in etcd, `<prefix>placement/standalone`, names the node that runs the
+//! server. Only the leader writes it, in a transaction guarded by its term; every node's
+//! supervisor follows it and runs the server only when the record names its own node
+//! (and no other node's Milvus session is alive, see supervise/node.rs). Leadership and
+//! placement are apart: a daemon that crashes, restarts or is upgraded on the server's
+//! node gives up leadership but not the server, and its successor adopts the running
+//! server. The server moves only when its node is lost (the node's daemon registration
+//! gone for a moment *and* no Milvus session of its address left: a node whose daemon
+//! restarts still serves) or leaves the cluster.
+//!
+//! The decision is [`decide`], a pure function of what the leader reads from etcd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, WatchOptions};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::election::Role;
+use super::{read_prefix, ClusterError};
+
+/// The placement record's key, under the cluster's prefix.
+pub const STANDALONE_KEY: &str = "placement/standalone";
+/// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
+pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
+/// How long a node's daemon registration must stay gone before its node may count as
+/// lost (a restarted daemon registers again within a second).
+const GONE_AFTER: Duration = Duration::from_secs(1);
+
+/// The placement record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The node that runs the standalone server.
+    pub node: String,
+    /// The leader term that wrote it.
+    pub term: i64,
+    /// Why it was placed there, for the operator.
+    pub reason: String,
+    pub since_unix: u64,
+}
+
+/// What the leader knows when it decides.
+#[derive(Debug, Default, Clone)]
+pub struct View {
+    /// The nodes that may run the server (compute nodes), in configuration order, with
+    /// their addresses.
+    pub candidates: Vec<(String, String)>,
+    /// Nodes whose daemon is registered, or was until less than [`GONE_AFTER`] ago.
+    pub alive: BTreeSet<String>,
+    /// Addresses (hosts) with a live Milvus session: a server runs there.
+    pub serving: BTreeSet<String>,
+    /// The leader's own node.
+    pub leader: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    Place { node: String, reason: String },
+}
+
+/// Where the server should run, given the current record (if any).
+pub fn decide(current: Option<&str>, view: &View) -> Decision {
+    let address = |node: &str| {
+        view.candidates
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, a)| a.as_str())
+    };
+    let why = match current {
+        Some(node) => match address(node) {
+            // Its daemon is up, or a server still runs there (its daemon restarts).
+            Some(a) if view.alive.contains(node) || view.serving.contains(a) => {
+                return Decision::Keep
+            }
+            Some(_) => {
+                format!("{node} is lost: its daemon is gone and no Milvus session of it is left")
+            }
+            None => format!("{node} no longer runs Milvus (removed, or no longer compute)"),
+        },
+        None => "no node runs the standalone server yet".to_owned(),
+    };
+    // A server that already runs somewhere is adopted; else the leader's own node (so a
+    // fresh cluster runs it where it was initialized), else the first live candidate.
+    let serving = view
+        .candidates
+        .iter()
+        .find(|(_, a)| view.serving.contains(a));
+    let own = view
+        .candidates
+        .iter()
+        .find(|(n, _)| *n == view.leader && view.alive.contains(n));
+    let first = view.candidates.iter().find(|(n, _)| view.alive.contains(n));
+    match serving.or(own).or(first) {
+        Some((node, _)) if Some(node.as_str()) != current => Decision::Place {
+            node: node.clone(),
+            reason: why,
+        },
+        _ => Decision::Keep,
+    }
+}
+
+/// The hosts of the live Milvus sessions among etcd's `session` keys (`Address` is
+/// `host:port`; a key without a lease is a leftover, not a session).
+pub fn serving_hosts<'a>(sessions: impl IntoIterator<Item = (&'a [u8], i64)>) -> BTreeSet<String> {
+    sessions
+        .into_iter()
+        .filter(|(_, lease)| *lease != 0)
+        .filter_map(|(value, _)| {
+            let value: serde_json::Value = serde_json::from_slice(value).ok()?;
+            let address = value["Address"].as_str()?;
+            let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+            Some(host.to_owned())
+        })
+        .collect()
+}
+
+/// Reads the live Milvus sessions' hosts.
+pub async fn read_serving(client: &mut Client) -> Result<BTreeSet<String>, ClusterError> {
+    let answer = client
+        .get(MILVUS_SESSION_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    Ok(serving_hosts(
+        answer.kvs().iter().map(|kv| (kv.value(), kv.lease())),
+    ))
+}
+
+async fn read_placement(client: &mut Client, key: &str) -> Result<Option<Placement>, ClusterError> {
+    let answer = client.get(key, None).await?;
+    Ok(answer
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}
+
+/// What the leader's placement loop needs.
+pub struct PlacementLead {
+    pub client: Client,
+    pub prefix: String,
+    pub leader_key: String,
+    pub me: String,
+    /// The nodes that may run the server, with their addresses (empty when the topology
+    /// has no standalone server); kept current on reloads.
+    pub candidates: watch::Receiver<Vec<(String, String)>>,
+}
+
+/// Keeps the placement right whenever `role` says this daemon leads.
+pub async fn lead(mut lead: PlacementLead, mut role: watch::Receiver<Role>) {
+    loop {
+        let current = role.borrow_and_update().clone();
+        if let Role::Leader { term } = current {
+            tokio::select! {
+                _ = lead_term(&mut lead, term) => {}
+                changed = role.changed() => if changed.is_err() { return },
+            }
+        } else if role.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn lead_term(lead: &mut PlacementLead, term: i64) {
+    let members = format!("{}members/", lead.prefix);
+    let key = format!("{}{STANDALONE_KEY}", lead.prefix);
+    loop {
+        if lead.candidates.borrow_and_update().is_empty() {
+            let _ = lead.candidates.changed().await;
+            continue;
+        }
+        let watches = (
+            lead.client
+                .watch(members.clone(), Some(WatchOptions::new().with_prefix()))
+                .await,
+            lead.client
+                .watch(
+                    MILVUS_SESSION_PREFIX,
+                    Some(WatchOptions::new().with_prefix()),
+                )
+                .await,
+            lead.client.watch(key.clone(), None).await,
+        );
+        let (Ok(mut member_events), Ok(mut session_events), Ok(mut placement_events)) = watches
+        else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let mut gone_since = BTreeMap::new();
+        loop {
+            let recheck = match evaluate(lead, term, &key, &mut gone_since).await {
+                Ok(recheck) => recheck,
+                Err(e) => {
+                    warn!("placing the standalone server: {e}");
+                    break;
+                }
+            };
+            tokio::select! {
+                event = member_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                event = session_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                event = placement_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                _ = lead.candidates.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep_until(recheck.unwrap_or_else(Instant::now)), if recheck.is_some() => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Reads what [`decide`] needs and writes its answer under the leader's term. Returns
+/// when to look again for a registration that is gone but not yet for [`GONE_AFTER`].
+async fn evaluate(
+    lead: &mut PlacementLead,
+    term: i64,
+    key: &str,
+    gone_since: &mut BTreeMap<String, Instant>,
+) -> Result<Option<Instant>, ClusterError> {
+    let candidates = lead.candidates.borrow().clone();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let now = Instant::now();
+    let registered = read_prefix(&mut lead.client, &format!("{}members/", lead.prefix)).await?;
+    let mut alive = BTreeSet::new();
+    let mut recheck = None::<Instant>;
+    for (node, _) in &candidates {
+        if registered.contains_key(node) {
+            gone_since.remove(node);
+            alive.insert(node.clone());
+            continue;
+        }
+        let since = *gone_since.entry(node.clone()).or_insert(now);
+        if now - since < GONE_AFTER {
+            alive.insert(node.clone());
+            let at = since + GONE_AFTER;
+            recheck = Some(recheck.map_or(at, |r| r.min(at)));
+        }
+    }
+    let view = View {
+        candidates,
+        alive,
+        serving: read_serving(&mut lead.client).await?,
+        leader: lead.me.clone(),
+    };
+    let current = read_placement(&mut lead.client, key).await?;
+    let Decision::Place { node, reason } = decide(current.as_ref().map(|p| p.node.as_str()), &view)
+    else {
+        return Ok(recheck);
+    };
+    let record = Placement {
+        node: node.clone(),
+        term,
+        reason: reason.clone(),
+        since_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    let text = serde_json::to_string(&record).expect("a placement record is plain data");
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            lead.leader_key.clone(),
+            CompareOp::Equal,
+            term,
+        )])
+        .and_then([TxnOp::put(key, text, None)]);
+    if lead.client.txn(txn).await?.succeeded() {
+        info!(
+            message_id = super::messages::STANDALONE_PLACED,
+            node = %node,
+            term,
+            "the standalone server is placed on {node}: {reason}"
+        );
+    }
+    Ok(recheck)
+}
+
+/// Follows the placement record for this node's supervisor: its value now and after
+/// every change (a watch, with a slow re-read in case the watch sits on a member that
+/// no longer hears the cluster).
+pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option<Placement>>) {
+    let key = format!("{prefix}{STANDALONE_KEY}");
+    loop {
+        let Ok(mut events) = client.watch(key.clone(), None).await else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        loop {
+            match read_placement(&mut client, &key).await {
+                Ok(placement) => {
+                    tx.send_if_modified(|p| {
+                        let changed = *p != placement;
+                        *p = placement;
+                        changed
+                    });
+                }
+                Err(e) => {
+                    warn!("reading the standalone server's placement: {e}");
+                    break;
+                }
+            }
+            tokio::select! {
+                event = events.message() => if !matches!(event, Ok(Some(_))) { break },
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(alive: &[&str], serving: &[&str], leader: &str) -> View {
+        View {
+            candidates: [("h1", "10.0.0.1"), ("h2", "10.0.0.2"), ("h3", "10.0.0.3")]
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.to_string()))
+                .collect(),
+            alive: alive.iter().map(|s| s.to_string()).collect(),
+            serving: serving.iter().map(|s| s.to_string()).collect(),
+            leader: leader.to_owned(),
+        }
+    }
+
+    fn placed(decision: Decision) -> String {
+        match decision {
+            Decision::Place { node, .. } => node,
+            Decision::Keep => "keep".into(),
+        }
+    }
+
+    #[test]
+    fn a_fresh_cluster_runs_the_server_on_the_leaders_node() {
+        let v = view(&["h1", "h2", "h3"], &[], "h2");
+        assert_eq!(placed(decide(None, &v)), "h2");
+    }
+
+    #[test]
+    fn a_server_already_running_is_adopted_not_moved() {
+        // An older release ran it on the leader's node; the new leader is elsewhere.
+        let v = view(&["h1", "h2", "h3"], &["10.0.0.3"], "h1");
+        assert_eq!(placed(decide(None, &v)), "h3");
+    }
+
+    #[test]
+    fn a_new_leader_does_not_move_a_healthy_server() {
+        let v = view(&["h1", "h2", "h3"], &["10.0.0.1"], "h2");
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn a_restarting_daemon_keeps_its_server() {
+        // h1's daemon is gone (restarting, upgrading) but its server's session is alive.
+        let v = view(&["h2", "h3"], &["10.0.0.1"], "h2");
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn a_node_whose_server_is_down_but_daemon_up_keeps_it() {
+        // Its daemon restarts the server there; moving it would cost a second start.
+        let v = view(&["h1", "h2", "h3"], &[], "h2");
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn a_lost_node_gives_the_server_to_the_leaders_node() {
+        let v = view(&["h2", "h3"], &[], "h3");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h3");
+    }
+
+    #[test]
+    fn a_lost_node_with_a_witness_leader_gives_the_server_to_a_live_candidate() {
+        let v = view(&["h3"], &[], "w1");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h3");
+    }
+
+    #[test]
+    fn a_removed_node_gives_the_server_away() {
+        let mut v = view(&["h2", "h3"], &[], "h2");
+        v.candidates.retain(|(n, _)| n != "h1");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h2");
+    }
+
+    #[test]
+    fn nothing_alive_keeps_the_record() {
+        let v = view(&[], &[], "w1");
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+        assert_eq!(decide(None, &v), Decision::Keep);
+    }
+
+    #[test]
+    fn sessions_without_a_lease_are_not_servers() {
+        let live = br#"{"Address":"10.0.0.1:19530"}"#;
+        let stale = br#"{"Address":"10.0.0.2:19530"}"#;
+        let hosts = serving_hosts([(&live[..], 7), (&stale[..], 0), (&b"junk"[..], 9)]);
+        assert_eq!(hosts, ["10.0.0.1".to_owned()].into());
+    }
+}
