@@ -457,6 +457,7 @@ async fn run(repeats: usize, quick: bool) -> Vec<Row> {
     }
     rows.extend([ready, latency, rss, cpu, deb]);
     rows.extend(host_rows());
+    rows.extend(client_view_rows());
     rows
 }
 
@@ -830,6 +831,80 @@ fn host_rows() -> Vec<Row> {
                 }
                 None => row.note = "run `cargo bench --bench hosts`".into(),
             }
+            row
+        })
+        .collect()
+}
+
+/// The client's view of each data-plane fault, measured by `cargo bench --bench
+/// client_view` (its JSON, when a run left one). Goals: the server's host lost, cut off or
+/// frozen costs a client of a surviving load balancer at most a 10 s gap (p99); a
+/// daemon's crash, restart or reinstall costs no failed search; no fault loses a flushed
+/// row or runs two servers at once.
+fn client_view_rows() -> Vec<Row> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/client-view.json");
+    let measured: Vec<serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|doc| doc["rows"].as_array().cloned())
+        .unwrap_or_default();
+    if measured.is_empty() {
+        let mut row = Row::new(
+            "client view of data-plane faults",
+            "see benches/client_view.rs",
+            Some(0.0),
+            "",
+            "",
+        );
+        row.note = "run `cargo bench --bench client_view`".into();
+        return vec![row];
+    }
+    measured
+        .iter()
+        .map(|found| {
+            let figure: &'static str = Box::leak(
+                found["figure"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+                    .into_boxed_str(),
+            );
+            let host_fault = figure.contains("server's host");
+            let daemon_fault = figure.contains("daemon") || figure.contains("reinstalled");
+            let (goal, limit, unit, peer) =
+                if figure.ends_with("longest gap through a surviving load balancer") {
+                    if host_fault {
+                        (
+                            "p99 <= 10 s",
+                            Some(10.0),
+                            "s",
+                            "21.7 s (power loss, issue 16's trial)",
+                        )
+                    } else {
+                        ("reported", None, "s", "")
+                    }
+                } else if figure.ends_with("failed searches through surviving load balancers") {
+                    if daemon_fault {
+                        (
+                            "0",
+                            Some(0.0),
+                            "",
+                            "33 s of failed searches (daemon kill -9, issue 16's trial)",
+                        )
+                    } else {
+                        ("reported", None, "", "")
+                    }
+                } else if figure.ends_with("flushed rows missing afterwards") {
+                    ("0", Some(0.0), "", "")
+                } else {
+                    ("<= 1", Some(1.0), "", "no fencing")
+                };
+            let mut row = Row::new(figure, goal, limit, unit, peer);
+            row.samples = found["samples"]
+                .as_array()
+                .map(|s| s.iter().filter_map(|v| v.as_f64()).collect())
+                .unwrap_or_default();
+            row.note = found["note"].as_str().unwrap_or("").to_owned();
             row
         })
         .collect()

@@ -24,7 +24,7 @@ use support::{deb_path, repo, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
 /// h1..h3 are storage nodes (etcd); the rest compute (a load balancer each). h1 is
-/// both: it runs the Milvus server (the leader's node) against the site's S3 on h1.
+/// both: it runs the Milvus server (placed on the init node) against the site's S3 on h1.
 const STORAGE: usize = 3;
 
 fn fleet_toml(hosts: &Hosts) -> String {

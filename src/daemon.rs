@@ -82,7 +82,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
     let (supervision_tx, mut supervision) = tokio::sync::watch::channel(String::new());
     let heartbeat = std::sync::Arc::new(crate::supervise::node::Heartbeat::default());
-    tokio::spawn(crate::supervise::node::run(
+    let supervisor = tokio::spawn(crate::supervise::node::run(
         crate::supervise::node::Inputs {
             settings: settings_rx,
             role: role.clone(),
@@ -170,6 +170,9 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         }
     }
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    // Supervision ends first: leaving the election must not read as having lost etcd
+    // (which stops the standalone server); the components run on without the daemon.
+    supervisor.abort();
     cluster.stop().await;
     info!("stopped");
     Ok(())

@@ -167,7 +167,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             ("FLEET_HOSTS_DOCKER", "1"),
         ],
     );
-    // h1 runs the Milvus server (the leader's node) and the site's S3; the others run
+    // h1 runs the Milvus server (placed on the init node) and the site's S3; the others run
     // etcd and load balancers (h4 stands by for Milvus).
     prepare_hosts(&hosts, &deb, PKG, &images, |host| {
         if host == "h1" {

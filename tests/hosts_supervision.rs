@@ -8,9 +8,12 @@
 //! - A crafted cluster file (another image, a host mount, privileged mode) is refused by
 //!   the root side and never reaches a rendered file.
 //! - A rebooted node brings its components up in order with no daemon action.
-//! - Only the leader's node runs the Milvus server; when the leader's host dies, the new
-//!   leader starts it after the old session is gone and the same search works again
-//!   through a load balancer, with every vector there.
+//! - One node runs the Milvus server (where the leader placed it), and it stays there
+//!   while daemons crash, restart and are reinstalled: a client searching through every
+//!   load balancer meanwhile sees no failed search, the container keeps its start time.
+//! - When the server's host dies, the new leader places the server on its own node, which
+//!   starts it after the old session is gone, and the same search works again through a
+//!   load balancer, with every vector there (the client's longest gap is printed).
 
 mod support;
 
@@ -130,7 +133,8 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     }
 
     // Least privilege: the daemon is its own user, with no container engine access,
-    // and it brought the standalone server up on the leader's node through D-Bus.
+    // and it brought the standalone server up on the node the leader placed it on (its
+    // own) through D-Bus.
     for host in hosts.names() {
         let pid = prop(&hosts, host, "milvus-fleet.service", "MainPID");
         let user = hosts.sh_ok(host, &format!("ps -o user= -p {pid}"));

@@ -3,6 +3,7 @@ balancer, write vectors, search them.
 
   vectors.py HOST PORT write   create the collection, insert 1000 vectors, index, load
   vectors.py HOST PORT check   the collection is there: count and a nearest-neighbour search
+  vectors.py HOST PORT count   like check, but only prints {"count": N, "top": ID} (no verdict)
   vectors.py HOST[,HOST...] PORT watch STOPFILE
                                search ten times a second through each host's load balancer
                                until STOPFILE exists; print one JSON line per load balancer:
@@ -108,6 +109,10 @@ def main(host, port, mode):
     collection.load(timeout=300)
     hits = collection.search([data[123]], "vec", {"metric_type": "L2", "params": {}}, limit=3, timeout=60)[0]
     count = collection.query("id >= 0", output_fields=["count(*)"], timeout=60)[0]["count(*)"]
+    if mode == "count":
+        import json
+        print(json.dumps({"count": count, "top": hits[0].id}))
+        return
     print(f"top hit for vector #123: id={hits[0].id} distance={hits[0].distance:.6f}; count {count}")
     if hits[0].id != 123 or count != ROWS:
         sys.exit("wrong answer")

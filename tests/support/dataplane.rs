@@ -63,13 +63,19 @@ pub struct SearchView {
 pub struct Searching {
     child: std::process::Child,
     stop_file: tempfile::TempPath,
+    /// (host, address) of each load balancer searched.
+    lbs: Vec<(String, String)>,
 }
 
 impl Searching {
     pub fn start(hosts: &Hosts, python: &str, lbs: &[&str]) -> Self {
         let stop_file = tempfile::NamedTempFile::new().unwrap().into_temp_path();
         std::fs::remove_file(&stop_file).unwrap();
-        let addresses: Vec<String> = lbs.iter().map(|h| hosts.address(h)).collect();
+        let lbs: Vec<(String, String)> = lbs
+            .iter()
+            .map(|h| (h.to_string(), hosts.address(h)))
+            .collect();
+        let addresses: Vec<&str> = lbs.iter().map(|(_, a)| a.as_str()).collect();
         let child = Command::new("ip")
             .args(["netns", "exec", &hosts.switch_netns(), python])
             .arg(repo().join("tests/client/vectors.py"))
@@ -79,10 +85,15 @@ impl Searching {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        Self { child, stop_file }
+        Self {
+            child,
+            stop_file,
+            lbs,
+        }
     }
 
-    /// Stops the searches and returns what each load balancer's client saw.
+    /// Stops the searches and returns what each load balancer's client saw (`lb` names
+    /// the host).
     pub fn stop(self) -> Vec<SearchView> {
         std::fs::write(&self.stop_file, "").unwrap();
         let out = self.child.wait_with_output().unwrap();
@@ -95,7 +106,13 @@ impl Searching {
         stdout
             .lines()
             .filter(|l| l.starts_with('{'))
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| {
+                let mut view: SearchView = serde_json::from_str(l).unwrap();
+                if let Some((host, _)) = self.lbs.iter().find(|(_, a)| *a == view.lb) {
+                    view.lb = host.clone();
+                }
+                view
+            })
             .collect()
     }
 }

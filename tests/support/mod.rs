@@ -248,6 +248,34 @@ impl Hosts {
         assert!(self.harness(&["kill", host]).status.success());
     }
 
+    /// Boots a killed host again from its own disk and waits until it is up.
+    pub fn power_on(&self, host: &str) {
+        let out = self.harness(&["power-on", host]);
+        assert!(
+            out.status.success(),
+            "power-on: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Whether `host` runs (it is not killed).
+    pub fn is_running(&self, host: &str) -> bool {
+        let out = self.harness(&["list"]);
+        String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            fields.first() == Some(&host) && fields.get(2).is_some_and(|pid| *pid != "down")
+        })
+    }
+
+    /// A whole-host freeze (every process stopped, its containers' too) and its thaw.
+    pub fn freeze(&self, host: &str) {
+        assert!(self.harness(&["freeze", host]).status.success());
+    }
+
+    pub fn thaw(&self, host: &str) {
+        assert!(self.harness(&["thaw", host]).status.success());
+    }
+
     pub fn cut(&self, host: &str) {
         assert!(self.harness(&["cut", host]).status.success());
     }

@@ -1,0 +1,436 @@
+//! The data plane as a Milvus client sees it. Three storage+compute test hosts run the
+//! standalone-ha topology with the real Milvus server (the site's S3 on a fourth host,
+//! which joins and leaves as a compute node at the end); a pymilvus client searches ten
+//! times a second through every node's load balancer during each fault. Per fault it
+//! reports the longest gap a client of a surviving load balancer saw, the searches that
+//! failed there, the flushed rows missing afterwards, and the most Milvus servers seen
+//! running at once (every live `milvus run standalone` process of the hosts, sampled
+//! every 0.25 s from outside them, so a cut-off or thawed host counts too; a frozen one
+//! does not serve and is not counted).
+//! Writes target/bench/client-view.json; `cargo bench --bench control_plane` shows its rows.
+//!
+//!   cargo bench --bench client_view            # 10 runs of each host fault
+//!   cargo bench --bench client_view -- --quick # 1 run of each
+//!
+//! Needs root, systemd-nspawn, a Docker engine and the built .deb (scripts/test-all.sh
+//! installs and builds them).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::dataplane::{
+    client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_until,
+    write_credentials, SearchView, Searching,
+};
+use support::{deb_path, repo, Hosts};
+
+const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
+const PREFIX: &str = "mfcv";
+/// The cluster's nodes; h4 serves the site's S3 (and joins as a compute node late).
+const NODES: [&str; 3] = ["h1", "h2", "h3"];
+const ROWS: u64 = 1000;
+
+fn fleet_toml(hosts: &Hosts) -> String {
+    format!(
+        r#"[cluster]
+name = "client-view"
+topology = "standalone-ha"
+
+[object_storage]
+kind = "s3"
+endpoint = "{s3}:9000"
+bucket = "client-view"
+
+[images]
+etcd = "local/etcd:test"
+nginx = "local/nginx:test"
+milvus = "local/milvus:test"
+"#,
+        s3 = hosts.address("h4"),
+    )
+}
+
+/// The hosts whose Milvus standalone server process runs and is not stopped (frozen),
+/// found from outside: each process's cgroup names its host.
+fn serving_hosts() -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        if !cmdline.starts_with(b"milvus\0run\0standalone") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or("?");
+        if matches!(state, "T" | "t" | "Z" | "X") {
+            continue;
+        }
+        let cgroup = std::fs::read_to_string(path.join("cgroup")).unwrap_or_default();
+        for host in NODES.iter().chain(["h4"].iter()) {
+            if cgroup.contains(&format!("/{PREFIX}/{host}/")) {
+                found.insert(host.to_string());
+            }
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// Samples [`serving_hosts`] every 0.25 s while a fault runs; keeps the most at once.
+struct ServerSampler {
+    stop: std::sync::Arc<AtomicBool>,
+    most: std::sync::Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ServerSampler {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let most = std::sync::Arc::new(AtomicUsize::new(0));
+        let (s, m) = (stop.clone(), most.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                m.fetch_max(serving_hosts().len(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        Self { stop, most, thread }
+    }
+
+    fn stop(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.most.load(Ordering::Relaxed)
+    }
+}
+
+/// The one host that serves, waiting for it (a failover in progress).
+fn the_server(what: &str) -> String {
+    let mut server = String::new();
+    wait_until(what, Duration::from_secs(300), || {
+        let serving = serving_hosts();
+        if serving.len() == 1 {
+            server = serving[0].clone();
+            true
+        } else {
+            false
+        }
+    });
+    server
+}
+
+/// One fault's figures, over its runs.
+#[derive(Default)]
+struct FaultRows {
+    fault: &'static str,
+    /// Per run: the longest gap among the surviving load balancers' clients.
+    gap: Vec<f64>,
+    failed: Vec<f64>,
+    missing: Vec<f64>,
+    servers: Vec<f64>,
+    notes: Vec<String>,
+}
+
+impl FaultRows {
+    fn new(fault: &'static str) -> Self {
+        Self {
+            fault,
+            ..Default::default()
+        }
+    }
+
+    fn record(&mut self, views: &[SearchView], surviving: &[String], missing: u64, most: usize) {
+        let mine: Vec<&SearchView> = views
+            .iter()
+            .filter(|v| surviving.contains(&v.lb))
+            .collect();
+        let gap = mine.iter().map(|v| v.longest_gap_s).fold(0.0, f64::max);
+        let failed: u64 = mine.iter().map(|v| v.failures).sum();
+        self.gap.push(gap);
+        self.failed.push(failed as f64);
+        self.missing.push(missing as f64);
+        self.servers.push(most as f64);
+        let per_lb: Vec<String> = mine
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} gap {:.2} s, {}/{} failed",
+                    v.lb, v.longest_gap_s, v.failures, v.searches
+                )
+            })
+            .collect();
+        let line = format!("{}: {}", self.fault, per_lb.join("; "));
+        eprintln!("{line}; missing rows {missing}; most servers at once {most}");
+        self.notes.push(line);
+    }
+
+    fn rows(&self) -> Vec<serde_json::Value> {
+        let f = self.fault;
+        vec![
+            json!({ "figure": format!("client view, {f}: longest gap through a surviving load balancer"), "samples": self.gap, "note": format!("{} run(s)", self.gap.len()) }),
+            json!({ "figure": format!("client view, {f}: failed searches through surviving load balancers"), "samples": self.failed, "note": "" }),
+            json!({ "figure": format!("client view, {f}: flushed rows missing afterwards"), "samples": self.missing, "note": format!("of {ROWS}") }),
+            json!({ "figure": format!("client view, {f}: most servers running at once"), "samples": self.servers, "note": "sampled every 0.25 s" }),
+        ]
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let runs = if quick { 1 } else { 10 };
+    let started = Instant::now();
+    let deb = deb_path();
+    let images = images();
+    let python = client_python();
+    let hosts = Hosts::up_with(
+        PREFIX,
+        "172.31.92",
+        4,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    prepare_hosts(&hosts, &deb, PKG, &images, |host| {
+        if host == "h4" {
+            vec!["nginx", "seaweedfs"]
+        } else {
+            vec!["etcd", "nginx", "milvus"]
+        }
+    });
+    std::thread::scope(|scope| {
+        for host in hosts.names() {
+            let hosts = &hosts;
+            scope.spawn(move || install_package(hosts, host, PKG));
+        }
+    });
+    start_site_s3(&hosts, "h4");
+    hosts.write_file(
+        "h1",
+        "/etc/milvus-fleet/fleet.toml",
+        &fleet_toml(&hosts),
+        "0644",
+    );
+    write_credentials(&hosts, "h1");
+    hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
+            hosts.address("h1")
+        ),
+    );
+    for host in ["h2", "h3"] {
+        let token = hosts.sh_ok("h1", "milvus-fleet token create 2>/dev/null");
+        hosts.write_file(host, "/root/token", token.trim(), "0600");
+        hosts.sh_ok(
+            host,
+            &format!(
+                "milvus-fleet join {} --name {host} --address {} --roles storage,compute < /root/token >/dev/null && rm /root/token",
+                hosts.address("h1"),
+                hosts.address(host)
+            ),
+        );
+    }
+    let written = client(&hosts, &python, &hosts.address("h1"), 19537, "write");
+    assert!(written.contains("id=123"), "{written}");
+    eprintln!(
+        "cluster up, {ROWS} vectors written: {:?}",
+        started.elapsed()
+    );
+
+    let missing_rows = |via: &str| -> u64 {
+        let out = client(&hosts, &python, &hosts.address(via), 19537, "count");
+        let line = out.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
+        let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        ROWS.saturating_sub(seen["count"].as_u64().unwrap_or(0))
+    };
+    let daemon_up_everywhere = |what: &str| {
+        wait_until(what, Duration::from_secs(120), || {
+            NODES.iter().all(|h| {
+                let out = hosts.sh(h, "milvus-fleet status --json");
+                serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                    .ok()
+                    .and_then(|s| s["nodes"].as_array().cloned())
+                    .is_some_and(|nodes| {
+                        nodes.len() >= NODES.len() && nodes.iter().all(|n| n["daemon"] == "up")
+                    })
+            })
+        });
+    };
+    let all: Vec<String> = NODES.iter().map(|s| s.to_string()).collect();
+    // Runs `fault` (which returns the hosts whose load balancers count as surviving)
+    // with the client searching and the sampler counting servers, then lets things
+    // settle and checks the rows.
+    let measure = |rows: &mut FaultRows, fault: &dyn Fn(&str) -> Vec<String>| {
+        let server = the_server("one server before the fault");
+        let searching = Searching::start(&hosts, &python, &NODES);
+        let sampler = ServerSampler::start();
+        std::thread::sleep(Duration::from_secs(2));
+        let surviving = fault(&server);
+        the_server("one server after the fault");
+        std::thread::sleep(Duration::from_secs(3));
+        let most = sampler.stop();
+        let views = searching.stop();
+        let via = surviving.first().cloned().unwrap_or_else(|| "h1".into());
+        rows.record(&views, &surviving, missing_rows(&via), most);
+    };
+
+    let mut faults = Vec::new();
+
+    // Daemon faults on the server's node: the server must not move or restart.
+    let mut killed = FaultRows::new("daemon kill -9 on the server's node");
+    for _ in 0..runs.min(3) {
+        measure(&mut killed, &|server| {
+            let pid = hosts.systemctl(server, "show -P MainPID milvus-fleet");
+            hosts.sh_ok(server, "systemctl kill --signal=KILL milvus-fleet.service");
+            wait_until("the daemon back", Duration::from_secs(60), || {
+                let now = hosts.systemctl(server, "show -P MainPID milvus-fleet");
+                now != "0" && now != pid
+            });
+            daemon_up_everywhere("every daemon up again");
+            std::thread::sleep(Duration::from_secs(5));
+            all.clone()
+        });
+    }
+    faults.push(killed);
+    let mut restarted = FaultRows::new("`systemctl restart milvus-fleet` on every node in turn");
+    measure(&mut restarted, &|_| {
+        for host in NODES {
+            hosts.sh_ok(host, "systemctl restart milvus-fleet.service");
+            daemon_up_everywhere("every daemon up again");
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        all.clone()
+    });
+    faults.push(restarted);
+    let mut reinstalled = FaultRows::new("package reinstalled on the server's node");
+    measure(&mut reinstalled, &|server| {
+        hosts.sh_ok(
+            server,
+            &format!("apt-get install -q -y --reinstall {PKG} >/dev/null 2>&1"),
+        );
+        daemon_up_everywhere("every daemon up again");
+        std::thread::sleep(Duration::from_secs(5));
+        all.clone()
+    });
+    faults.push(reinstalled);
+
+    // Host faults on the server's host: the server moves; the figure is the gap.
+    let others = |server: &str| -> Vec<String> {
+        NODES
+            .iter()
+            .filter(|h| **h != server)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let mut power = FaultRows::new("server's host power loss");
+    for _ in 0..runs {
+        measure(&mut power, &|server| {
+            hosts.kill(server);
+            the_server("a new server after the power loss");
+            others(server)
+        });
+        // Power back on: the host comes back as a standby.
+        for host in NODES {
+            if !hosts.is_running(host) {
+                hosts.power_on(host);
+            }
+        }
+        daemon_up_everywhere("the powered-on host's daemon up");
+    }
+    faults.push(power);
+    let mut cut = FaultRows::new("server's host cut off the network");
+    for _ in 0..runs {
+        measure(&mut cut, &|server| {
+            hosts.cut(server);
+            the_server("a new server after the cut");
+            // Heal once the new server answers: the old one must not come back.
+            std::thread::sleep(Duration::from_secs(3));
+            hosts.heal(server);
+            others(server)
+        });
+        daemon_up_everywhere("the healed host's daemon up");
+    }
+    faults.push(cut);
+    let mut frozen = FaultRows::new("server's host frozen, then thawed");
+    for _ in 0..runs {
+        measure(&mut frozen, &|server| {
+            hosts.freeze(server);
+            let since = Instant::now();
+            wait_until("a server on another host", Duration::from_secs(300), || {
+                serving_hosts().iter().any(|h| h != server)
+            });
+            eprintln!(
+                "frozen {server}: another server after {:?}",
+                since.elapsed()
+            );
+            std::thread::sleep(Duration::from_secs(3));
+            hosts.thaw(server);
+            others(server)
+        });
+        daemon_up_everywhere("the thawed host's daemon up");
+    }
+    faults.push(frozen);
+
+    // Membership: a compute node joins (h4), then is removed.
+    let mut joined = FaultRows::new("a compute node joins");
+    measure(&mut joined, &|_| {
+        let token = hosts.sh_ok("h1", "milvus-fleet token create --role compute 2>/dev/null");
+        hosts.write_file("h4", "/root/token", token.trim(), "0600");
+        hosts.sh_ok(
+            "h4",
+            &format!(
+                "milvus-fleet join {} --name h4 --address {} --roles compute < /root/token >/dev/null && rm /root/token",
+                hosts.address("h1"),
+                hosts.address("h4")
+            ),
+        );
+        wait_until("h4's load balancer", Duration::from_secs(120), || {
+            hosts
+                .sh("h4", "systemctl is-active --quiet milvus-fleet-lb")
+                .status
+                .success()
+        });
+        std::thread::sleep(Duration::from_secs(5));
+        all.clone()
+    });
+    faults.push(joined);
+    let mut removed = FaultRows::new("a compute node removed");
+    measure(&mut removed, &|_| {
+        hosts.sh_ok("h1", "milvus-fleet node remove h4 >/dev/null 2>&1");
+        std::thread::sleep(Duration::from_secs(5));
+        all.clone()
+    });
+    faults.push(removed);
+
+    let rows: Vec<serde_json::Value> = faults.iter().flat_map(FaultRows::rows).collect();
+    let out = repo().join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    let document = json!({ "suite": "client-view", "quick": quick, "runs": runs, "rows": rows });
+    std::fs::write(
+        out.join("client-view.json"),
+        serde_json::to_string_pretty(&document).unwrap(),
+    )
+    .unwrap();
+    for f in &faults {
+        for note in &f.notes {
+            println!("{note}");
+        }
+    }
+    println!(
+        "written: {}/client-view.json in {:?}",
+        out.display(),
+        started.elapsed()
+    );
+}
