@@ -34,7 +34,18 @@ const PREFIX: &str = "mfcv";
 const NODES: [&str; 3] = ["h1", "h2", "h3"];
 const ROWS: u64 = 1000;
 
+/// `MILVUS_FLEET_BENCH_SESSION_TTL=N` runs the cluster with `milvus.session_ttl_secs = N`
+/// (to weigh a shorter TTL's handover against its false expiries); else the default.
+fn session_ttl() -> Option<u32> {
+    std::env::var("MILVUS_FLEET_BENCH_SESSION_TTL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 fn fleet_toml(hosts: &Hosts) -> String {
+    let milvus = session_ttl()
+        .map(|ttl| format!("\n[milvus]\nsession_ttl_secs = {ttl}\n"))
+        .unwrap_or_default();
     format!(
         r#"[cluster]
 name = "client-view"
@@ -49,7 +60,7 @@ bucket = "client-view"
 etcd = "local/etcd:test"
 nginx = "local/nginx:test"
 milvus = "local/milvus:test"
-"#,
+{milvus}"#,
         s3 = hosts.address("h4"),
     )
 }
@@ -57,7 +68,16 @@ milvus = "local/milvus:test"
 /// The hosts whose Milvus standalone server process runs and is not stopped (frozen),
 /// found from outside: each process's cgroup names its host.
 fn serving_hosts() -> Vec<String> {
-    let mut found = std::collections::BTreeSet::new();
+    let hosts: std::collections::BTreeSet<String> = serving_processes()
+        .into_iter()
+        .map(|(host, _)| host)
+        .collect();
+    hosts.into_iter().collect()
+}
+
+/// (host, pid) of every live Milvus standalone server process of the hosts.
+fn serving_processes() -> Vec<(String, u32)> {
+    let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -78,13 +98,14 @@ fn serving_hosts() -> Vec<String> {
             continue;
         }
         let cgroup = std::fs::read_to_string(path.join("cgroup")).unwrap_or_default();
+        let pid: u32 = entry.file_name().to_string_lossy().parse().unwrap_or(0);
         for host in NODES.iter().chain(["h4"].iter()) {
             if cgroup.contains(&format!("/{PREFIX}/{host}/")) {
-                found.insert(host.to_string());
+                found.push((host.to_string(), pid));
             }
         }
     }
-    found.into_iter().collect()
+    found
 }
 
 /// Samples [`serving_hosts`] every 0.25 s while a fault runs; keeps the most at once.
@@ -151,10 +172,7 @@ impl FaultRows {
     }
 
     fn record(&mut self, views: &[SearchView], surviving: &[String], missing: u64, most: usize) {
-        let mine: Vec<&SearchView> = views
-            .iter()
-            .filter(|v| surviving.contains(&v.lb))
-            .collect();
+        let mine: Vec<&SearchView> = views.iter().filter(|v| surviving.contains(&v.lb)).collect();
         let gap = mine.iter().map(|v| v.longest_gap_s).fold(0.0, f64::max);
         let failed: u64 = mine.iter().map(|v| v.failures).sum();
         self.gap.push(gap);
@@ -247,6 +265,44 @@ fn main() {
     eprintln!(
         "cluster up, {ROWS} vectors written: {:?}",
         started.elapsed()
+    );
+
+    // Both cores saturated while the client searches: a session TTL too short for this
+    // machine shows as the server losing its session (a new server process) or failed
+    // searches.
+    let soak = Duration::from_secs(if quick { 60 } else { 600 });
+    let searching = Searching::start(&hosts, &python, &NODES);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let mut pids = std::collections::BTreeSet::new();
+    let soak_start = Instant::now();
+    while soak_start.elapsed() < soak {
+        pids.extend(serving_processes());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for spinner in spinners {
+        spinner.join().unwrap();
+    }
+    let views = searching.stop();
+    let soak_failed: u64 = views.iter().map(|v| v.failures).sum();
+    let soak_searches: u64 = views.iter().map(|v| v.searches).sum();
+    let soak_rows = vec![
+        json!({ "figure": "client view, both cores saturated: server processes lost (false session expiries)", "samples": [pids.len().saturating_sub(1) as f64], "note": format!("{} s, 4 spinning threads, session TTL {}", soak.as_secs(), session_ttl().map_or("default".into(), |t| format!("{t} s"))) }),
+        json!({ "figure": "client view, both cores saturated: failed searches", "samples": [soak_failed as f64], "note": format!("of {soak_searches} through 3 load balancers") }),
+    ];
+    eprintln!(
+        "saturated for {soak:?}: server processes {pids:?}, {soak_failed} of {soak_searches} searches failed"
     );
 
     let missing_rows = |via: &str| -> u64 {
@@ -377,6 +433,14 @@ fn main() {
             );
             std::thread::sleep(Duration::from_secs(3));
             hosts.thaw(server);
+            let thawed = Instant::now();
+            wait_until("the thawed server gone", Duration::from_secs(120), || {
+                !serving_hosts().iter().any(|h| h == server)
+            });
+            eprintln!(
+                "thawed {server}: its old server ran on for {:?}",
+                thawed.elapsed()
+            );
             others(server)
         });
         daemon_up_everywhere("the thawed host's daemon up");
@@ -414,10 +478,11 @@ fn main() {
     });
     faults.push(removed);
 
-    let rows: Vec<serde_json::Value> = faults.iter().flat_map(FaultRows::rows).collect();
+    let mut rows: Vec<serde_json::Value> = faults.iter().flat_map(FaultRows::rows).collect();
+    rows.extend(soak_rows);
     let out = repo().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
-    let document = json!({ "suite": "client-view", "quick": quick, "runs": runs, "rows": rows });
+    let document = json!({ "suite": "client-view", "quick": quick, "runs": runs, "session_ttl_secs": session_ttl(), "rows": rows });
     std::fs::write(
         out.join("client-view.json"),
         serde_json::to_string_pretty(&document).unwrap(),

@@ -894,7 +894,9 @@ fn client_view_rows() -> Vec<Row> {
                     } else {
                         ("reported", None, "", "")
                     }
-                } else if figure.ends_with("flushed rows missing afterwards") {
+                } else if figure.ends_with("flushed rows missing afterwards")
+                    || figure.contains("saturated")
+                {
                     ("0", Some(0.0), "", "")
                 } else {
                     ("<= 1", Some(1.0), "", "no fencing")

@@ -27,6 +27,7 @@ tests/images/build.sh
 tests/client/venv.sh
 step "benchmarks, quick variants (so the suites cannot rot; figures in target/bench/)"
 cargo bench --locked --bench hosts -- --quick
+cargo bench --locked --bench client_view -- --quick
 cargo bench --locked --bench control_plane -- --quick
 step "cargo test, including the package and system tests"
 cargo test --locked --no-fail-fast -- --include-ignored

@@ -132,6 +132,10 @@ pub struct MilvusConfig {
     pub proxy_port: u16,
     /// Metrics and health port of each Milvus process.
     pub metrics_port: u16,
+    /// TTL of the Milvus processes' sessions in etcd (`common.session.ttl`): how long a
+    /// lost standalone server blocks its successor, and how long a stalled Milvus process
+    /// may miss keepalives before it counts as gone.
+    pub session_ttl_secs: u32,
 }
 
 impl Default for MilvusConfig {
@@ -141,6 +145,7 @@ impl Default for MilvusConfig {
             message_queue: MessageQueue::default(),
             proxy_port: 19530,
             metrics_port: 9091,
+            session_ttl_secs: 10,
         }
     }
 }

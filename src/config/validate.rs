@@ -428,6 +428,11 @@ fn check_daemon(config: &FleetConfig) -> Check {
     }
     for (key, value, range) in [
         (
+            "milvus.session_ttl_secs",
+            config.milvus.session_ttl_secs,
+            2..=60,
+        ),
+        (
             "daemon.wedged_after_secs",
             config.daemon.wedged_after_secs,
             1..=3600,

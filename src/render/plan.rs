@@ -199,6 +199,7 @@ pub struct MilvusView {
     pub message_queue: &'static str,
     pub standalone: bool,
     pub proxy_port: u16,
+    pub session_ttl_secs: u32,
     pub pulsar_address: String,
     pub kafka_brokers: String,
 }
@@ -412,6 +413,7 @@ impl NodePlan {
                 },
                 standalone,
                 proxy_port: config.milvus.proxy_port,
+                session_ttl_secs: config.milvus.session_ttl_secs,
                 pulsar_address,
                 kafka_brokers: config.kafka.brokers.join(","),
             },

@@ -47,7 +47,6 @@ use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
 
 /// The unit that renders as root (`milvus-fleet apply --render-only`).
 pub const RENDER_UNIT: &str = "milvus-fleet-apply.service";
-/// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
 /// A unit still "failed" after this is not waiting for an automatic restart (the units'
 /// RestartSec= is 2 s): systemd gave up on it.
 const FAILED_FOR_GOOD_AFTER: Duration = Duration::from_secs(5);
