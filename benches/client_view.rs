@@ -419,6 +419,10 @@ fn main() {
         daemon_up_everywhere("the healed host's daemon up");
     }
     faults.push(cut);
+    // Internal timings of the freeze: to another server, and how long the thawed old
+    // server ran on beside it.
+    let moved_after = std::cell::RefCell::new(Vec::new());
+    let ran_on = std::cell::RefCell::new(Vec::new());
     let mut frozen = FaultRows::new("server's host frozen, then thawed");
     for _ in 0..runs {
         measure(&mut frozen, &|server| {
@@ -431,6 +435,7 @@ fn main() {
                 "frozen {server}: another server after {:?}",
                 since.elapsed()
             );
+            moved_after.borrow_mut().push(since.elapsed().as_secs_f64());
             std::thread::sleep(Duration::from_secs(3));
             hosts.thaw(server);
             let thawed = Instant::now();
@@ -441,6 +446,7 @@ fn main() {
                 "thawed {server}: its old server ran on for {:?}",
                 thawed.elapsed()
             );
+            ran_on.borrow_mut().push(thawed.elapsed().as_secs_f64());
             others(server)
         });
         daemon_up_everywhere("the thawed host's daemon up");
@@ -480,6 +486,8 @@ fn main() {
 
     let mut rows: Vec<serde_json::Value> = faults.iter().flat_map(FaultRows::rows).collect();
     rows.extend(soak_rows);
+    rows.push(json!({ "figure": "server's host frozen: another server running after", "samples": moved_after.into_inner(), "note": "internal timing" }));
+    rows.push(json!({ "figure": "server's host frozen: the thawed old server ran on beside the new one for", "samples": ran_on.into_inner(), "note": "until its process was gone" }));
     let out = repo().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let document = json!({ "suite": "client-view", "quick": quick, "runs": runs, "session_ttl_secs": session_ttl(), "rows": rows });
