@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::dataplane::{
-    client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_until,
-    write_credentials, SearchView, Searching,
+    client, client_python, client_result, images, install_package, prepare_hosts, start_site_s3,
+    wait_until, write_credentials, SearchView, Searching,
 };
 use support::{deb_path, repo, Hosts};
 
@@ -305,11 +305,31 @@ fn main() {
         "saturated for {soak:?}: server processes {pids:?}, {soak_failed} of {soak_searches} searches failed"
     );
 
+    // A client that cannot read the rows at all (for the client's 120 s of retries) counts
+    // every row missing, and the nodes' journals say why; the suite goes on.
     let missing_rows = |via: &str| -> u64 {
-        let out = client(&hosts, &python, &hosts.address(via), 19537, "count");
-        let line = out.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
-        let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
-        ROWS.saturating_sub(seen["count"].as_u64().unwrap_or(0))
+        match client_result(&hosts, &python, &hosts.address(via), 19537, "count") {
+            Ok(out) => {
+                let line = out.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
+                let seen: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                ROWS.saturating_sub(seen["count"].as_u64().unwrap_or(0))
+            }
+            Err(e) => {
+                eprintln!("MISSED: no rows read through {via}'s load balancer: {e}");
+                eprintln!("serving now: {:?}", serving_processes());
+                for host in NODES {
+                    eprintln!(
+                        "--- {host}:\n{}",
+                        hosts.sh_ok(
+                            host,
+                            "journalctl -q -o short-precise --since=-180s -u milvus-fleet \
+                             -u milvus-fleet-standalone -u milvus-fleet-lb | tail -60"
+                        )
+                    );
+                }
+                ROWS
+            }
+        }
     };
     let daemon_up_everywhere = |what: &str| {
         wait_until(what, Duration::from_secs(120), || {

@@ -164,7 +164,7 @@ pub async fn run(mut inputs: Inputs) {
         placement: None,
         in_touch: false,
         out_of_touch_since: None,
-        fenced: false,
+        stopping: None,
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
@@ -185,12 +185,7 @@ pub async fn run(mut inputs: Inputs) {
                 }
                 supervisor.check_health(&settings, &probe_client).await;
                 supervisor.alert_failed_units();
-                if supervisor.out_of_touch_since.is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER)
-                    && !supervisor.fenced
-                {
-                    supervisor.fenced = true;
-                    supervisor.stop_standalone(&settings, "this daemon has lost etcd: it cannot learn whether the server moved").await;
-                }
+                supervisor.fence_while_out_of_touch(&settings).await;
             }
             Ok(()) = inputs.settings.changed() => {
                 supervisor.render_needed = true;
@@ -208,7 +203,6 @@ pub async fn run(mut inputs: Inputs) {
                 } else {
                     supervisor.in_touch = true;
                     supervisor.out_of_touch_since = None;
-                    supervisor.fenced = false;
                 }
                 supervisor.converge_needed = true;
                 supervisor.next_converge = Instant::now();
@@ -248,8 +242,8 @@ struct Supervisor {
     in_touch: bool,
     /// Since when it has not been (it was before).
     out_of_touch_since: Option<Instant>,
-    /// Its standalone server was stopped for that.
-    fenced: bool,
+    /// A stop of the standalone server in flight (beside the loop).
+    stopping: Option<JoinHandle<()>>,
     status_tx: watch::Sender<String>,
     metrics: Arc<crate::api::Metrics>,
 }
@@ -614,14 +608,36 @@ impl Supervisor {
                 // Beside the loop: a server that cannot reach etcd takes its whole stop
                 // timeout to go, and the loop (whose ticks feed the watchdog) must not wait.
                 let systemd = self.systemd.clone();
-                tokio::spawn(async move {
+                self.stopping = Some(tokio::spawn(async move {
                     if let Err(e) = systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {
                         error!("stopping {unit}: {e}");
                     }
-                });
+                }));
             }
             Ok(_) => {}
             Err(e) => error!("{unit}: {e}"),
+        }
+    }
+
+    /// Keeps the standalone server stopped while this daemon has lost etcd for
+    /// [`OUT_OF_TOUCH_AFTER`]: not once but for as long as it lasts, since systemd restarts
+    /// a server that exits on its own (Milvus does when its session is lost), and such a
+    /// server, on a node cut off and healed, would register beside its successor.
+    async fn fence_while_out_of_touch(&mut self, settings: &Settings) {
+        let out_of_touch = self
+            .out_of_touch_since
+            .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER);
+        let stop_in_flight = self.stopping.as_ref().is_some_and(|t| !t.is_finished());
+        let running = self
+            .watched
+            .get(&Component::Standalone)
+            .is_some_and(|w| matches!(w.active.as_str(), "active" | "activating" | "reloading"));
+        if out_of_touch && running && !stop_in_flight {
+            self.stop_standalone(
+                settings,
+                "this daemon has lost etcd: it cannot learn whether the server moved",
+            )
+            .await;
         }
     }
 

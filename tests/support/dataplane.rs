@@ -31,6 +31,17 @@ pub fn client_python() -> String {
 
 /// Runs the Milvus client against `host:port` from the hosts' bridge network.
 pub fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str) -> String {
+    client_result(hosts, python, address, port, mode).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`client`], with a failure (what the client printed) as an error.
+pub fn client_result(
+    hosts: &Hosts,
+    python: &str,
+    address: &str,
+    port: u16,
+    mode: &str,
+) -> Result<String, String> {
     let script = repo().join("tests/client/vectors.py");
     let port = port.to_string();
     let out = Command::new("ip")
@@ -40,12 +51,14 @@ pub fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "client {mode} via {address}:{port} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "client {mode} via {address}:{port} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// What one load balancer's client saw while [`Searching`] ran.
