@@ -231,7 +231,7 @@ pub struct ComponentView {
     /// Whether the component takes a new configuration on SIGHUP (nginx) instead of a restart.
     pub reloads: bool,
     /// Whether milvus-fleet.target pulls the unit in. The standalone server is started
-    /// by the daemon on the leader's node only.
+    /// by the daemon on the node the leader placed it on, and nowhere else.
     pub wanted_by_target: bool,
     /// The component's health probe (supervise::health::Probe), checked by the unit's
     /// ExecStartPost and by the daemon.
