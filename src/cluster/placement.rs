@@ -31,6 +31,10 @@ pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
 /// How long a node's daemon registration must stay gone before its node may count as
 /// lost (a restarted daemon registers again within a second).
 const GONE_AFTER: Duration = Duration::from_secs(1);
+/// How long the placed node may run no server (no Milvus session of it) while its
+/// daemon is up before the server moves: its server does not start there (systemd gave
+/// up on it, the image is missing). Longer than a slow start on a loaded machine.
+const STALLED_AFTER: Duration = Duration::from_secs(120);
 
 /// The placement record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +58,8 @@ pub struct View {
     pub alive: BTreeSet<String>,
     /// Addresses (hosts) with a live Milvus session: a server runs there.
     pub serving: BTreeSet<String>,
+    /// Nodes placed to run the server that have run none for [`STALLED_AFTER`].
+    pub stalled: BTreeSet<String>,
     /// The leader's own node.
     pub leader: String,
 }
@@ -74,10 +80,14 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
     };
     let why = match current {
         Some(node) => match address(node) {
-            // Its daemon is up, or a server still runs there (its daemon restarts).
-            Some(a) if view.alive.contains(node) || view.serving.contains(a) => {
-                return Decision::Keep
-            }
+            // A server runs there (its daemon may be restarting): it stays.
+            Some(a) if view.serving.contains(a) => return Decision::Keep,
+            Some(_) if view.stalled.contains(node) => format!(
+                "{node} has run no server for {} s although its daemon is up (see `journalctl -u milvus-fleet-standalone` there)",
+                STALLED_AFTER.as_secs()
+            ),
+            // Its daemon is up and brings the server up.
+            Some(_) if view.alive.contains(node) => return Decision::Keep,
             Some(_) => {
                 format!("{node} is lost: its daemon is gone and no Milvus session of it is left")
             }
@@ -91,11 +101,12 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
         .candidates
         .iter()
         .find(|(_, a)| view.serving.contains(a));
+    let usable = |n: &String| view.alive.contains(n) && !view.stalled.contains(n);
     let own = view
         .candidates
         .iter()
-        .find(|(n, _)| *n == view.leader && view.alive.contains(n));
-    let first = view.candidates.iter().find(|(n, _)| view.alive.contains(n));
+        .find(|(n, _)| *n == view.leader && usable(n));
+    let first = view.candidates.iter().find(|(n, _)| usable(n));
     match serving.or(own).or(first) {
         Some((node, _)) if Some(node.as_str()) != current => Decision::Place {
             node: node.clone(),
@@ -189,9 +200,9 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let mut gone_since = BTreeMap::new();
+        let mut since = Since::default();
         loop {
-            let recheck = match evaluate(lead, term, &key, &mut gone_since).await {
+            let recheck = match evaluate(lead, term, &key, &mut since).await {
                 Ok(recheck) => recheck,
                 Err(e) => {
                     warn!("placing the standalone server: {e}");
@@ -211,14 +222,24 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
     }
 }
 
+/// What the leader has seen over time, this term: since when each node's registration
+/// has been gone, and since when the placed node has run no server.
+#[derive(Default)]
+struct Since {
+    gone: BTreeMap<String, Instant>,
+    serverless: Option<(String, Instant)>,
+}
+
 /// Reads what [`decide`] needs and writes its answer under the leader's term. Returns
-/// when to look again for a registration that is gone but not yet for [`GONE_AFTER`].
+/// when to look again for a registration that is gone but not yet for [`GONE_AFTER`],
+/// or a placed node that has run no server but not yet for [`STALLED_AFTER`].
 async fn evaluate(
     lead: &mut PlacementLead,
     term: i64,
     key: &str,
-    gone_since: &mut BTreeMap<String, Instant>,
+    since: &mut Since,
 ) -> Result<Option<Instant>, ClusterError> {
+    let gone_since = &mut since.gone;
     let candidates = lead.candidates.borrow().clone();
     if candidates.is_empty() {
         return Ok(None);
@@ -240,13 +261,38 @@ async fn evaluate(
             recheck = Some(recheck.map_or(at, |r| r.min(at)));
         }
     }
+    let serving = read_serving(&mut lead.client).await?;
+    let current = read_placement(&mut lead.client, key).await?;
+    let mut stalled = BTreeSet::new();
+    if let Some(placed) = &current {
+        let address = candidates
+            .iter()
+            .find(|(n, _)| *n == placed.node)
+            .map(|(_, a)| a.as_str());
+        if address.is_some_and(|a| serving.contains(a)) {
+            since.serverless = None;
+        } else {
+            let (node, at) = since
+                .serverless
+                .get_or_insert_with(|| (placed.node.clone(), now));
+            if *node != placed.node {
+                (*node, *at) = (placed.node.clone(), now);
+            }
+            if now - *at >= STALLED_AFTER {
+                stalled.insert(placed.node.clone());
+            } else {
+                let at = *at + STALLED_AFTER;
+                recheck = Some(recheck.map_or(at, |r| r.min(at)));
+            }
+        }
+    }
     let view = View {
         candidates,
         alive,
-        serving: read_serving(&mut lead.client).await?,
+        serving,
+        stalled,
         leader: lead.me.clone(),
     };
-    let current = read_placement(&mut lead.client, key).await?;
     let Decision::Place { node, reason } = decide(current.as_ref().map(|p| p.node.as_str()), &view)
     else {
         return Ok(recheck);
@@ -323,6 +369,7 @@ mod tests {
                 .collect(),
             alive: alive.iter().map(|s| s.to_string()).collect(),
             serving: serving.iter().map(|s| s.to_string()).collect(),
+            stalled: BTreeSet::new(),
             leader: leader.to_owned(),
         }
     }
@@ -365,6 +412,14 @@ mod tests {
         // Its daemon restarts the server there; moving it would cost a second start.
         let v = view(&["h1", "h2", "h3"], &[], "h2");
         assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn a_node_whose_server_never_comes_up_gives_it_away() {
+        let mut v = view(&["h1", "h2", "h3"], &[], "h1");
+        v.stalled.insert("h1".into());
+        // Not to the leader's own node: that is the stalled one.
+        assert_eq!(placed(decide(Some("h1"), &v)), "h2");
     }
 
     #[test]

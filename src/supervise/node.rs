@@ -16,8 +16,9 @@
 //!   record newly names starts it only once no Milvus session of another node is left
 //!   in etcd: Milvus exits when its session's lease is lost, and that lease is what etcd
 //!   just expired, so the old server cannot still be serving. A node the record no
-//!   longer names stops its server at once, and so does a node whose daemon has lost
-//!   etcd for [`OUT_OF_TOUCH_AFTER`] (it can no longer learn that the server moved). A
+//!   longer names stops its server at once; a node whose daemon has lost etcd for
+//!   [`OUT_OF_TOUCH_AFTER`] lets no server of its own start again (it can no longer
+//!   learn that the server moved). A
 //!   restarted daemon adopts the server it finds running: it neither starts nor stops
 //!   it until it has read the record.
 //!
@@ -619,10 +620,12 @@ impl Supervisor {
         }
     }
 
-    /// Keeps the standalone server stopped while this daemon has lost etcd for
-    /// [`OUT_OF_TOUCH_AFTER`]: not once but for as long as it lasts, since systemd restarts
-    /// a server that exits on its own (Milvus does when its session is lost), and such a
-    /// server, on a node cut off and healed, would register beside its successor.
+    /// Keeps the standalone server from coming back while this daemon has lost etcd for
+    /// [`OUT_OF_TOUCH_AFTER`]: systemd restarts a server that exits on its own (Milvus
+    /// does when its session is lost), and such a server, on a node cut off and healed,
+    /// would register beside its successor. A server that runs is left alone: its own
+    /// session fences it, and a daemon's etcd trouble (a healed member rejoining, seen in
+    /// the client_view bench) must not stop a healthy server.
     async fn fence_while_out_of_touch(&mut self, settings: &Settings) {
         let out_of_touch = self
             .out_of_touch_since
@@ -631,7 +634,7 @@ impl Supervisor {
         let running = self
             .watched
             .get(&Component::Standalone)
-            .is_some_and(|w| matches!(w.active.as_str(), "active" | "activating" | "reloading"));
+            .is_some_and(|w| w.active == "activating");
         if out_of_touch && running && !stop_in_flight {
             self.stop_standalone(
                 settings,

@@ -33,14 +33,15 @@ pub enum StandaloneWanted {
 
 /// What this node does with the standalone server, from the node the placement record
 /// names and whether this daemon has lost etcd for long (then it cannot learn that the
-/// server moved, and stops it).
+/// server moved: it starts none, and leaves a running one to its own session, which
+/// fences it; the supervisor keeps a restarting one from coming back).
 pub fn standalone_wanted(
     placed_on: Option<&str>,
     me: &str,
     out_of_touch: bool,
 ) -> StandaloneWanted {
     match placed_on {
-        _ if out_of_touch => StandaloneWanted::Stop,
+        _ if out_of_touch => StandaloneWanted::Leave,
         Some(node) if node == me => StandaloneWanted::Run,
         Some(_) => StandaloneWanted::Stop,
         None => StandaloneWanted::Leave,
@@ -209,10 +210,11 @@ mod tests {
             standalone_wanted(None, "h1", false),
             StandaloneWanted::Leave
         );
-        // Out of touch with etcd: it cannot know the server stays here.
+        // Out of touch with etcd: it cannot know the server stays here, so it starts none
+        // and leaves a running one to its session.
         assert_eq!(
             standalone_wanted(Some("h1"), "h1", true),
-            StandaloneWanted::Stop
+            StandaloneWanted::Leave
         );
     }
 }
