@@ -323,7 +323,7 @@ fn main() {
                         hosts.sh_ok(
                             host,
                             "journalctl -q -o short-precise --since=-180s -u milvus-fleet \
-                             -u milvus-fleet-standalone -u milvus-fleet-lb | tail -60"
+                             -u milvus-fleet-standalone | grep -v ' mf-standalone' | tail -80"
                         )
                     );
                 }
