@@ -121,8 +121,8 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
         "the container's log is the unit's journal: {etcd_log}"
     );
 
-    // Load balancers on both compute nodes; Milvus standalone on h1 only (the leader's
-    // node, which the daemon picks in a later release).
+    // Load balancers on both compute nodes; Milvus standalone on h1 only. No daemon runs
+    // in this test: the units are started by hand (hosts_supervision covers placement).
     for host in ["h1", "h2"] {
         hosts.sh_ok(host, "systemctl start milvus-fleet-lb");
     }
