@@ -12,6 +12,10 @@
 //!   cargo bench --bench client_view            # 10 runs of each host fault
 //!   cargo bench --bench client_view -- --quick # 1 run of each
 //!
+//! `MILVUS_FLEET_BENCH_FAULTS=power,cut` runs only the named parts (soak, kill, restart,
+//! reinstall, power, cut, freeze, join, remove) and writes client-view-partial.json;
+//! `MILVUS_FLEET_BENCH_RUNS=N` sets the runs of each host fault.
+//!
 //! Needs root, systemd-nspawn, a Docker engine and the built .deb (scripts/test-all.sh
 //! installs and builds them).
 
@@ -40,6 +44,17 @@ fn session_ttl() -> Option<u32> {
     std::env::var("MILVUS_FLEET_BENCH_SESSION_TTL")
         .ok()
         .and_then(|v| v.parse().ok())
+}
+
+/// Whether this run measures `part` (every part unless MILVUS_FLEET_BENCH_FAULTS names some).
+fn wanted(part: &str) -> bool {
+    std::env::var("MILVUS_FLEET_BENCH_FAULTS")
+        .map(|list| list.split(',').any(|p| p.trim() == part))
+        .unwrap_or(true)
+}
+
+fn partial() -> bool {
+    std::env::var_os("MILVUS_FLEET_BENCH_FAULTS").is_some()
 }
 
 fn fleet_toml(hosts: &Hosts) -> String {
@@ -206,7 +221,10 @@ impl FaultRows {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let runs = if quick { 1 } else { 10 };
+    let runs = std::env::var("MILVUS_FLEET_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 1 } else { 10 });
     let started = Instant::now();
     let deb = deb_path();
     let images = images();
@@ -270,7 +288,11 @@ fn main() {
     // Both cores saturated while the client searches: a session TTL too short for this
     // machine shows as the server losing its session (a new server process) or failed
     // searches.
-    let soak = Duration::from_secs(if quick { 60 } else { 600 });
+    let soak = Duration::from_secs(match (wanted("soak"), quick) {
+        (false, _) => 0,
+        (true, true) => 60,
+        (true, false) => 600,
+    });
     let searching = Searching::start(&hosts, &python, &NODES);
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let spinners: Vec<_> = (0..4)
@@ -365,42 +387,49 @@ fn main() {
     let mut faults = Vec::new();
 
     // Daemon faults on the server's node: the server must not move or restart.
-    let mut killed = FaultRows::new("daemon kill -9 on the server's node");
-    for _ in 0..runs.min(3) {
-        measure(&mut killed, &|server| {
-            let pid = hosts.systemctl(server, "show -P MainPID milvus-fleet");
-            hosts.sh_ok(server, "systemctl kill --signal=KILL milvus-fleet.service");
-            wait_until("the daemon back", Duration::from_secs(60), || {
-                let now = hosts.systemctl(server, "show -P MainPID milvus-fleet");
-                now != "0" && now != pid
+    if wanted("kill") {
+        let mut killed = FaultRows::new("daemon kill -9 on the server's node");
+        for _ in 0..runs.min(3) {
+            measure(&mut killed, &|server| {
+                let pid = hosts.systemctl(server, "show -P MainPID milvus-fleet");
+                hosts.sh_ok(server, "systemctl kill --signal=KILL milvus-fleet.service");
+                wait_until("the daemon back", Duration::from_secs(60), || {
+                    let now = hosts.systemctl(server, "show -P MainPID milvus-fleet");
+                    now != "0" && now != pid
+                });
+                daemon_up_everywhere("every daemon up again");
+                std::thread::sleep(Duration::from_secs(5));
+                all.clone()
             });
+        }
+        faults.push(killed);
+    }
+    if wanted("restart") {
+        let mut restarted =
+            FaultRows::new("`systemctl restart milvus-fleet` on every node in turn");
+        measure(&mut restarted, &|_| {
+            for host in NODES {
+                hosts.sh_ok(host, "systemctl restart milvus-fleet.service");
+                daemon_up_everywhere("every daemon up again");
+                std::thread::sleep(Duration::from_secs(3));
+            }
+            all.clone()
+        });
+        faults.push(restarted);
+    }
+    if wanted("reinstall") {
+        let mut reinstalled = FaultRows::new("package reinstalled on the server's node");
+        measure(&mut reinstalled, &|server| {
+            hosts.sh_ok(
+                server,
+                &format!("apt-get install -q -y --reinstall {PKG} >/dev/null 2>&1"),
+            );
             daemon_up_everywhere("every daemon up again");
             std::thread::sleep(Duration::from_secs(5));
             all.clone()
         });
+        faults.push(reinstalled);
     }
-    faults.push(killed);
-    let mut restarted = FaultRows::new("`systemctl restart milvus-fleet` on every node in turn");
-    measure(&mut restarted, &|_| {
-        for host in NODES {
-            hosts.sh_ok(host, "systemctl restart milvus-fleet.service");
-            daemon_up_everywhere("every daemon up again");
-            std::thread::sleep(Duration::from_secs(3));
-        }
-        all.clone()
-    });
-    faults.push(restarted);
-    let mut reinstalled = FaultRows::new("package reinstalled on the server's node");
-    measure(&mut reinstalled, &|server| {
-        hosts.sh_ok(
-            server,
-            &format!("apt-get install -q -y --reinstall {PKG} >/dev/null 2>&1"),
-        );
-        daemon_up_everywhere("every daemon up again");
-        std::thread::sleep(Duration::from_secs(5));
-        all.clone()
-    });
-    faults.push(reinstalled);
 
     // Host faults on the server's host: the server moves; the figure is the gap.
     let others = |server: &str| -> Vec<String> {
@@ -410,109 +439,125 @@ fn main() {
             .map(|s| s.to_string())
             .collect()
     };
-    let mut power = FaultRows::new("server's host power loss");
-    for _ in 0..runs {
-        measure(&mut power, &|server| {
-            hosts.kill(server);
-            the_server("a new server after the power loss");
-            others(server)
-        });
-        // Power back on: the host comes back as a standby.
-        for host in NODES {
-            if !hosts.is_running(host) {
-                hosts.power_on(host);
+    if wanted("power") {
+        let mut power = FaultRows::new("server's host power loss");
+        for _ in 0..runs {
+            measure(&mut power, &|server| {
+                hosts.kill(server);
+                the_server("a new server after the power loss");
+                others(server)
+            });
+            // Power back on: the host comes back as a standby.
+            for host in NODES {
+                if !hosts.is_running(host) {
+                    hosts.power_on(host);
+                }
             }
+            daemon_up_everywhere("the powered-on host's daemon up");
         }
-        daemon_up_everywhere("the powered-on host's daemon up");
+        faults.push(power);
     }
-    faults.push(power);
-    let mut cut = FaultRows::new("server's host cut off the network");
-    for _ in 0..runs {
-        measure(&mut cut, &|server| {
-            hosts.cut(server);
-            the_server("a new server after the cut");
-            // Heal once the new server answers: the old one must not come back.
-            std::thread::sleep(Duration::from_secs(3));
-            hosts.heal(server);
-            others(server)
-        });
-        daemon_up_everywhere("the healed host's daemon up");
+    if wanted("cut") {
+        let mut cut = FaultRows::new("server's host cut off the network");
+        for _ in 0..runs {
+            measure(&mut cut, &|server| {
+                hosts.cut(server);
+                the_server("a new server after the cut");
+                // Heal once the new server answers: the old one must not come back.
+                std::thread::sleep(Duration::from_secs(3));
+                hosts.heal(server);
+                others(server)
+            });
+            daemon_up_everywhere("the healed host's daemon up");
+        }
+        faults.push(cut);
     }
-    faults.push(cut);
     // Internal timings of the freeze: to another server, and how long the thawed old
     // server ran on beside it.
     let moved_after = std::cell::RefCell::new(Vec::new());
     let ran_on = std::cell::RefCell::new(Vec::new());
-    let mut frozen = FaultRows::new("server's host frozen, then thawed");
-    for _ in 0..runs {
-        measure(&mut frozen, &|server| {
-            hosts.freeze(server);
-            let since = Instant::now();
-            wait_until("a server on another host", Duration::from_secs(300), || {
-                serving_hosts().iter().any(|h| h != server)
+    if wanted("freeze") {
+        let mut frozen = FaultRows::new("server's host frozen, then thawed");
+        for _ in 0..runs {
+            measure(&mut frozen, &|server| {
+                hosts.freeze(server);
+                let since = Instant::now();
+                wait_until("a server on another host", Duration::from_secs(300), || {
+                    serving_hosts().iter().any(|h| h != server)
+                });
+                eprintln!(
+                    "frozen {server}: another server after {:?}",
+                    since.elapsed()
+                );
+                moved_after.borrow_mut().push(since.elapsed().as_secs_f64());
+                std::thread::sleep(Duration::from_secs(3));
+                hosts.thaw(server);
+                let thawed = Instant::now();
+                wait_until("the thawed server gone", Duration::from_secs(120), || {
+                    !serving_hosts().iter().any(|h| h == server)
+                });
+                eprintln!(
+                    "thawed {server}: its old server ran on for {:?}",
+                    thawed.elapsed()
+                );
+                ran_on.borrow_mut().push(thawed.elapsed().as_secs_f64());
+                others(server)
             });
-            eprintln!(
-                "frozen {server}: another server after {:?}",
-                since.elapsed()
-            );
-            moved_after.borrow_mut().push(since.elapsed().as_secs_f64());
-            std::thread::sleep(Duration::from_secs(3));
-            hosts.thaw(server);
-            let thawed = Instant::now();
-            wait_until("the thawed server gone", Duration::from_secs(120), || {
-                !serving_hosts().iter().any(|h| h == server)
-            });
-            eprintln!(
-                "thawed {server}: its old server ran on for {:?}",
-                thawed.elapsed()
-            );
-            ran_on.borrow_mut().push(thawed.elapsed().as_secs_f64());
-            others(server)
-        });
-        daemon_up_everywhere("the thawed host's daemon up");
+            daemon_up_everywhere("the thawed host's daemon up");
+        }
+        faults.push(frozen);
     }
-    faults.push(frozen);
 
     // Membership: a compute node joins (h4), then is removed.
-    let mut joined = FaultRows::new("a compute node joins");
-    measure(&mut joined, &|_| {
-        let token = hosts.sh_ok("h1", "milvus-fleet token create --role compute 2>/dev/null");
-        hosts.write_file("h4", "/root/token", token.trim(), "0600");
-        hosts.sh_ok(
-            "h4",
-            &format!(
-                "milvus-fleet join {} --name h4 --address {} --roles compute < /root/token >/dev/null && rm /root/token",
-                hosts.address("h1"),
-                hosts.address("h4")
-            ),
-        );
-        wait_until("h4's load balancer", Duration::from_secs(120), || {
-            hosts
-                .sh("h4", "systemctl is-active --quiet milvus-fleet-lb")
-                .status
-                .success()
+    if wanted("join") {
+        let mut joined = FaultRows::new("a compute node joins");
+        measure(&mut joined, &|_| {
+            let token = hosts.sh_ok("h1", "milvus-fleet token create --role compute 2>/dev/null");
+            hosts.write_file("h4", "/root/token", token.trim(), "0600");
+            hosts.sh_ok(
+                "h4",
+                &format!(
+                    "milvus-fleet join {} --name h4 --address {} --roles compute < /root/token >/dev/null && rm /root/token",
+                    hosts.address("h1"),
+                    hosts.address("h4")
+                ),
+            );
+            wait_until("h4's load balancer", Duration::from_secs(120), || {
+                hosts
+                    .sh("h4", "systemctl is-active --quiet milvus-fleet-lb")
+                    .status
+                    .success()
+            });
+            std::thread::sleep(Duration::from_secs(5));
+            all.clone()
         });
-        std::thread::sleep(Duration::from_secs(5));
-        all.clone()
-    });
-    faults.push(joined);
-    let mut removed = FaultRows::new("a compute node removed");
-    measure(&mut removed, &|_| {
-        hosts.sh_ok("h1", "milvus-fleet node remove h4 >/dev/null 2>&1");
-        std::thread::sleep(Duration::from_secs(5));
-        all.clone()
-    });
-    faults.push(removed);
+        faults.push(joined);
+    }
+    if wanted("remove") {
+        let mut removed = FaultRows::new("a compute node removed");
+        measure(&mut removed, &|_| {
+            hosts.sh_ok("h1", "milvus-fleet node remove h4 >/dev/null 2>&1");
+            std::thread::sleep(Duration::from_secs(5));
+            all.clone()
+        });
+        faults.push(removed);
+    }
 
     let mut rows: Vec<serde_json::Value> = faults.iter().flat_map(FaultRows::rows).collect();
-    rows.extend(soak_rows);
+    if wanted("soak") {
+        rows.extend(soak_rows);
+    }
     rows.push(json!({ "figure": "server's host frozen: another server running after", "samples": moved_after.into_inner(), "note": "internal timing" }));
     rows.push(json!({ "figure": "server's host frozen: the thawed old server ran on beside the new one for", "samples": ran_on.into_inner(), "note": "until its process was gone" }));
     let out = repo().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let document = json!({ "suite": "client-view", "quick": quick, "runs": runs, "session_ttl_secs": session_ttl(), "rows": rows });
     std::fs::write(
-        out.join("client-view.json"),
+        out.join(if partial() {
+            "client-view-partial.json"
+        } else {
+            "client-view.json"
+        }),
         serde_json::to_string_pretty(&document).unwrap(),
     )
     .unwrap();
@@ -522,8 +567,9 @@ fn main() {
         }
     }
     println!(
-        "written: {}/client-view.json in {:?}",
+        "written: {}/client-view{}.json in {:?}",
         out.display(),
+        if partial() { "-partial" } else { "" },
         started.elapsed()
     );
 }

@@ -95,8 +95,22 @@ fn lb_upstreams(hosts: &Hosts, host: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// The node whose server `host`'s running load balancer tries first: the group its
+/// included placement file names (`standalone milvus_on_<node>;`), if any.
+fn lb_placed(hosts: &Hosts, host: &str) -> Option<String> {
+    let dump = hosts.sh_ok(
+        host,
+        "docker exec mf-lb nginx -T -c /etc/milvus-fleet/lb/nginx.conf 2>/dev/null",
+    );
+    dump.lines()
+        .filter_map(|line| line.trim().strip_prefix("standalone milvus_on_"))
+        .map(|rest| rest.trim_end_matches(';').to_owned())
+        .next()
+}
+
 /// Waits until the running load balancer of every host in `lbs` routes clients to
-/// exactly the Milvus port of `compute`; on timeout, says what each one has.
+/// exactly the Milvus port of `compute`, the node that runs the standalone server
+/// first; on timeout, says what each one has.
 fn assert_lbs_route_to(hosts: &Hosts, lbs: &[&str], compute: &[&str], after: &str) {
     let wanted: BTreeSet<String> = compute
         .iter()
@@ -104,14 +118,25 @@ fn assert_lbs_route_to(hosts: &Hosts, lbs: &[&str], compute: &[&str], after: &st
         .collect();
     let start = std::time::Instant::now();
     loop {
-        let seen: Vec<(&str, BTreeSet<String>)> =
-            lbs.iter().map(|h| (*h, lb_upstreams(hosts, h))).collect();
-        if seen.iter().all(|(_, upstreams)| *upstreams == wanted) {
+        let server = compute
+            .iter()
+            .find(|h| hosts.systemctl(h, "is-active milvus-fleet-standalone") == "active")
+            .map(|h| h.to_string());
+        let seen: Vec<(&str, BTreeSet<String>, Option<String>)> = lbs
+            .iter()
+            .map(|h| (*h, lb_upstreams(hosts, h), lb_placed(hosts, h)))
+            .collect();
+        if server.is_some()
+            && seen
+                .iter()
+                .all(|(_, upstreams, placed)| *upstreams == wanted && *placed == server)
+        {
             return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "after {after}: the running load balancers should route to {wanted:?}, they route to {seen:?}"
+            "after {after}: the running load balancers should route to {wanted:?}, {server:?} first; \
+             they route to (host, servers, first): {seen:?}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

@@ -14,6 +14,11 @@ use crate::config::validate::MILVUS_ROLE_METRICS_PORTS;
 /// Where the rendered tree lives on a node; units and compose files refer to it. Root's,
 /// outside the daemon's state directory: the daemon must not be able to swap what root runs.
 pub const RENDERED_DIR: &str = "/var/lib/milvus-fleet-rendered";
+/// Where the daemon names the node that runs the standalone server, for the load
+/// balancer (a map entry its nginx includes; see templates/config/lb/nginx.conf).
+pub const LB_PLACEMENT_DIR: &str = "/var/lib/milvus-fleet/placement";
+/// The file in [`LB_PLACEMENT_DIR`] the daemon writes.
+pub const LB_PLACEMENT_FILE: &str = "standalone.map";
 
 /// One thing a node runs, as one compose project under one systemd unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -165,6 +170,9 @@ pub struct EtcdView {
     pub milvus_endpoints: String,
     /// host:port of every member's client port, for the load balancer.
     pub client_servers: Vec<String>,
+    /// This node's own member's host:port, when it runs one: the load balancer prefers it
+    /// (a frozen remote member's kernel still accepts connections that never answer).
+    pub local_client_server: Option<String>,
     pub initial_cluster: String,
     /// `new` or `existing`.
     pub initial_cluster_state: &'static str,
@@ -212,6 +220,23 @@ pub struct LbView {
     pub health_port: u16,
     /// host:port of every Milvus endpoint behind the load balancer.
     pub upstreams: Vec<String>,
+    /// Standalone-ha: per compute node, the server there first and the others as backups;
+    /// the daemon's placement file picks the group. Empty in the distributed topology.
+    pub placed_upstreams: Vec<PlacedUpstream>,
+    pub placement_dir: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacedUpstream {
+    /// The upstream group's name, `milvus_on_<node>`.
+    pub group: String,
+    pub primary: String,
+    pub backups: Vec<String>,
+}
+
+/// The load balancer's upstream group for a standalone server placed on `node`.
+pub fn placed_upstream_group(node: &str) -> String {
+    format!("milvus_on_{node}")
 }
 
 /// What a single component's templates see on top of the node plan.
@@ -298,6 +323,9 @@ impl NodePlan {
             .iter()
             .map(|m| format!("{}:{}", m.address, etcd.client_port))
             .collect();
+        let local_client_server = components
+            .contains(&Component::Etcd)
+            .then(|| format!("{}:{}", node.address, etcd.client_port));
         let milvus_endpoints = if etcd_local {
             format!("http://127.0.0.1:{}", config.load_balancer.etcd_port)
         } else {
@@ -346,10 +374,25 @@ impl NodePlan {
             storage.endpoint.clone()
         };
 
-        let upstreams = with_role(&[Role::Compute])
-            .iter()
-            .map(|n| format!("{}:{}", n.address, config.milvus.proxy_port))
-            .collect();
+        let compute = with_role(&[Role::Compute]);
+        let proxy = |n: &NodeConfig| format!("{}:{}", n.address, config.milvus.proxy_port);
+        let upstreams = compute.iter().map(|n| proxy(n)).collect();
+        let placed_upstreams = if standalone {
+            compute
+                .iter()
+                .map(|placed| PlacedUpstream {
+                    group: placed_upstream_group(&placed.name),
+                    primary: proxy(placed),
+                    backups: compute
+                        .iter()
+                        .filter(|n| n.name != placed.name)
+                        .map(|n| proxy(n))
+                        .collect(),
+                })
+                .collect()
+        } else {
+            vec![]
+        };
         let pulsar_address = config
             .nodes
             .iter()
@@ -387,6 +430,7 @@ impl NodePlan {
                 endpoints,
                 milvus_endpoints,
                 client_servers,
+                local_client_server,
                 initial_cluster,
                 initial_cluster_state,
                 client_port: etcd.client_port,
@@ -423,6 +467,8 @@ impl NodePlan {
                 etcd_port: config.load_balancer.etcd_port,
                 health_port: config.load_balancer.health_port,
                 upstreams,
+                placed_upstreams,
+                placement_dir: LB_PLACEMENT_DIR,
             },
         })
     }

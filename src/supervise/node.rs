@@ -36,7 +36,9 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::health::{Health, Probe};
-use super::reconcile::{converge, standalone_wanted, StandaloneWanted, JOB_TIMEOUT};
+use super::reconcile::{
+    converge, lb_placement_entry, standalone_wanted, StandaloneWanted, JOB_TIMEOUT,
+};
 use super::systemd::{Systemd, SystemdError, UnitAction};
 use crate::cluster::election::Role;
 use crate::cluster::messages::{
@@ -44,7 +46,7 @@ use crate::cluster::messages::{
 };
 use crate::cluster::placement::Placement;
 use crate::config::Settings;
-use crate::render::plan::{Component, NodePlan, RENDERED_DIR};
+use crate::render::plan::{Component, NodePlan, LB_PLACEMENT_DIR, LB_PLACEMENT_FILE, RENDERED_DIR};
 
 /// The unit that renders as root (`milvus-fleet apply --render-only`).
 pub const RENDER_UNIT: &str = "milvus-fleet-apply.service";
@@ -166,6 +168,7 @@ pub async fn run(mut inputs: Inputs) {
         in_touch: false,
         out_of_touch_since: None,
         stopping: None,
+        lb_pointed: None,
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
@@ -187,6 +190,7 @@ pub async fn run(mut inputs: Inputs) {
                 supervisor.check_health(&settings, &probe_client).await;
                 supervisor.alert_failed_units();
                 supervisor.fence_while_out_of_touch(&settings).await;
+                supervisor.point_load_balancer(&settings).await;
             }
             Ok(()) = inputs.settings.changed() => {
                 supervisor.render_needed = true;
@@ -212,6 +216,7 @@ pub async fn run(mut inputs: Inputs) {
                 let placement = inputs.placement.borrow().clone();
                 let settings = inputs.settings.borrow().clone();
                 supervisor.placement = placement.clone();
+                supervisor.point_load_balancer(&settings).await;
                 if let Some(p) = placement.filter(|p| p.node != settings.node_name) {
                     supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason)).await;
                 }
@@ -245,6 +250,8 @@ struct Supervisor {
     out_of_touch_since: Option<Instant>,
     /// A stop of the standalone server in flight (beside the loop).
     stopping: Option<JoinHandle<()>>,
+    /// The load balancer's placement line it was last reloaded with (`None`: not yet).
+    lb_pointed: Option<Option<String>>,
     status_tx: watch::Sender<String>,
     metrics: Arc<crate::api::Metrics>,
 }
@@ -617,6 +624,61 @@ impl Supervisor {
             }
             Ok(_) => {}
             Err(e) => error!("{unit}: {e}"),
+        }
+    }
+
+    /// Points this node's load balancer at the node the standalone server is placed on
+    /// (standalone-ha): writes the placement file its nginx includes and reloads it when
+    /// the line changed. A failed write or reload is tried again on the next tick.
+    async fn point_load_balancer(&mut self, settings: &Settings) {
+        let Some(plan) = NodePlan::for_node(&settings.config, &settings.node_name) else {
+            return;
+        };
+        if !plan.components.contains(&Component::Lb) || plan.lb.placed_upstreams.is_empty() {
+            return;
+        }
+        let wanted = lb_placement_entry(&plan, self.placement.as_ref().map(|p| p.node.as_str()));
+        if self.lb_pointed.as_ref() == Some(&wanted) {
+            return;
+        }
+        let path = std::path::Path::new(LB_PLACEMENT_DIR).join(LB_PLACEMENT_FILE);
+        let on_disk = std::fs::read_to_string(&path).ok();
+        if on_disk != wanted {
+            let written = match &wanted {
+                Some(line) => {
+                    crate::membership::local::write_file(&path, line.as_bytes(), 0o640, None)
+                }
+                None => std::fs::remove_file(&path).map_err(anyhow::Error::from),
+            };
+            if let Err(e) = written {
+                error!("pointing the load balancer at the standalone server: {e:#}");
+                return;
+            }
+        }
+        // A load balancer that is not running reads the file when it starts; one that runs
+        // is reloaded once per line (also once after this daemon starts: it cannot know
+        // what a load balancer started before it read).
+        let running = self
+            .watched
+            .get(&Component::Lb)
+            .is_some_and(|w| w.active == "active");
+        if !running {
+            return;
+        }
+        let unit = Component::Lb.unit_name();
+        if on_disk != wanted {
+            info!(
+                "load balancer: clients go first to {}",
+                wanted.as_deref().map_or("every server in turn", str::trim)
+            );
+        }
+        match self
+            .systemd
+            .run(UnitAction::Reload, &unit, Duration::from_secs(30))
+            .await
+        {
+            Ok(()) => self.lb_pointed = Some(wanted),
+            Err(e) => error!("reloading {unit}: {e}"),
         }
     }
 

@@ -31,6 +31,19 @@ pub enum StandaloneWanted {
     Leave,
 }
 
+/// The line of the load balancer's placement file (see templates/config/lb/nginx.conf)
+/// that sends clients to the node the standalone server is placed on, first; `None`
+/// (no file: every server in turn) when nothing is placed or the node is not one of the
+/// plan's compute nodes (a group nginx does not know would fail every connection).
+pub fn lb_placement_entry(plan: &NodePlan, placed_on: Option<&str>) -> Option<String> {
+    let group = crate::render::plan::placed_upstream_group(placed_on?);
+    plan.lb
+        .placed_upstreams
+        .iter()
+        .any(|p| p.group == group)
+        .then(|| format!("standalone {group};\n"))
+}
+
 /// What this node does with the standalone server, from the node the placement record
 /// names and whether this daemon has lost etcd for long (then it cannot learn that the
 /// server moved: it starts none, and leaves a running one to its own session, which
@@ -194,6 +207,43 @@ fn record(applied: &mut Manifest, manifest: &Manifest, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_load_balancer_is_pointed_only_at_a_compute_node_it_knows() {
+        use crate::config::model::{NodeConfig, Role, Topology};
+        let node = |name: &str, address: &str, roles: &[Role]| NodeConfig {
+            name: name.into(),
+            address: address.into(),
+            roles: roles.to_vec(),
+        };
+        let mut config = crate::config::FleetConfig {
+            nodes: vec![
+                node("a", "10.0.0.1", &[Role::Storage, Role::Compute]),
+                node("b", "10.0.0.2", &[Role::Storage, Role::Compute]),
+                node("c", "10.0.0.3", &[Role::Witness]),
+            ],
+            ..Default::default()
+        };
+        config.cluster.topology = Topology::StandaloneHa;
+        let plan = NodePlan::for_node(&config, "a").unwrap();
+        assert_eq!(
+            lb_placement_entry(&plan, Some("b")).as_deref(),
+            Some("standalone milvus_on_b;\n")
+        );
+        // The group tries b first, a only as a backup.
+        let group = &plan.lb.placed_upstreams[1];
+        assert_eq!(
+            (group.primary.as_str(), group.backups.clone()),
+            ("10.0.0.2:19530", vec!["10.0.0.1:19530".to_string()])
+        );
+        // Nothing placed, or placed on a node without the compute role: no entry.
+        assert_eq!(lb_placement_entry(&plan, None), None);
+        assert_eq!(lb_placement_entry(&plan, Some("c")), None);
+        // The distributed topology has proxies everywhere: no placement.
+        config.cluster.topology = Topology::Distributed;
+        let plan = NodePlan::for_node(&config, "a").unwrap();
+        assert_eq!(lb_placement_entry(&plan, Some("b")), None);
+    }
 
     #[test]
     fn the_standalone_server_runs_where_it_is_placed_and_nowhere_else() {
