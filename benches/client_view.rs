@@ -166,6 +166,27 @@ fn the_server(what: &str) -> String {
     server
 }
 
+/// With MILVUS_FLEET_BENCH_TIMELINE set: what the daemons and systemd of `hosts` logged
+/// since `since` (epoch seconds), the server's own log left out.
+fn timeline(hosts: &Hosts, of: &[String], since: &str) {
+    if std::env::var_os("MILVUS_FLEET_BENCH_TIMELINE").is_none() {
+        return;
+    }
+    eprintln!("fault at {since}");
+    for host in of {
+        eprintln!(
+            "--- {host}:\n{}",
+            hosts.sh_ok(
+                host,
+                &format!(
+                    "journalctl -q -o short-precise --since=@{since} -u milvus-fleet \
+                     -u milvus-fleet-standalone -u milvus-fleet-lb | grep -v ' mf-' | head -40"
+                )
+            )
+        );
+    }
+}
+
 /// One fault's figures, over its runs.
 #[derive(Default)]
 struct FaultRows {
@@ -443,8 +464,10 @@ fn main() {
         let mut power = FaultRows::new("server's host power loss");
         for _ in 0..runs {
             measure(&mut power, &|server| {
+                let since = hosts.sh_ok("h4", "date +%s.%N");
                 hosts.kill(server);
                 the_server("a new server after the power loss");
+                timeline(&hosts, &others(server), &since);
                 others(server)
             });
             // Power back on: the host comes back as a standby.
@@ -480,6 +503,7 @@ fn main() {
         let mut frozen = FaultRows::new("server's host frozen, then thawed");
         for _ in 0..runs {
             measure(&mut frozen, &|server| {
+                let fault_at = hosts.sh_ok("h4", "date +%s.%N");
                 hosts.freeze(server);
                 let since = Instant::now();
                 wait_until("a server on another host", Duration::from_secs(300), || {
@@ -501,6 +525,7 @@ fn main() {
                     thawed.elapsed()
                 );
                 ran_on.borrow_mut().push(thawed.elapsed().as_secs_f64());
+                timeline(&hosts, &others(server), &fault_at);
                 others(server)
             });
             daemon_up_everywhere("the thawed host's daemon up");

@@ -251,6 +251,8 @@ async fn campaign(
             leader_key: format!("{prefix}leader"),
             me: settings.node_name.clone(),
             candidates: standalone_candidates,
+            health_port: config.milvus.metrics_port,
+            http: reqwest::Client::new(),
         },
         election.subscribe(),
     );

@@ -25,3 +25,6 @@ pub const COMPONENT_FAILED: &str = "e2b94c6f1d8a4f37b0c5a9d3e6f1b284";
 pub const STANDALONE_STARTED: &str = "7f3c1e9a2b6d4c08a5e4f2d1b9c8a673";
 /// The leader placed the standalone server on a node (fields: NODE, TERM).
 pub const STANDALONE_PLACED: &str = "0c6e2f7d94b1458a9f3d8e5b2a71c406";
+/// The leader revoked the Milvus sessions of a lost node's server: the node's daemon is
+/// gone and its server does not answer its health endpoint (fields: NODE, TERM).
+pub const STANDALONE_FENCED: &str = "9d4b2c7e1f0a4e6b8c3d5a7f2e1b9c04";

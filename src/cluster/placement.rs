@@ -10,6 +10,13 @@
 //! gone for a moment *and* no Milvus session of its address left: a node whose daemon
 //! restarts still serves) or leaves the cluster.
 //!
+//! A lost node's sessions would outlive it by the Milvus session TTL (and by a whole TTL
+//! more when the host also carried etcd's raft leader: a new raft leader extends every
+//! lease). The leader does not wait for that when the node's daemon is gone *and* its
+//! server does not answer its health endpoint from the leader: it revokes the sessions'
+//! leases, which fences that server exactly as their expiry would (a Milvus server that
+//! finds its session gone exits), only sooner.
+//!
 //! The decision is [`decide`], a pure function of what the leader reads from etcd.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -31,6 +38,9 @@ pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
 /// How long a node's daemon registration must stay gone before its node may count as
 /// lost (a restarted daemon registers again within a second).
 const GONE_AFTER: Duration = Duration::from_secs(1);
+/// How long the leader waits for a server's health endpoint before it counts the server
+/// as not answering. A live server answers in milliseconds, loaded or not.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the placed node may run no server (no Milvus session of it) while its
 /// daemon is up before the server moves: its server does not start there (systemd gave
 /// up on it, the image is missing). Longer than a slow start on a loaded machine.
@@ -60,6 +70,9 @@ pub struct View {
     pub serving: BTreeSet<String>,
     /// Nodes placed to run the server that have run none for [`STALLED_AFTER`].
     pub stalled: BTreeSet<String>,
+    /// Nodes whose server's health endpoint did not answer the leader (only asked of a
+    /// placed node whose daemon is gone while its sessions live).
+    pub unresponsive: BTreeSet<String>,
     /// The leader's own node.
     pub leader: String,
 }
@@ -67,7 +80,16 @@ pub struct View {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     Keep,
-    Place { node: String, reason: String },
+    Place {
+        node: String,
+        reason: String,
+    },
+    /// End the Milvus sessions of `node`'s server (revoke their leases): the node is lost
+    /// but its sessions have not expired yet.
+    Fence {
+        node: String,
+        reason: String,
+    },
 }
 
 /// Where the server should run, given the current record (if any).
@@ -80,6 +102,20 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
     };
     let why = match current {
         Some(node) => match address(node) {
+            // Its daemon is gone and its server does not answer, though its sessions
+            // live on: the host is lost (power, network, frozen).
+            Some(a)
+                if view.serving.contains(a)
+                    && !view.alive.contains(node)
+                    && view.unresponsive.contains(node) =>
+            {
+                return Decision::Fence {
+                    node: node.to_owned(),
+                    reason: format!(
+                        "{node} is lost: its daemon is gone and its server does not answer its health endpoint"
+                    ),
+                }
+            }
             // A server runs there (its daemon may be restarting): it stays.
             Some(a) if view.serving.contains(a) => return Decision::Keep,
             Some(_) if view.stalled.contains(node) => format!(
@@ -131,6 +167,18 @@ pub fn serving_hosts<'a>(sessions: impl IntoIterator<Item = (&'a [u8], i64)>) ->
         .collect()
 }
 
+/// The leases of the live Milvus sessions on `host`.
+pub fn session_leases<'a>(
+    sessions: impl IntoIterator<Item = (&'a [u8], i64)>,
+    host: &str,
+) -> BTreeSet<i64> {
+    sessions
+        .into_iter()
+        .filter(|(value, lease)| *lease != 0 && serving_hosts([(*value, *lease)]).contains(host))
+        .map(|(_, lease)| lease)
+        .collect()
+}
+
 /// Reads the live Milvus sessions' hosts.
 pub async fn read_serving(client: &mut Client) -> Result<BTreeSet<String>, ClusterError> {
     let answer = client
@@ -158,6 +206,9 @@ pub struct PlacementLead {
     /// The nodes that may run the server, with their addresses (empty when the topology
     /// has no standalone server); kept current on reloads.
     pub candidates: watch::Receiver<Vec<(String, String)>>,
+    /// The server's health endpoint's port (milvus.metrics_port), on the node's address.
+    pub health_port: u16,
+    pub http: reqwest::Client,
 }
 
 /// Keeps the placement right whenever `role` says this daemon leads.
@@ -286,16 +337,42 @@ async fn evaluate(
             }
         }
     }
+    // Ask the placed server's health endpoint only when its node's daemon is gone while
+    // its sessions live: the one case where the answer decides.
+    let mut unresponsive = BTreeSet::new();
+    if let Some(placed) = &current {
+        let address = candidates
+            .iter()
+            .find(|(n, _)| *n == placed.node)
+            .map(|(_, a)| a.clone());
+        if let Some(address) = address.filter(|a| serving.contains(a)) {
+            if !alive.contains(&placed.node) && !answers(lead, &address).await {
+                unresponsive.insert(placed.node.clone());
+            }
+        }
+    }
     let view = View {
         candidates,
         alive,
         serving,
         stalled,
+        unresponsive,
         leader: lead.me.clone(),
     };
-    let Decision::Place { node, reason } = decide(current.as_ref().map(|p| p.node.as_str()), &view)
-    else {
-        return Ok(recheck);
+    let (node, reason) = match decide(current.as_ref().map(|p| p.node.as_str()), &view) {
+        Decision::Keep => return Ok(recheck),
+        Decision::Fence { node, reason } => {
+            let address = view
+                .candidates
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map(|(_, a)| a.clone())
+                .unwrap_or_default();
+            fence(lead, term, &node, &address, &reason).await?;
+            // The sessions' deletions wake the loop; look again soon in any case.
+            return Ok(Some(Instant::now() + Duration::from_millis(200)));
+        }
+        Decision::Place { node, reason } => (node, reason),
     };
     let record = Placement {
         node: node.clone(),
@@ -322,6 +399,54 @@ async fn evaluate(
         );
     }
     Ok(recheck)
+}
+
+/// Whether the Milvus server on `address` answers its health endpoint in time.
+async fn answers(lead: &PlacementLead, address: &str) -> bool {
+    let url = format!("http://{address}:{}/healthz", lead.health_port);
+    matches!(
+        tokio::time::timeout(HEALTH_TIMEOUT, lead.http.get(&url).send()).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}
+
+/// Revokes the leases of the Milvus sessions on `address` (node `node`'s server), while
+/// this daemon still leads.
+async fn fence(
+    lead: &mut PlacementLead,
+    term: i64,
+    node: &str,
+    address: &str,
+    reason: &str,
+) -> Result<(), ClusterError> {
+    let leader = lead.client.get(lead.leader_key.clone(), None).await?;
+    if leader.kvs().first().map(|kv| kv.create_revision()) != Some(term) {
+        return Ok(());
+    }
+    let answer = lead
+        .client
+        .get(MILVUS_SESSION_PREFIX, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let leases = session_leases(
+        answer.kvs().iter().map(|kv| (kv.value(), kv.lease())),
+        address,
+    );
+    for lease in &leases {
+        // Already expired is as good as revoked.
+        if let Err(e) = lead.client.lease_revoke(*lease).await {
+            if !e.to_string().contains("requested lease not found") {
+                return Err(e.into());
+            }
+        }
+    }
+    warn!(
+        message_id = super::messages::STANDALONE_FENCED,
+        node = %node,
+        term,
+        "ended the {} Milvus session lease(s) of {node}'s server: {reason}",
+        leases.len()
+    );
+    Ok(())
 }
 
 /// Follows the placement record for this node's supervisor: its value now and after
@@ -370,6 +495,7 @@ mod tests {
             alive: alive.iter().map(|s| s.to_string()).collect(),
             serving: serving.iter().map(|s| s.to_string()).collect(),
             stalled: BTreeSet::new(),
+            unresponsive: BTreeSet::new(),
             leader: leader.to_owned(),
         }
     }
@@ -377,6 +503,7 @@ mod tests {
     fn placed(decision: Decision) -> String {
         match decision {
             Decision::Place { node, .. } => node,
+            Decision::Fence { node, .. } => format!("fence {node}"),
             Decision::Keep => "keep".into(),
         }
     }
@@ -405,6 +532,32 @@ mod tests {
         // h1's daemon is gone (restarting, upgrading) but its server's session is alive.
         let v = view(&["h2", "h3"], &["10.0.0.1"], "h2");
         assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn a_lost_node_whose_server_does_not_answer_is_fenced_before_its_sessions_expire() {
+        let mut v = view(&["h2", "h3"], &["10.0.0.1"], "h2");
+        v.unresponsive.insert("h1".into());
+        assert_eq!(placed(decide(Some("h1"), &v)), "fence h1");
+        // Its server answers: only the daemon is gone (restarting); nothing moves.
+        v.unresponsive.clear();
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+        // Its daemon is up: a slow health answer alone fences nothing.
+        let mut v = view(&["h1", "h2", "h3"], &["10.0.0.1"], "h2");
+        v.unresponsive.insert("h1".into());
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+    }
+
+    #[test]
+    fn only_the_lost_hosts_session_leases_are_revoked() {
+        let a = br#"{"Address":"10.0.0.1:19530"}"#;
+        let b = br#"{"Address":"10.0.0.1:21123"}"#;
+        let other = br#"{"Address":"10.0.0.2:19530"}"#;
+        let leases = session_leases(
+            [(&a[..], 7), (&b[..], 8), (&other[..], 9), (&a[..], 0)],
+            "10.0.0.1",
+        );
+        assert_eq!(leases, [7, 8].into());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! that new raft leader then extends every lease by its TTL before any can expire, so the
 //! fleet leader's key outlives its host by ~2.5 s instead of the lease TTL. While this
 //! daemon leads, it checks now and then where the raft leader is and, when it is the
-//! etcd member on this host, hands raft leadership to another member that answers.
+//! etcd member on this host and every member answers, hands raft leadership to another.
 
 use std::time::Duration;
 
@@ -104,17 +104,20 @@ async fn move_off(
     if !on_host(leader, own_address) {
         return Ok(None);
     }
+    // Only while every member answers: a move is an etcd election, and a new raft leader
+    // extends every lease by its whole TTL. While a member is lost, the leases of what
+    // ran there (its Milvus sessions, which the standalone server's handover waits out)
+    // must expire on time, not a TTL later.
     let mut target = None;
     for member in members
         .iter()
         .filter(|m| m.id() != raft_leader && !m.is_learner())
     {
-        if !answering(member.client_urls()).await.is_empty() {
-            target = Some(member);
-            break;
+        if answering(member.client_urls()).await.is_empty() {
+            return Ok(None);
         }
+        target.get_or_insert(member);
     }
-    // No other member answers: keep the leader where it is.
     let Some(target) = target else {
         return Ok(None);
     };

@@ -222,6 +222,11 @@ pub async fn run(mut inputs: Inputs) {
                 }
                 supervisor.converge_needed = true;
                 supervisor.next_converge = Instant::now();
+                // A server placed here starts now, not on the next tick: every second
+                // here is a second of failed searches.
+                if supervisor.operation.is_none() && supervisor.restart.is_none() {
+                    supervisor.maybe_converge(&settings).await;
+                }
             }
             Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
         }
