@@ -525,7 +525,7 @@ fn main() {
                     thawed.elapsed()
                 );
                 ran_on.borrow_mut().push(thawed.elapsed().as_secs_f64());
-                timeline(&hosts, &others(server), &fault_at);
+                timeline(&hosts, &all, &fault_at);
                 others(server)
             });
             daemon_up_everywhere("the thawed host's daemon up");

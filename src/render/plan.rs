@@ -220,7 +220,7 @@ pub struct LbView {
     pub health_port: u16,
     /// host:port of every Milvus endpoint behind the load balancer.
     pub upstreams: Vec<String>,
-    /// Standalone-ha: per compute node, the server there first and the others as backups;
+    /// Standalone-ha: an upstream group per compute node, with that node's server only;
     /// the daemon's placement file picks the group. Empty in the distributed topology.
     pub placed_upstreams: Vec<PlacedUpstream>,
     pub placement_dir: &'static str,
@@ -230,8 +230,8 @@ pub struct LbView {
 pub struct PlacedUpstream {
     /// The upstream group's name, `milvus_on_<node>`.
     pub group: String,
-    pub primary: String,
-    pub backups: Vec<String>,
+    /// host:port of that node's server.
+    pub server: String,
 }
 
 /// The load balancer's upstream group for a standalone server placed on `node`.
@@ -382,12 +382,7 @@ impl NodePlan {
                 .iter()
                 .map(|placed| PlacedUpstream {
                     group: placed_upstream_group(&placed.name),
-                    primary: proxy(placed),
-                    backups: compute
-                        .iter()
-                        .filter(|n| n.name != placed.name)
-                        .map(|n| proxy(n))
-                        .collect(),
+                    server: proxy(placed),
                 })
                 .collect()
         } else {

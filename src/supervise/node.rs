@@ -162,7 +162,6 @@ pub async fn run(mut inputs: Inputs) {
         render_needed: true,
         converge_needed: true,
         next_converge: Instant::now(),
-        etcd: None,
         standalone_blocker: None,
         placement: None,
         in_touch: false,
@@ -244,7 +243,6 @@ struct Supervisor {
     render_needed: bool,
     converge_needed: bool,
     next_converge: Instant,
-    etcd: Option<etcd_client::Client>,
     /// Why the standalone server is not started here yet (the old one's session).
     standalone_blocker: Option<String>,
     /// The placement record as last read.
@@ -465,42 +463,47 @@ impl Supervisor {
             StandaloneWanted::Leave
         } else {
             match standalone_wanted(placed_on, &settings.node_name, out_of_touch) {
-                StandaloneWanted::Run => match self.standalone_blocker(settings).await {
-                    None => {
-                        let waited = self.standalone_blocker.take().is_some();
-                        let unit = Component::Standalone.unit_name();
-                        let running = self
-                            .systemd
-                            .state(&unit)
-                            .await
-                            .is_ok_and(|s| s.is_running());
-                        if !running {
-                            let (term, reason) = self
-                                .placement
-                                .as_ref()
-                                .map(|p| (p.term, p.reason.clone()))
-                                .unwrap_or_default();
-                            info!(
-                                message_id = STANDALONE_STARTED,
-                                term,
-                                waited,
-                                "the standalone server is placed on this node (term {term}: {reason}) and no other node's Milvus session is alive: starting it here"
-                            );
-                        }
+                StandaloneWanted::Run => {
+                    let unit = Component::Standalone.unit_name();
+                    let running = self
+                        .systemd
+                        .state(&unit)
+                        .await
+                        .is_ok_and(|s| s.is_running());
+                    if running {
+                        self.standalone_blocker = None;
                         StandaloneWanted::Run
-                    }
-                    Some(why) => {
-                        if self.standalone_blocker.as_deref() != Some(why.as_str()) {
-                            info!("standalone server: waiting: {why}");
+                    } else {
+                        match self.standalone_blocker(settings).await {
+                            None => {
+                                let waited = self.standalone_blocker.take().is_some();
+                                let (term, reason) = self
+                                    .placement
+                                    .as_ref()
+                                    .map(|p| (p.term, p.reason.clone()))
+                                    .unwrap_or_default();
+                                info!(
+                                    message_id = STANDALONE_STARTED,
+                                    term,
+                                    waited,
+                                    "the standalone server is placed on this node (term {term}: {reason}) and no other node's Milvus session is alive: starting it here"
+                                );
+                                StandaloneWanted::Run
+                            }
+                            Some(why) => {
+                                if self.standalone_blocker.as_deref() != Some(why.as_str()) {
+                                    info!("standalone server: waiting: {why}");
+                                }
+                                self.status(&format!("standalone server: waiting: {why}"));
+                                self.standalone_blocker = Some(why);
+                                // Check again shortly; the rest of the node converges meanwhile.
+                                self.converge_needed = true;
+                                self.next_converge = Instant::now() + Duration::from_millis(500);
+                                StandaloneWanted::Leave
+                            }
                         }
-                        self.status(&format!("standalone server: waiting: {why}"));
-                        self.standalone_blocker = Some(why);
-                        // Check again shortly; the rest of the node converges meanwhile.
-                        self.converge_needed = true;
-                        self.next_converge = Instant::now() + Duration::from_millis(500);
-                        StandaloneWanted::Leave
                     }
-                },
+                }
                 wanted => {
                     self.standalone_blocker = None;
                     wanted
@@ -564,28 +567,18 @@ impl Supervisor {
     /// Why the standalone server must not start here yet: a live Milvus session of
     /// another node in etcd. None when it may start.
     async fn standalone_blocker(&mut self, settings: &Settings) -> Option<String> {
-        if self.etcd.is_none() {
-            match crate::cluster::connect(&settings.config).await {
-                Ok(client) => self.etcd = Some(client),
-                Err(e) => return Some(format!("cannot read Milvus sessions from etcd: {e}")),
-            }
-        }
-        let client = self.etcd.as_mut()?;
-        let serving = match tokio::time::timeout(
-            Duration::from_secs(2),
-            crate::cluster::placement::read_serving(client),
-        )
-        .await
-        {
+        // A fresh client of the members that answer now: this check runs when the server
+        // is about to start here, typically because its host was just lost, and a client
+        // made earlier would still send every other request to that host's member.
+        let serving = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = crate::cluster::connect(&settings.config).await?;
+            crate::cluster::placement::read_serving(&mut client).await
+        })
+        .await;
+        let serving = match serving {
             Ok(Ok(serving)) => serving,
-            Ok(Err(e)) => {
-                self.etcd = None;
-                return Some(format!("cannot read Milvus sessions from etcd: {e}"));
-            }
-            Err(_) => {
-                self.etcd = None;
-                return Some("cannot read Milvus sessions from etcd: timed out".into());
-            }
+            Ok(Err(e)) => return Some(format!("cannot read Milvus sessions from etcd: {e}")),
+            Err(_) => return Some("cannot read Milvus sessions from etcd: timed out".into()),
         };
         let me = settings.local_node().map(|n| n.address.clone())?;
         serving

@@ -230,11 +230,11 @@ mod tests {
             lb_placement_entry(&plan, Some("b")).as_deref(),
             Some("standalone milvus_on_b;\n")
         );
-        // The group tries b first, a only as a backup.
+        // That group leads to b's server only.
         let group = &plan.lb.placed_upstreams[1];
         assert_eq!(
-            (group.primary.as_str(), group.backups.clone()),
-            ("10.0.0.2:19530", vec!["10.0.0.1:19530".to_string()])
+            (group.group.as_str(), group.server.as_str()),
+            ("milvus_on_b", "10.0.0.2:19530")
         );
         // Nothing placed, or placed on a node without the compute role: no entry.
         assert_eq!(lb_placement_entry(&plan, None), None);
