@@ -196,6 +196,9 @@ struct FaultRows {
     failed: Vec<f64>,
     missing: Vec<f64>,
     servers: Vec<f64>,
+    /// Per run: 1 when the server process after the fault is not the one before (a
+    /// restart or a move), else 0.
+    new_server: Vec<f64>,
     notes: Vec<String>,
 }
 
@@ -236,6 +239,7 @@ impl FaultRows {
             json!({ "figure": format!("client view, {f}: failed searches through surviving load balancers"), "samples": self.failed, "note": "" }),
             json!({ "figure": format!("client view, {f}: flushed rows missing afterwards"), "samples": self.missing, "note": format!("of {ROWS}") }),
             json!({ "figure": format!("client view, {f}: most servers running at once"), "samples": self.servers, "note": "sampled every 0.25 s" }),
+            json!({ "figure": format!("client view, {f}: server process replaced"), "samples": self.new_server, "note": "1 = the serving process after is not the one before" }),
         ]
     }
 }
@@ -393,6 +397,7 @@ fn main() {
     // settle and checks the rows.
     let measure = |rows: &mut FaultRows, fault: &dyn Fn(&str) -> Vec<String>| {
         let server = the_server("one server before the fault");
+        let before = serving_processes();
         let searching = Searching::start(&hosts, &python, &NODES);
         let sampler = ServerSampler::start();
         std::thread::sleep(Duration::from_secs(2));
@@ -402,6 +407,11 @@ fn main() {
         let most = sampler.stop();
         let views = searching.stop();
         let via = surviving.first().cloned().unwrap_or_else(|| "h1".into());
+        rows.new_server.push(if serving_processes() == before {
+            0.0
+        } else {
+            1.0
+        });
         rows.record(&views, &surviving, missing_rows(&via), most);
     };
 

@@ -888,6 +888,12 @@ fn client_view_rows() -> Vec<Row> {
                 } else {
                     ("reported", None, "", "")
                 }
+            } else if figure.ends_with("server process replaced") {
+                if survived {
+                    ("0", Some(0.0), "", "")
+                } else {
+                    ("reported", None, "", "")
+                }
             } else if figure.ends_with("flushed rows missing afterwards")
                 || figure.contains("saturated")
             {

@@ -66,6 +66,8 @@ pub struct View {
     pub candidates: Vec<(String, String)>,
     /// Nodes whose daemon is registered, or was until less than [`GONE_AFTER`] ago.
     pub alive: BTreeSet<String>,
+    /// Nodes whose daemon is registered now.
+    pub registered: BTreeSet<String>,
     /// Addresses (hosts) with a live Milvus session: a server runs there.
     pub serving: BTreeSet<String>,
     /// Nodes placed to run the server that have run none for [`STALLED_AFTER`].
@@ -104,9 +106,10 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
         Some(node) => match address(node) {
             // Its daemon is gone and its server does not answer, though its sessions
             // live on: the host is lost (power, network, frozen).
+            // (No grace for a restarting daemon here: its server would answer.)
             Some(a)
                 if view.serving.contains(a)
-                    && !view.alive.contains(node)
+                    && !view.registered.contains(node)
                     && view.unresponsive.contains(node) =>
             {
                 return Decision::Fence {
@@ -279,6 +282,8 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
 struct Since {
     gone: BTreeMap<String, Instant>,
     serverless: Option<(String, Instant)>,
+    /// Nodes whose server this term fenced: lost, without the grace of [`GONE_AFTER`].
+    fenced: BTreeSet<String>,
 }
 
 /// Reads what [`decide`] needs and writes its answer under the leader's term. Returns
@@ -299,10 +304,19 @@ async fn evaluate(
     let registered = read_prefix(&mut lead.client, &format!("{}members/", lead.prefix)).await?;
     let mut alive = BTreeSet::new();
     let mut recheck = None::<Instant>;
+    let registered: BTreeSet<String> = candidates
+        .iter()
+        .filter(|(node, _)| registered.contains_key(node))
+        .map(|(node, _)| node.clone())
+        .collect();
+    since.fenced.retain(|node| !registered.contains(node));
     for (node, _) in &candidates {
-        if registered.contains_key(node) {
+        if registered.contains(node) {
             gone_since.remove(node);
             alive.insert(node.clone());
+            continue;
+        }
+        if since.fenced.contains(node) {
             continue;
         }
         let since = *gone_since.entry(node.clone()).or_insert(now);
@@ -346,14 +360,27 @@ async fn evaluate(
             .find(|(n, _)| *n == placed.node)
             .map(|(_, a)| a.clone());
         if let Some(address) = address.filter(|a| serving.contains(a)) {
-            if !alive.contains(&placed.node) && !answers(lead, &address).await {
-                unresponsive.insert(placed.node.clone());
+            if !registered.contains(&placed.node) {
+                let answered = answers(lead, &address).await;
+                info!(
+                    "{}'s daemon is gone while its server's sessions live; its health endpoint {}",
+                    placed.node,
+                    if answered {
+                        "answers"
+                    } else {
+                        "does not answer"
+                    }
+                );
+                if !answered {
+                    unresponsive.insert(placed.node.clone());
+                }
             }
         }
     }
     let view = View {
         candidates,
         alive,
+        registered,
         serving,
         stalled,
         unresponsive,
@@ -369,6 +396,7 @@ async fn evaluate(
                 .map(|(_, a)| a.clone())
                 .unwrap_or_default();
             fence(lead, term, &node, &address, &reason).await?;
+            since.fenced.insert(node);
             // The sessions' deletions wake the loop; look again soon in any case.
             return Ok(Some(Instant::now() + Duration::from_millis(200)));
         }
@@ -493,6 +521,7 @@ mod tests {
                 .map(|(n, a)| (n.to_string(), a.to_string()))
                 .collect(),
             alive: alive.iter().map(|s| s.to_string()).collect(),
+            registered: alive.iter().map(|s| s.to_string()).collect(),
             serving: serving.iter().map(|s| s.to_string()).collect(),
             stalled: BTreeSet::new(),
             unresponsive: BTreeSet::new(),
@@ -546,6 +575,10 @@ mod tests {
         let mut v = view(&["h1", "h2", "h3"], &["10.0.0.1"], "h2");
         v.unresponsive.insert("h1".into());
         assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+        // Its registration went a moment ago (within the grace a restarting daemon has):
+        // a server that does not answer is fenced all the same.
+        v.registered.remove("h1");
+        assert_eq!(placed(decide(Some("h1"), &v)), "fence h1");
     }
 
     #[test]
