@@ -882,13 +882,9 @@ fn client_view_rows() -> Vec<Row> {
                 } else {
                     ("reported", None, "s", "")
                 }
-            } else if figure.ends_with("failed searches through surviving load balancers") {
-                if survived {
-                    ("0", Some(0.0), "", "")
-                } else {
-                    ("reported", None, "", "")
-                }
-            } else if figure.ends_with("server process replaced") {
+            } else if figure.ends_with("failed searches through surviving load balancers")
+                || figure.ends_with("server process replaced")
+            {
                 if survived {
                     ("0", Some(0.0), "", "")
                 } else {
