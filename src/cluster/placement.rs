@@ -134,19 +134,23 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
         },
         None => "no node runs the standalone server yet".to_owned(),
     };
-    // A server that already runs somewhere is adopted; else the leader's own node (so a
-    // fresh cluster runs it where it was initialized), else the first live candidate.
+    // A server that already runs somewhere is adopted; else the first live candidate
+    // other than the leader's own node, else the leader's node: a host lost with both
+    // the leader and the server would cost a leader election before the failover.
     let serving = view
         .candidates
         .iter()
         .find(|(_, a)| view.serving.contains(a));
     let usable = |n: &String| view.alive.contains(n) && !view.stalled.contains(n);
+    let other = view
+        .candidates
+        .iter()
+        .find(|(n, _)| *n != view.leader && usable(n));
     let own = view
         .candidates
         .iter()
         .find(|(n, _)| *n == view.leader && usable(n));
-    let first = view.candidates.iter().find(|(n, _)| usable(n));
-    match serving.or(own).or(first) {
+    match serving.or(other).or(own) {
         Some((node, _)) if Some(node.as_str()) != current => Decision::Place {
             node: node.clone(),
             reason: why,
@@ -538,9 +542,13 @@ mod tests {
     }
 
     #[test]
-    fn a_fresh_cluster_runs_the_server_on_the_leaders_node() {
-        let v = view(&["h1", "h2", "h3"], &[], "h2");
+    fn a_fresh_cluster_runs_the_server_off_the_leaders_node() {
+        let v = view(&["h1", "h2", "h3"], &[], "h1");
         assert_eq!(placed(decide(None, &v)), "h2");
+        // The leader's node is the only candidate (a new cluster of one compute node).
+        let mut v = view(&["h1"], &[], "h1");
+        v.candidates.retain(|(n, _)| n == "h1");
+        assert_eq!(placed(decide(None, &v)), "h1");
     }
 
     #[test]
@@ -609,8 +617,11 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_node_gives_the_server_to_the_leaders_node() {
-        let v = view(&["h2", "h3"], &[], "h3");
+    fn a_lost_node_gives_the_server_to_a_live_node_other_than_the_leaders() {
+        let v = view(&["h2", "h3"], &[], "h2");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h3");
+        // Only the leader's node is left.
+        let v = view(&["h3"], &[], "h3");
         assert_eq!(placed(decide(Some("h1"), &v)), "h3");
     }
 
@@ -624,7 +635,7 @@ mod tests {
     fn a_removed_node_gives_the_server_away() {
         let mut v = view(&["h2", "h3"], &[], "h2");
         v.candidates.retain(|(n, _)| n != "h1");
-        assert_eq!(placed(decide(Some("h1"), &v)), "h2");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h3");
     }
 
     #[test]
