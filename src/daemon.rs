@@ -252,7 +252,7 @@ async fn campaign(
             me: settings.node_name.clone(),
             candidates: standalone_candidates,
             health_port: config.milvus.metrics_port,
-            http: reqwest::Client::new(),
+            http: crate::cluster::placement::health_client(),
         },
         election.subscribe(),
     );

@@ -49,7 +49,10 @@ impl From<JobError> for ApiError {
             JobError::InvalidResource(_) | JobError::InvalidDrill => {
                 ApiError::BadRequest(e.to_string())
             }
-            JobError::Corrupt { .. } | JobError::Cluster(_) => ApiError::Unavailable(e.to_string()),
+            JobError::Corrupt { .. }
+            | JobError::Encode { .. }
+            | JobError::NoFreeId(_)
+            | JobError::Cluster(_) => ApiError::Unavailable(e.to_string()),
         }
     }
 }

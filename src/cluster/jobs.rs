@@ -86,6 +86,13 @@ pub enum JobError {
         id: String,
         error: serde_json::Error,
     },
+    #[error("resource {0:?}: every job id drawn was taken; submit again")]
+    NoFreeId(String),
+    #[error("job {id}: cannot encode its record: {error}")]
+    Encode {
+        id: String,
+        error: serde_json::Error,
+    },
     #[error(transparent)]
     Cluster(#[from] ClusterError),
 }
@@ -104,6 +111,31 @@ pub fn is_plain_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// The bytes of a job record (an error, not an empty record, if it cannot be encoded).
+fn encode(job: &Job) -> Result<Vec<u8>, JobError> {
+    serde_json::to_vec(job).map_err(|error| JobError::Encode {
+        id: job.id.clone(),
+        error,
+    })
+}
+
+/// A new job id: the creation time in ms, then 32 random bits (ids sort by creation; the
+/// creating transaction refuses an id that exists, and submit draws again).
+fn new_job_id(created_ms: u64) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static DRAWN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // RandomState is seeded from the OS per process; the counter and time vary each draw.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(DRAWN.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    hasher.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    format!("{created_ms:013x}{:08x}", hasher.finish() as u32)
 }
 
 fn now_ms() -> u64 {
@@ -149,41 +181,47 @@ impl JobStore {
             }
         }
         let created = now_ms();
-        let id = format!("{created:013x}{:04x}", std::process::id() & 0xffff);
-        let job = Job {
-            id: id.clone(),
-            steps: kind.steps(),
-            kind,
-            resource: resource.to_owned(),
-            state: JobState::Queued,
-            done_steps: 0,
-            owner_term: 0,
-            created_unix_ms: created,
-            updated_unix_ms: created,
-            cancel_requested: false,
-            log: vec![],
-        };
         let lock = self.lock_key(resource);
-        let txn = Txn::new()
-            .when([Compare::create_revision(lock.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    self.job_key(&id),
-                    serde_json::to_vec(&job).unwrap_or_default(),
-                    None,
-                ),
-                TxnOp::put(lock.clone(), id.clone(), None),
-            ])
-            .or_else([TxnOp::get(lock, None)]);
-        let response = self.client.txn(txn).await?;
-        if response.succeeded() {
-            return Ok(job);
+        // A drawn id that exists already (a twin drawn in the same millisecond) fails the
+        // transaction with the lock free: draw again.
+        for _ in 0..5 {
+            let id = new_job_id(created);
+            let job = Job {
+                id: id.clone(),
+                steps: kind.steps(),
+                kind: kind.clone(),
+                resource: resource.to_owned(),
+                state: JobState::Queued,
+                done_steps: 0,
+                owner_term: 0,
+                created_unix_ms: created,
+                updated_unix_ms: created,
+                cancel_requested: false,
+                log: vec![],
+            };
+            let key = self.job_key(&id);
+            let txn = Txn::new()
+                .when([
+                    Compare::create_revision(lock.clone(), CompareOp::Equal, 0),
+                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+                ])
+                .and_then([
+                    TxnOp::put(key, encode(&job)?, None),
+                    TxnOp::put(lock.clone(), id.clone(), None),
+                ])
+                .or_else([TxnOp::get(lock.clone(), None)]);
+            let response = self.client.txn(txn).await?;
+            if response.succeeded() {
+                return Ok(job);
+            }
+            if let Some(holder) = first_value(&response.op_responses()) {
+                return Err(JobError::Locked {
+                    resource: resource.to_owned(),
+                    holder,
+                });
+            }
         }
-        let holder = first_value(&response.op_responses()).unwrap_or_default();
-        Err(JobError::Locked {
-            resource: resource.to_owned(),
-            holder,
-        })
+        Err(JobError::NoFreeId(resource.to_owned()))
     }
 
     /// A job and its record's revision.
@@ -262,11 +300,7 @@ impl JobStore {
                     CompareOp::Equal,
                     revision,
                 )])
-                .and_then([TxnOp::put(
-                    key,
-                    serde_json::to_vec(&job).unwrap_or_default(),
-                    None,
-                )]);
+                .and_then([TxnOp::put(key, encode(&job)?, None)]);
             if self.client.txn(txn).await?.succeeded() {
                 return Ok(job);
             }
@@ -365,11 +399,7 @@ pub async fn run_job(
         }
         job.owner_term = term;
         job.updated_unix_ms = now_ms();
-        let mut ops = vec![TxnOp::put(
-            key.clone(),
-            serde_json::to_vec(&job).unwrap_or_default(),
-            None,
-        )];
+        let mut ops = vec![TxnOp::put(key.clone(), encode(&job)?, None)];
         ops.extend(effects);
         if job.state.is_final() {
             ops.push(TxnOp::delete(store.lock_key(&job.resource), None));

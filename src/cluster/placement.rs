@@ -141,7 +141,9 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
         .candidates
         .iter()
         .find(|(_, a)| view.serving.contains(a));
-    let usable = |n: &String| view.alive.contains(n) && !view.stalled.contains(n);
+    // A new place must be registered now: a node within its grace (its daemon just went)
+    // may be on its way out, and a server placed there would wait for it.
+    let usable = |n: &String| view.registered.contains(n) && !view.stalled.contains(n);
     let other = view
         .candidates
         .iter()
@@ -433,6 +435,18 @@ async fn evaluate(
     Ok(recheck)
 }
 
+/// The leader's client for servers' health endpoints (plain HTTP, no proxy).
+pub fn health_client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider and wants one even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(HEALTH_TIMEOUT)
+        .connect_timeout(HEALTH_TIMEOUT)
+        .no_proxy()
+        .build()
+        .unwrap_or_default()
+}
+
 /// Whether the Milvus server on `address` answers its health endpoint in time.
 async fn answers(lead: &PlacementLead, address: &str) -> bool {
     let url = format!("http://{address}:{}/healthz", lead.health_port);
@@ -635,6 +649,14 @@ mod tests {
     fn a_removed_node_gives_the_server_away() {
         let mut v = view(&["h2", "h3"], &[], "h2");
         v.candidates.retain(|(n, _)| n != "h1");
+        assert_eq!(placed(decide(Some("h1"), &v)), "h3");
+    }
+
+    #[test]
+    fn a_node_within_its_grace_is_not_given_the_server() {
+        // h2's registration went a moment ago: alive for keeping, not for placing.
+        let mut v = view(&["h2", "h3"], &[], "h3");
+        v.registered.remove("h2");
         assert_eq!(placed(decide(Some("h1"), &v)), "h3");
     }
 
