@@ -41,6 +41,8 @@ const GONE_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader waits for a server's health endpoint before it counts the server
 /// as not answering. A live server answers in milliseconds, loaded or not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on one look at etcd and the servers (its health check included).
+const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the placed node may run no server (no Milvus session of it) while its
 /// daemon is up before the server moves: its server does not start there (systemd gave
 /// up on it, the image is missing). Longer than a slow start on a loaded machine.
@@ -238,6 +240,8 @@ pub async fn lead(mut lead: PlacementLead, mut role: watch::Receiver<Role>) {
 async fn lead_term(lead: &mut PlacementLead, term: i64) {
     let members = format!("{}members/", lead.prefix);
     let key = format!("{}{STANDALONE_KEY}", lead.prefix);
+    // What this term has seen survives a broken watch or an etcd error.
+    let mut since = Since::default();
     loop {
         if lead.candidates.borrow_and_update().is_empty() {
             let _ = lead.candidates.changed().await;
@@ -260,12 +264,21 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let mut since = Since::default();
         loop {
-            let recheck = match evaluate(lead, term, &key, &mut since).await {
-                Ok(recheck) => recheck,
-                Err(e) => {
+            // Bounded: a read stuck on a lost member must not hold up the failover.
+            let evaluated =
+                tokio::time::timeout(EVALUATE_TIMEOUT, evaluate(lead, term, &key, &mut since))
+                    .await;
+            let recheck = match evaluated {
+                Ok(Ok(recheck)) => recheck,
+                Ok(Err(e)) => {
                     warn!("placing the standalone server: {e}");
+                    break;
+                }
+                Err(_) => {
+                    warn!(
+                        "placing the standalone server: no answer from etcd within {EVALUATE_TIMEOUT:?}"
+                    );
                     break;
                 }
             };
@@ -401,8 +414,9 @@ async fn evaluate(
                 .find(|(n, _)| *n == node)
                 .map(|(_, a)| a.clone())
                 .unwrap_or_default();
-            fence(lead, term, &node, &address, &reason).await?;
-            since.fenced.insert(node);
+            if fence(lead, term, &node, &address, &reason).await? {
+                since.fenced.insert(node);
+            }
             // The sessions' deletions wake the loop; look again soon in any case.
             return Ok(Some(Instant::now() + Duration::from_millis(200)));
         }
@@ -447,12 +461,14 @@ pub fn health_client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Whether the Milvus server on `address` answers its health endpoint in time.
+/// Whether the Milvus server on `address` answers its health endpoint in time. Any
+/// HTTP answer counts, "unhealthy" (500 while it starts) included: the question is
+/// whether the process runs, not whether it is ready.
 async fn answers(lead: &PlacementLead, address: &str) -> bool {
     let url = format!("http://{address}:{}/healthz", lead.health_port);
     matches!(
         tokio::time::timeout(HEALTH_TIMEOUT, lead.http.get(&url).send()).await,
-        Ok(Ok(response)) if response.status().is_success()
+        Ok(Ok(_))
     )
 }
 
@@ -464,10 +480,10 @@ async fn fence(
     node: &str,
     address: &str,
     reason: &str,
-) -> Result<(), ClusterError> {
+) -> Result<bool, ClusterError> {
     let leader = lead.client.get(lead.leader_key.clone(), None).await?;
     if leader.kvs().first().map(|kv| kv.create_revision()) != Some(term) {
-        return Ok(());
+        return Ok(false);
     }
     let answer = lead
         .client
@@ -492,7 +508,7 @@ async fn fence(
         "ended the {} Milvus session lease(s) of {node}'s server: {reason}",
         leases.len()
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Follows the placement record for this node's supervisor: its value now and after

@@ -168,6 +168,7 @@ pub async fn run(mut inputs: Inputs) {
         out_of_touch_since: None,
         stopping: None,
         lb_pointed: None,
+        lb_reloading: None,
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
@@ -215,7 +216,6 @@ pub async fn run(mut inputs: Inputs) {
                 let placement = inputs.placement.borrow().clone();
                 let settings = inputs.settings.borrow().clone();
                 supervisor.placement = placement.clone();
-                supervisor.point_load_balancer(&settings).await;
                 if let Some(p) = placement.filter(|p| p.node != settings.node_name) {
                     supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason)).await;
                 }
@@ -226,6 +226,7 @@ pub async fn run(mut inputs: Inputs) {
                 if supervisor.operation.is_none() && supervisor.restart.is_none() {
                     supervisor.maybe_converge(&settings).await;
                 }
+                supervisor.point_load_balancer(&settings).await;
             }
             Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
         }
@@ -254,7 +255,9 @@ struct Supervisor {
     /// A stop of the standalone server in flight (beside the loop).
     stopping: Option<JoinHandle<()>>,
     /// The load balancer's placement line it was last reloaded with (`None`: not yet).
-    lb_pointed: Option<Option<String>>,
+    lb_pointed: Option<String>,
+    /// A reload of the load balancer in flight, for that line.
+    lb_reloading: Option<(String, JoinHandle<bool>)>,
     status_tx: watch::Sender<String>,
     metrics: Arc<crate::api::Metrics>,
 }
@@ -627,31 +630,44 @@ impl Supervisor {
 
     /// Points this node's load balancer at the node the standalone server is placed on
     /// (standalone-ha): writes the placement file its nginx includes and reloads it when
-    /// the line changed. A failed write or reload is tried again on the next tick.
+    /// the line changed. Until this daemon has read a placement it leaves the file as it
+    /// is (a restarted daemon must not undo what the load balancer uses). The reload runs
+    /// beside the loop; a failed write or reload is tried again on the next tick.
     async fn point_load_balancer(&mut self, settings: &Settings) {
+        if let Some((_, task)) = &self.lb_reloading {
+            if !task.is_finished() {
+                return;
+            }
+            if let Some((line, task)) = self.lb_reloading.take() {
+                if task.await.unwrap_or(false) {
+                    self.lb_pointed = Some(line);
+                }
+            }
+        }
         let Some(plan) = NodePlan::for_node(&settings.config, &settings.node_name) else {
             return;
         };
         if !plan.components.contains(&Component::Lb) || plan.lb.placed_upstreams.is_empty() {
             return;
         }
-        let wanted = lb_placement_entry(&plan, self.placement.as_ref().map(|p| p.node.as_str()));
-        if self.lb_pointed.as_ref() == Some(&wanted) {
+        let Some(wanted) =
+            lb_placement_entry(&plan, self.placement.as_ref().map(|p| p.node.as_str()))
+        else {
+            return;
+        };
+        if self.lb_pointed.as_deref() == Some(wanted.as_str()) {
             return;
         }
         let path = std::path::Path::new(LB_PLACEMENT_DIR).join(LB_PLACEMENT_FILE);
         let on_disk = std::fs::read_to_string(&path).ok();
-        if on_disk != wanted {
-            let written = match &wanted {
-                Some(line) => {
-                    crate::membership::local::write_file(&path, line.as_bytes(), 0o640, None)
-                }
-                None => std::fs::remove_file(&path).map_err(anyhow::Error::from),
-            };
-            if let Err(e) = written {
+        if on_disk.as_deref() != Some(wanted.as_str()) {
+            if let Err(e) =
+                crate::membership::local::write_file(&path, wanted.as_bytes(), 0o640, None)
+            {
                 error!("pointing the load balancer at the standalone server: {e:#}");
                 return;
             }
+            info!("load balancer: clients go to {}", wanted.trim());
         }
         // A load balancer that is not running reads the file when it starts; one that runs
         // is reloaded once per line (also once after this daemon starts: it cannot know
@@ -663,21 +679,23 @@ impl Supervisor {
         if !running {
             return;
         }
+        let systemd = self.systemd.clone();
         let unit = Component::Lb.unit_name();
-        if on_disk != wanted {
-            info!(
-                "load balancer: clients go first to {}",
-                wanted.as_deref().map_or("every server in turn", str::trim)
-            );
-        }
-        match self
-            .systemd
-            .run(UnitAction::Reload, &unit, Duration::from_secs(30))
-            .await
-        {
-            Ok(()) => self.lb_pointed = Some(wanted),
-            Err(e) => error!("reloading {unit}: {e}"),
-        }
+        self.lb_reloading = Some((
+            wanted,
+            tokio::spawn(async move {
+                match systemd
+                    .run(UnitAction::Reload, &unit, Duration::from_secs(30))
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        error!("reloading {unit}: {e}");
+                        false
+                    }
+                }
+            }),
+        ));
     }
 
     /// Keeps the standalone server from coming back while this daemon has lost etcd for

@@ -32,9 +32,9 @@ pub enum StandaloneWanted {
 }
 
 /// The line of the load balancer's placement file (see templates/config/lb/nginx.conf)
-/// that sends clients to the node the standalone server is placed on, first; `None`
-/// (no file: every server in turn) when nothing is placed or the node is not one of the
-/// plan's compute nodes (a group nginx does not know would fail every connection).
+/// that sends clients to the node the standalone server is placed on; `None` (leave the
+/// file as it is) when nothing is placed or the node is not one of the plan's compute
+/// nodes (a group nginx does not know would fail every connection).
 pub fn lb_placement_entry(plan: &NodePlan, placed_on: Option<&str>) -> Option<String> {
     let group = crate::render::plan::placed_upstream_group(placed_on?);
     plan.lb
