@@ -173,7 +173,12 @@ pub fn serving_hosts<'a>(sessions: impl IntoIterator<Item = (&'a [u8], i64)>) ->
             let value: serde_json::Value = serde_json::from_slice(value).ok()?;
             let address = value["Address"].as_str()?;
             let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
-            Some(host.to_owned())
+            // `[fd00::1]:19530`: the node's address is written without the brackets.
+            Some(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
         })
         .collect()
 }
@@ -465,7 +470,12 @@ pub fn health_client() -> reqwest::Client {
 /// HTTP answer counts, "unhealthy" (500 while it starts) included: the question is
 /// whether the process runs, not whether it is ready.
 async fn answers(lead: &PlacementLead, address: &str) -> bool {
-    let url = format!("http://{address}:{}/healthz", lead.health_port);
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_owned()
+    };
+    let url = format!("http://{host}:{}/healthz", lead.health_port);
     matches!(
         tokio::time::timeout(HEALTH_TIMEOUT, lead.http.get(&url).send()).await,
         Ok(Ok(_))
@@ -689,5 +699,8 @@ mod tests {
         let stale = br#"{"Address":"10.0.0.2:19530"}"#;
         let hosts = serving_hosts([(&live[..], 7), (&stale[..], 0), (&b"junk"[..], 9)]);
         assert_eq!(hosts, ["10.0.0.1".to_owned()].into());
+        // An IPv6 session address names the host as the node list does: no brackets.
+        let v6 = br#"{"Address":"[fd00::1]:19530"}"#;
+        assert_eq!(serving_hosts([(&v6[..], 7)]), ["fd00::1".to_owned()].into());
     }
 }
