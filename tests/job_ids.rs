@@ -3,26 +3,12 @@
 
 mod support;
 
-use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 use serde_json::Value;
-use support::cluster::{client, daemons, next_acting, Etcd};
+use support::cluster::{cli, client, daemons, next_acting, Etcd, PREFIX};
 use tempfile::TempDir;
-
-const PREFIX: &str = "/milvus-fleet/elect/";
-
-/// The job CLI, talking to a daemon's local API socket.
-fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap()
-}
 
 /// 200 jobs on 200 resources, submitted as fast as two daemons' APIs take them, both at
 /// once: 200 distinct records (an id drawn twice would overwrite one and leave its lock

@@ -6,25 +6,12 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, GetOptions};
 use serde_json::Value;
-use support::cluster::{by_name, client, daemons, leader, next_acting, Etcd};
+use support::cluster::{by_name, cli, client, daemons, leader, next_acting, Etcd, PREFIX};
 use tempfile::TempDir;
-
-const PREFIX: &str = "/milvus-fleet/elect/";
-
-/// The job CLI, talking to a daemon's local API socket.
-fn cli(socket: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap()
-}
 
 fn submit(socket: &Path, steps: u32, sleep_ms: u32) -> String {
     let out = cli(

@@ -11,6 +11,8 @@ use etcd_client::Client;
 pub const CLUSTER: &str = "elect";
 pub const LEADER_KEY: &str = "/milvus-fleet/elect/leader";
 pub const ACTING_KEY: &str = "/milvus-fleet/elect/leader-acting";
+/// The cluster's key prefix (job records, locks).
+pub const PREFIX: &str = "/milvus-fleet/elect/";
 /// The test daemons' lease. Longer than the 1 s default so that "well under the TTL"
 /// (a restarted daemon revoking its predecessor's lease) stays distinguishable from
 /// "waited out the TTL" even on a heavily loaded machine.
@@ -290,4 +292,14 @@ pub fn daemons(dir: &Path, etcd: &Etcd) -> Vec<Daemon> {
 
 pub fn by_name<'a>(daemons: &'a mut [Daemon], name: &str) -> &'a mut Daemon {
     daemons.iter_mut().find(|d| d.name == name).unwrap()
+}
+
+/// The CLI against a daemon's local API socket (`milvus-fleet <args> --socket <socket>`).
+pub fn cli(socket: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
 }
