@@ -50,6 +50,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     // this node is in the cluster; they are told to stop, and waited for, at SIGTERM or
     // when the node is removed.
     let (role_tx, mut role) = tokio::sync::watch::channel(Role::Unknown);
+    let (lease_until_tx, lease_until_rx) = tokio::sync::watch::channel(None);
     let (jobs_tx, jobs_rx) = tokio::sync::watch::channel(None);
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Default::default());
@@ -65,6 +66,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(crate::api::Metrics::default());
     let channels = ClusterChannels {
         role: role_tx,
+        lease_until: lease_until_tx,
         jobs: jobs_tx,
         members: members_tx,
         revoked: revoked_tx,
@@ -86,6 +88,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         crate::supervise::node::Inputs {
             settings: settings_rx,
             role: role.clone(),
+            lease_until: lease_until_rx,
             placement: placement_rx,
             metrics: metrics.clone(),
             heartbeat: heartbeat.clone(),
@@ -187,6 +190,7 @@ async fn campaign(
 ) {
     let ClusterChannels {
         role,
+        lease_until,
         jobs: jobs_store,
         members,
         revoked,
@@ -219,7 +223,9 @@ async fn campaign(
         config.daemon.lease_ttl_secs,
         &state_dir(),
     );
-    let election = election.with_member_urls(etcd_urls.clone());
+    let election = election
+        .with_member_urls(etcd_urls.clone())
+        .with_lease_until(lease_until.clone());
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
     jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(
@@ -295,6 +301,8 @@ async fn campaign(
         _ = sync_from_etcd(store, revoked, config_changed) => {}
     }
     role.send_replace(Role::Unknown);
+    // Out of the election (a removed node, a stopping daemon): no lease to watch.
+    lease_until.send_replace(None);
     members.send_replace(None);
     jobs_store.send_replace(None);
 }
@@ -366,6 +374,8 @@ async fn sync_from_etcd(
 #[derive(Clone)]
 struct ClusterChannels {
     role: tokio::sync::watch::Sender<Role>,
+    /// Until when this daemon's lease surely lives (see `Election::with_lease_until`).
+    lease_until: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     jobs: tokio::sync::watch::Sender<Option<crate::cluster::jobs::JobStore>>,
     members: tokio::sync::watch::Sender<Option<MembershipStore>>,
     revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,

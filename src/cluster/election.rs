@@ -73,6 +73,14 @@ pub struct Election {
     /// The one-member client the current keepalive stream runs on, when it was reopened
     /// that way (the stream lives as long as its client).
     keepalive_client: Option<Client>,
+    /// Until when this daemon's lease surely lives in etcd, as this daemon can prove it:
+    /// the send time of the last keepalive etcd answered, plus the TTL (etcd counts from
+    /// its receipt, which is later). A node's supervisor fences its own standalone server
+    /// once this has passed (supervise/node.rs); None while no lease is held.
+    lease_until: watch::Sender<Option<Instant>>,
+    /// When each keepalive not yet answered was sent, oldest first (a stream answers in
+    /// order; a reopened stream starts afresh).
+    unanswered: std::collections::VecDeque<Instant>,
 }
 
 /// How a leadership (or a lease) ended.
@@ -108,7 +116,41 @@ impl Election {
             probe_endpoints: Default::default(),
             member_urls: None,
             keepalive_client: None,
+            lease_until: watch::channel(None).0,
+            unanswered: Default::default(),
         }
+    }
+
+    /// Publishes until when the lease surely lives on `until` (see the field).
+    pub fn with_lease_until(mut self, until: watch::Sender<Option<Instant>>) -> Self {
+        self.lease_until = until;
+        self
+    }
+
+    /// Sends one keepalive on `keeper`, noting when.
+    async fn send_keepalive(
+        &mut self,
+        keeper: &mut etcd_client::LeaseKeeper,
+    ) -> Result<(), etcd_client::Error> {
+        self.unanswered.push_back(Instant::now());
+        keeper.keep_alive().await
+    }
+
+    /// A keepalive was answered: the lease lives until its send time plus `ttl`.
+    fn keepalive_answered(&mut self, ttl: Duration) {
+        if let Some(sent) = self.unanswered.pop_front() {
+            self.confirm_lease(sent + ttl);
+        }
+    }
+
+    fn confirm_lease(&self, until: Instant) {
+        self.lease_until.send_if_modified(|held| match held {
+            Some(held) if *held >= until => false,
+            _ => {
+                *held = Some(until);
+                true
+            }
+        });
     }
 
     /// The etcd members to reopen a stalled keepalive stream on (see `member_urls`);
@@ -194,9 +236,12 @@ impl Election {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<End, ClusterError> {
+        let asked = Instant::now();
         let lease = self.client.lease_grant(self.ttl_secs, None).await?;
         let lease_id = lease.id();
         let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
+        self.unanswered.clear();
+        self.lease_until.send_replace(Some(asked + ttl));
         self.record_lease(lease_id)?;
         let member = format!("{}members/{}", self.prefix, self.node);
         let options = PutOptions::new().with_lease(lease_id);
@@ -329,7 +374,7 @@ impl Election {
                             self.role.send_replace(Role::Unknown);
                         }
                         let stalled = answered.elapsed() > ttl / 2;
-                        if stream_broken || stalled || keeper.keep_alive().await.is_err() {
+                        if stream_broken || stalled || self.send_keepalive(&mut keeper).await.is_err() {
                             match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
                                 Reopen::Open => stream_broken = false,
                                 Reopen::Failed => stream_broken = true,
@@ -344,6 +389,7 @@ impl Election {
                             Ok(Some(r)) if r.ttl() > 0 => {
                                 answered = Instant::now();
                                 deadline = answered + ttl;
+                                self.keepalive_answered(ttl);
                                 // The key is this lease's (a lapsed leader's): it held, so
                                 // lead again.
                                 if own_key {
@@ -439,7 +485,7 @@ impl Election {
                     // Unanswered for half the TTL: the stream sits on a member that
                     // stopped answering; open another.
                     let stalled = answered.elapsed() > ttl / 2;
-                    if stream_broken || stalled || keeper.keep_alive().await.is_err() {
+                    if stream_broken || stalled || self.send_keepalive(keeper).await.is_err() {
                         match self.reopen_keepalive(keeper, responses, ttl).await {
                             Reopen::Open => stream_broken = false,
                             Reopen::Failed => stream_broken = true,
@@ -452,6 +498,7 @@ impl Election {
                         Ok(Some(r)) if r.ttl() > 0 => {
                             answered = Instant::now();
                             *deadline = answered + ttl;
+                            self.keepalive_answered(ttl);
                         }
                         Ok(Some(_)) => return Ok(End::LeaseLost),
                         Ok(None) | Err(_) => match self.reopen_keepalive(keeper, responses, ttl).await {
@@ -491,6 +538,7 @@ impl Election {
         }
         // Opening a stream waits for the member's first answer; every member is asked at
         // once, the first answer wins, and the whole is bounded like every call here.
+        let asked = Instant::now();
         let attempts = clients.into_iter().map(|mut client| {
             Box::pin(async move {
                 let streams = client.lease_keep_alive(id).await?;
@@ -515,8 +563,11 @@ impl Election {
             Ok((new_keeper, new_responses)) => {
                 *keeper = new_keeper;
                 *responses = new_responses;
+                // The opening answer renewed the lease; the old stream's sends are moot.
+                self.unanswered.clear();
+                self.confirm_lease(asked + ttl);
                 // Renew at once: the broken stream may have eaten the last answer.
-                if keeper.keep_alive().await.is_ok() {
+                if self.send_keepalive(keeper).await.is_ok() {
                     Reopen::Open
                 } else {
                     Reopen::Failed

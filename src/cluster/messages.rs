@@ -28,3 +28,6 @@ pub const STANDALONE_PLACED: &str = "0c6e2f7d94b1458a9f3d8e5b2a71c406";
 /// The leader revoked the Milvus sessions of a lost node's server: the node's daemon is
 /// gone and its server does not answer its health endpoint (fields: NODE, TERM).
 pub const STANDALONE_FENCED: &str = "9d4b2c7e1f0a4e6b8c3d5a7f2e1b9c04";
+/// A node killed its own standalone server: its daemon could not prove that its lease
+/// still lives, so the leader may count the node as lost and start a server elsewhere.
+pub const STANDALONE_SELF_FENCED: &str = "60ebe6a14b2c4da288892b3c4994a53c";

@@ -36,8 +36,13 @@ pub const STANDALONE_KEY: &str = "placement/standalone";
 /// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
 pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
 /// How long a node's daemon registration must stay gone before its node may count as
-/// lost (a restarted daemon registers again within a second).
-const GONE_AFTER: Duration = Duration::from_secs(1);
+/// lost (a restarted daemon registers again within a second), and before its server is
+/// fenced: a node cut off or frozen kills its own server once its lease may have ended
+/// plus `supervise::node::SELF_FENCE_GRACE` (0.5 s), and its registration goes with that
+/// lease no earlier, so the rest of this second (and the new server's start) is the
+/// kill's time. Counted after the health check, which takes its whole timeout on a node
+/// that drops packets, so the wait costs a cut or frozen node's failover nothing.
+pub const GONE_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader waits for a server's health endpoint before it counts the server
 /// as not answering. A live server answers in milliseconds, loaded or not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
@@ -106,12 +111,12 @@ pub fn decide(current: Option<&str>, view: &View) -> Decision {
     };
     let why = match current {
         Some(node) => match address(node) {
-            // Its daemon is gone and its server does not answer, though its sessions
-            // live on: the host is lost (power, network, frozen).
-            // (No grace for a restarting daemon here: its server would answer.)
+            // Its daemon is gone (for longer than its node takes to kill its own server)
+            // and its server does not answer, though its sessions live on: the host is
+            // lost (power, network, frozen).
             Some(a)
                 if view.serving.contains(a)
-                    && !view.registered.contains(node)
+                    && !view.alive.contains(node)
                     && view.unresponsive.contains(node) =>
             {
                 return Decision::Fence {
@@ -337,17 +342,8 @@ async fn evaluate(
     for (node, _) in &candidates {
         if registered.contains(node) {
             gone_since.remove(node);
-            alive.insert(node.clone());
-            continue;
-        }
-        if since.fenced.contains(node) {
-            continue;
-        }
-        let since = *gone_since.entry(node.clone()).or_insert(now);
-        if now - since < GONE_AFTER {
-            alive.insert(node.clone());
-            let at = since + GONE_AFTER;
-            recheck = Some(recheck.map_or(at, |r| r.min(at)));
+        } else {
+            gone_since.entry(node.clone()).or_insert(now);
         }
     }
     let serving = read_serving(&mut lead.client).await?;
@@ -399,6 +395,24 @@ async fn evaluate(
                     unresponsive.insert(placed.node.clone());
                 }
             }
+        }
+    }
+    // How long each registration has been gone, counted after the health check (see
+    // GONE_AFTER).
+    let now = Instant::now();
+    for (node, _) in &candidates {
+        if registered.contains(node) {
+            alive.insert(node.clone());
+            continue;
+        }
+        if since.fenced.contains(node) {
+            continue;
+        }
+        let gone = since.gone.get(node).copied().unwrap_or(now);
+        if now - gone < GONE_AFTER {
+            alive.insert(node.clone());
+            let at = gone + GONE_AFTER;
+            recheck = Some(recheck.map_or(at, |r| r.min(at)));
         }
     }
     let view = View {
@@ -623,9 +637,12 @@ mod tests {
         let mut v = view(&["h1", "h2", "h3"], &["10.0.0.1"], "h2");
         v.unresponsive.insert("h1".into());
         assert_eq!(decide(Some("h1"), &v), Decision::Keep);
-        // Its registration went a moment ago (within the grace a restarting daemon has):
-        // a server that does not answer is fenced all the same.
+        // Its registration went a moment ago: its node may not have killed its own
+        // server yet (it does once its lease may have ended), so nothing is fenced
+        // before the grace is over, answer or not.
         v.registered.remove("h1");
+        assert_eq!(decide(Some("h1"), &v), Decision::Keep);
+        v.alive.remove("h1");
         assert_eq!(placed(decide(Some("h1"), &v)), "fence h1");
     }
 

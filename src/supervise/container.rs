@@ -180,9 +180,34 @@ pub fn thaw(socket: &Path, container: &str) -> Result<usize, ContainerError> {
     Ok(pids.len())
 }
 
+/// The signal that asks a follower to kill its container at once (SIGKILL, no grace):
+/// the daemon sends it through systemd (`KillUnit`) to a standalone server it must fence
+/// (see supervise/node.rs). It grants the daemon nothing it could not do by stopping the
+/// unit, only without the graceful stop's seconds.
+pub const KILL_REQUEST: i32 = libc::SIGUSR2;
+
+/// Kills `container` at once (SIGKILL). A container that is gone or no longer runs is
+/// what was asked for.
+pub fn kill(socket: &Path, container: &str) -> Result<(), ContainerError> {
+    let path = format!("/containers/{container}/kill?signal=SIGKILL");
+    let (status, body) = request(socket, "POST", &path)?;
+    if matches!(status, 204 | 200 | 404 | 409) {
+        return Ok(());
+    }
+    let mut text = String::new();
+    let _ = body.take(4096).read_to_string(&mut text);
+    Err(ContainerError::Refused {
+        what: format!("POST {path}"),
+        status,
+        body: text.trim().to_owned(),
+    })
+}
+
 /// Follows `container` until it stops: its log to stdout/stderr, then its exit status
-/// (what the caller exits with).
+/// (what the caller exits with). On [`KILL_REQUEST`] it kills the container and, once
+/// it is gone, returns 0: the stop was asked for, so `Restart=on-failure` must not undo it.
 pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
+    let killed = watch_kill_request(socket, container);
     let (log_socket, name) = (socket.to_owned(), container.to_owned());
     let logs = std::thread::spawn(move || {
         copy_log(
@@ -193,6 +218,10 @@ pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
         )
     });
     let status = wait(socket, container)?;
+    if killed.load(std::sync::atomic::Ordering::SeqCst) {
+        eprintln!("killed container {container} on the daemon's request (fenced: its server may run elsewhere now)");
+        return Ok(0);
+    }
     // The log ends with the container; let the last lines reach the journal, briefly.
     for _ in 0..40 {
         if logs.is_finished() {
@@ -201,6 +230,36 @@ pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(status)
+}
+
+/// Blocks [`KILL_REQUEST`] in this thread (and so in the threads it starts) and starts
+/// one that waits for it and kills `container`. The flag says the kill was asked for.
+fn watch_kill_request(
+    socket: &Path,
+    container: &str,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // SAFETY: plain libc calls on a sigset_t that lives on this stack frame.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, KILL_REQUEST);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let (socket, container, flag) = (socket.to_owned(), container.to_owned(), killed.clone());
+    std::thread::spawn(move || {
+        let mut signal = 0;
+        // SAFETY: sigwait reads the set and writes one int.
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            return;
+        }
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = kill(&socket, &container) {
+            eprintln!("killing container {container} on the daemon's request: {e}");
+        }
+    });
+    killed
 }
 
 #[cfg(test)]
@@ -270,5 +329,20 @@ mod tests {
             error.contains("404") && error.contains("No such container"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_kill_is_done_when_the_container_is_killed_or_already_gone() {
+        for answer in [
+            &b"HTTP/1.0 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.0 409 Conflict\r\n\r\n{}",
+        ] {
+            let (_dir, socket) = engine(answer.to_vec());
+            kill(&socket, "mf-standalone").unwrap();
+        }
+        let (_dir, socket) =
+            engine(b"HTTP/1.0 500 Server Error\r\n\r\n{\"message\":\"boom\"}".to_vec());
+        let error = kill(&socket, "mf-standalone").unwrap_err().to_string();
+        assert!(error.contains("500") && error.contains("boom"), "{error}");
     }
 }

@@ -18,9 +18,14 @@
 //!   just expired, so the old server cannot still be serving. A node the record no
 //!   longer names stops its server at once; a node whose daemon has lost etcd for
 //!   [`OUT_OF_TOUCH_AFTER`] lets no server of its own start again (it can no longer
-//!   learn that the server moved). A
-//!   restarted daemon adopts the server it finds running: it neither starts nor stops
-//!   it until it has read the record.
+//!   learn that the server moved). A restarted daemon adopts the server it finds
+//!   running: it neither starts nor stops it until it has read the record.
+//! - Self-fence: a daemon that cannot prove its etcd lease still lives (no keepalive
+//!   answered for the TTL, plus [`SELF_FENCE_GRACE`]) kills its own server at once, no
+//!   graceful stop: from then on the leader may count the node as lost and start a
+//!   server elsewhere (it waits longer than that, see cluster/placement.rs), so a node
+//!   cut off, or frozen and thawed, never runs its server beside the new one for more
+//!   than the kill takes.
 //!
 //! The loop never waits on a unit job itself (jobs run beside it), so it ticks every
 //! second; the daemon's watchdog pings depend on those ticks.
@@ -35,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::container;
 use super::health::{Health, Probe};
 use super::reconcile::{
     converge, lb_placement_entry, standalone_wanted, StandaloneWanted, JOB_TIMEOUT,
@@ -57,6 +63,11 @@ const FAILED_FOR_GOOD_AFTER: Duration = Duration::from_secs(5);
 /// that the server moved. Longer than the keepalive stalls of an etcd leader election
 /// (up to a second), shorter than the Milvus session TTL that lets another node start.
 pub const OUT_OF_TOUCH_AFTER: Duration = Duration::from_secs(3);
+/// How long past its lease's proven end a daemon waits before it kills its own server:
+/// room for an etcd leader election, which stalls keepalives for up to a second while
+/// etcd keeps the lease (a new raft leader extends it). The leader waits longer than this
+/// plus the kill before it fences (placement.rs `GONE_AFTER`).
+pub const SELF_FENCE_GRACE: Duration = Duration::from_millis(500);
 
 /// Proof of life of the supervision loop, read by the daemon's watchdog.
 #[derive(Debug, Default)]
@@ -91,6 +102,8 @@ impl Heartbeat {
 pub struct Inputs {
     pub settings: watch::Receiver<Settings>,
     pub role: watch::Receiver<Role>,
+    /// Until when this daemon's etcd lease surely lives (None: it holds none).
+    pub lease_until: watch::Receiver<Option<tokio::time::Instant>>,
     /// The standalone server's placement record (standalone-ha topology).
     pub placement: watch::Receiver<Option<Placement>>,
     pub metrics: Arc<crate::api::Metrics>,
@@ -167,6 +180,8 @@ pub async fn run(mut inputs: Inputs) {
         in_touch: false,
         out_of_touch_since: None,
         stopping: None,
+        lease_until: None,
+        self_fenced_for: None,
         lb_pointed: None,
         lb_reloading: None,
         status_tx: inputs.status.clone(),
@@ -178,7 +193,21 @@ pub async fn run(mut inputs: Inputs) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let probe_client = super::health::client();
     loop {
+        // The moment this daemon's lease may have ended (plus the grace), once per lease
+        // end: the kill happens there, not on the next tick.
+        let fence_at = supervisor
+            .lease_until
+            .filter(|until| supervisor.self_fenced_for != Some(*until))
+            .map(|until| until + SELF_FENCE_GRACE);
         tokio::select! {
+            _ = tokio::time::sleep_until(fence_at.unwrap_or_else(Instant::now).into()), if fence_at.is_some() => {
+                supervisor.self_fenced_for = supervisor.lease_until;
+                let settings = inputs.settings.borrow().clone();
+                supervisor.fence_if_lapsed(&settings).await;
+            }
+            Ok(()) = inputs.lease_until.changed() => {
+                supervisor.lease_until = inputs.lease_until.borrow().map(|i| i.into_std());
+            }
             _ = tick.tick() => {
                 inputs.heartbeat.beat();
                 let settings = inputs.settings.borrow().clone();
@@ -189,6 +218,7 @@ pub async fn run(mut inputs: Inputs) {
                 }
                 supervisor.check_health(&settings, &probe_client).await;
                 supervisor.alert_failed_units();
+                supervisor.fence_if_lapsed(&settings).await;
                 supervisor.fence_while_out_of_touch(&settings).await;
                 supervisor.point_load_balancer(&settings).await;
             }
@@ -217,7 +247,7 @@ pub async fn run(mut inputs: Inputs) {
                 let settings = inputs.settings.borrow().clone();
                 supervisor.placement = placement.clone();
                 if let Some(p) = placement.filter(|p| p.node != settings.node_name) {
-                    supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason)).await;
+                    supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason), StopHow::Graceful).await;
                 }
                 supervisor.converge_needed = true;
                 supervisor.next_converge = Instant::now();
@@ -231,6 +261,22 @@ pub async fn run(mut inputs: Inputs) {
             Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
         }
     }
+}
+
+/// Whether a daemon whose lease surely lived until `until` (None: it holds none) must
+/// have killed its own standalone server by `now`.
+fn self_fence_due(until: Option<Instant>, now: Instant) -> bool {
+    until.is_some_and(|until| now >= until + SELF_FENCE_GRACE)
+}
+
+/// How the standalone server is stopped here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopHow {
+    /// `systemctl stop`: Milvus ends its sessions and flushes (it is placed elsewhere, or
+    /// this node leaves, while it still holds its sessions).
+    Graceful,
+    /// Killed at once: its node may already count as lost, so a server may run elsewhere.
+    Kill,
 }
 
 struct Supervisor {
@@ -252,8 +298,12 @@ struct Supervisor {
     in_touch: bool,
     /// Since when it has not been (it was before).
     out_of_touch_since: Option<Instant>,
-    /// A stop of the standalone server in flight (beside the loop).
-    stopping: Option<JoinHandle<()>>,
+    /// A stop of the standalone server in flight (beside the loop), and how.
+    stopping: Option<(StopHow, JoinHandle<()>)>,
+    /// Until when this daemon's etcd lease surely lives (None: it holds none).
+    lease_until: Option<Instant>,
+    /// The lease end the self-fence last acted on.
+    self_fenced_for: Option<Instant>,
     /// The load balancer's placement line it was last reloaded with (`None`: not yet).
     lb_pointed: Option<String>,
     /// A reload of the load balancer in flight, for that line.
@@ -458,9 +508,12 @@ impl Supervisor {
             }
             return;
         };
+        // A lapsed lease counts too: the server was killed for it and must not come back
+        // before the lease is proven again.
         let out_of_touch = self
             .out_of_touch_since
-            .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER);
+            .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER)
+            || self.lease_lapsed();
         let placed_on = self.placement.as_ref().map(|p| p.node.as_str());
         let standalone = if !plan.components.contains(&Component::Standalone) {
             StandaloneWanted::Leave
@@ -590,9 +643,36 @@ impl Supervisor {
             .map(|host| format!("a Milvus session of {host} is still alive (ends with its lease)"))
     }
 
+    /// Whether this daemon's lease may have ended [`SELF_FENCE_GRACE`] ago or more.
+    fn lease_lapsed(&self) -> bool {
+        self_fence_due(self.lease_until, Instant::now())
+    }
+
+    /// Kills the standalone server here when this daemon's lease may have ended (see
+    /// the module's "Self-fence"). Also from the tick: a server that systemd restarted
+    /// meanwhile goes too.
+    async fn fence_if_lapsed(&mut self, settings: &Settings) {
+        if !self.lease_lapsed() {
+            return;
+        }
+        let killing = self
+            .stopping
+            .as_ref()
+            .is_some_and(|(how, task)| *how == StopHow::Kill && !task.is_finished());
+        if killing {
+            return;
+        }
+        self.stop_standalone(
+            settings,
+            "this daemon cannot prove that its etcd lease lives: the leader may start the server elsewhere",
+            StopHow::Kill,
+        )
+        .await;
+    }
+
     /// Stops the standalone server here at once (it is placed elsewhere, or this daemon
-    /// lost etcd), saying `why`.
-    async fn stop_standalone(&mut self, settings: &Settings, why: &str) {
+    /// lost etcd), saying `why`: gracefully, or killed when it may run elsewhere already.
+    async fn stop_standalone(&mut self, settings: &Settings, why: &str, how: StopHow) {
         let runs_here = NodePlan::for_node(&settings.config, &settings.node_name)
             .is_some_and(|p| p.components.contains(&Component::Standalone));
         if !runs_here {
@@ -613,15 +693,30 @@ impl Supervisor {
         let unit = Component::Standalone.unit_name();
         match self.systemd.state(&unit).await {
             Ok(state) if state.is_running() => {
-                warn!("stopping the standalone server here: {why}");
+                if how == StopHow::Kill {
+                    warn!(
+                        message_id = crate::cluster::messages::STANDALONE_SELF_FENCED,
+                        "killing the standalone server here: {why}"
+                    );
+                } else {
+                    warn!("stopping the standalone server here: {why}");
+                }
                 // Beside the loop: a server that cannot reach etcd takes its whole stop
                 // timeout to go, and the loop (whose ticks feed the watchdog) must not wait.
                 let systemd = self.systemd.clone();
-                self.stopping = Some(tokio::spawn(async move {
+                let task = tokio::spawn(async move {
+                    if how == StopHow::Kill {
+                        // The unit's follower kills the container (it is root and owns
+                        // it); the stop job then finds it gone and cannot restart it.
+                        if let Err(e) = systemd.signal_main(&unit, container::KILL_REQUEST).await {
+                            error!("asking {unit} to kill its container: {e}");
+                        }
+                    }
                     if let Err(e) = systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {
                         error!("stopping {unit}: {e}");
                     }
-                }));
+                });
+                self.stopping = Some((how, task));
             }
             Ok(_) => {}
             Err(e) => error!("{unit}: {e}"),
@@ -708,7 +803,10 @@ impl Supervisor {
         let out_of_touch = self
             .out_of_touch_since
             .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER);
-        let stop_in_flight = self.stopping.as_ref().is_some_and(|t| !t.is_finished());
+        let stop_in_flight = self
+            .stopping
+            .as_ref()
+            .is_some_and(|(_, t)| !t.is_finished());
         let running = self
             .watched
             .get(&Component::Standalone)
@@ -717,6 +815,7 @@ impl Supervisor {
             self.stop_standalone(
                 settings,
                 "this daemon has lost etcd: it cannot learn whether the server moved",
+                StopHow::Graceful,
             )
             .await;
         }
@@ -818,5 +917,31 @@ impl Supervisor {
                 }),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_is_killed_once_its_node_cannot_prove_its_lease_for_the_grace() {
+        let now = Instant::now();
+        let proven = now - Duration::from_secs(1);
+        // No lease held (a daemon starting, or out of the cluster): nothing to prove.
+        assert!(!self_fence_due(None, now));
+        // The lease ended a moment ago: etcd may be electing a leader.
+        assert!(!self_fence_due(Some(now - SELF_FENCE_GRACE / 2), now));
+        assert!(!self_fence_due(Some(now + Duration::from_secs(1)), now));
+        // Past the grace: the leader may count the node as lost.
+        assert!(self_fence_due(Some(proven), now));
+        assert!(self_fence_due(Some(now - SELF_FENCE_GRACE), now));
+    }
+
+    #[test]
+    fn the_self_fence_comes_before_the_leader_may_fence() {
+        // The leader waits GONE_AFTER after the registration (which lives no shorter
+        // than the proven lease) is gone; the kill must fit well inside it.
+        assert!(SELF_FENCE_GRACE * 2 <= crate::cluster::placement::GONE_AFTER);
     }
 }

@@ -150,7 +150,7 @@ pub async fn converge(
                 UnitAction::Start => report.started.push(unit),
                 UnitAction::Restart | UnitAction::RestartAlone => report.restarted.push(unit),
                 UnitAction::Reload => report.reloaded.push(unit),
-                UnitAction::Stop => report.stopped.push(unit),
+                UnitAction::Stop | UnitAction::Kill => report.stopped.push(unit),
             }
         } else {
             report.unchanged.push(unit);

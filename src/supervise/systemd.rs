@@ -53,6 +53,8 @@ pub enum UnitAction {
     /// (a server cut off from a frozen etcd can take its whole stop timeout).
     RestartAlone,
     Reload,
+    /// A signal to the unit's processes (`KillUnit`): not a job, see [`Systemd::signal_main`].
+    Kill,
 }
 
 impl std::fmt::Display for UnitAction {
@@ -62,6 +64,7 @@ impl std::fmt::Display for UnitAction {
             UnitAction::Stop => "stop",
             UnitAction::Restart | UnitAction::RestartAlone => "restart",
             UnitAction::Reload => "reload",
+            UnitAction::Kill => "kill",
         })
     }
 }
@@ -122,6 +125,13 @@ impl Systemd {
                 self.manager.restart_unit(name, mode).await
             }
             UnitAction::Reload => self.manager.reload_unit(name, mode).await,
+            UnitAction::Kill => {
+                return Err(SystemdError::Call {
+                    action,
+                    unit: unit.to_owned(),
+                    message: "a kill is no job: use Systemd::signal_main".into(),
+                })
+            }
         };
         let job = call.map_err(|e| call_error(action, unit, e))?;
         let wait = async {
@@ -149,6 +159,15 @@ impl Systemd {
                 timeout,
             }),
         }
+    }
+
+    /// Sends `signal` to the unit's main process (`KillUnit`, whom "main"); returns once
+    /// systemd sent it.
+    pub async fn signal_main(&self, unit: &str, signal: i32) -> Result<(), SystemdError> {
+        self.manager
+            .kill_unit(unit.to_owned(), "main".to_owned(), signal)
+            .await
+            .map_err(|e| call_error(UnitAction::Kill, unit, e))
     }
 
     /// The unit's state; a unit systemd does not know is "inactive".
