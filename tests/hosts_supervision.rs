@@ -447,6 +447,15 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     // A client searches through the surviving load balancers meanwhile: the longest gap
     // it sees is the user's figure of this failover (printed; the benchmark holds the goal).
     let searching = Searching::start(&hosts, &python, &["h2", "h3"]);
+    // Stale local state on both survivors, as a node that ran the server earlier would
+    // keep (its node-local message log): whichever starts the server now must clear it.
+    let stale = "/var/lib/milvus-fleet/data/milvus/standalone/stale-from-an-earlier-run";
+    for host in ["h2", "h3"] {
+        hosts.sh_ok(
+            host,
+            &format!("mkdir -p {0}/rdb && touch {0}/rdb/000001.log", stale),
+        );
+    }
     std::thread::sleep(Duration::from_secs(3));
     let killed = Instant::now();
     hosts.kill("h1");
@@ -460,17 +469,30 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         !leader.is_empty()
     });
     eprintln!("new leader {leader} after {:?}", killed.elapsed());
-    let server = if leader == "h2" { "h3" } else { "h2" };
+    // The new leader places the server off its own node, but leadership may move once
+    // more meanwhile: the survivor that starts it is whichever the record names.
+    let mut server = "";
+    wait_until(
+        "the standalone server placed on a survivor",
+        Duration::from_secs(120),
+        || {
+            server = ["h2", "h3"]
+                .into_iter()
+                .find(|h| count_messages(&hosts, h, STANDALONE_STARTED) > 0)
+                .unwrap_or("");
+            !server.is_empty()
+        },
+    );
     wait_active(
         &hosts,
         server,
         "milvus-fleet-standalone",
-        // The old session's TTL, then a Milvus start on a node that never ran it: loose,
-        // a loaded 2-core machine once needed more than 240 s (the journal shows why).
+        // A Milvus start on a node that never ran it: loose, a loaded 2-core machine
+        // once needed more than 240 s (the journal shows why).
         Duration::from_secs(420),
     );
     assert_eq!(count_messages(&hosts, server, STANDALONE_STARTED), 1);
-    let other = leader.as_str();
+    let other = if server == "h2" { "h3" } else { "h2" };
     assert_eq!(
         prop(
             &hosts,
@@ -489,6 +511,27 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         "leader host killed to search answered again: {:?}",
         killed.elapsed()
     );
+    // The server started under a placement it never ran under there: its node cleared
+    // the stale local state first (the root unit did, as its journal says).
+    assert!(
+        !hosts
+            .sh(server, &format!("test -e {stale}"))
+            .status
+            .success(),
+        "{server} started the server over stale local state"
+    );
+    let cleared = hosts.sh_ok(
+        server,
+        "journalctl -q -o cat -u milvus-fleet-standalone-clear.service",
+    );
+    assert!(cleared.contains("cleared "), "{cleared}");
+    assert!(
+        hosts
+            .sh(other, &format!("test -e {stale}"))
+            .status
+            .success(),
+        "{other} never ran the server and kept its state"
+    );
     std::thread::sleep(Duration::from_secs(5));
     for view in searching.stop() {
         eprintln!(
@@ -496,4 +539,32 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
             view.lb, view.longest_gap_s, view.failures, view.searches, view.errors
         );
     }
+
+    // Under the same placement the server's local state is its own (unflushed writes in
+    // a node-local log): a server the daemon starts again there keeps it.
+    let own = "/var/lib/milvus-fleet/data/milvus/standalone/own-state";
+    hosts.sh_ok(
+        server,
+        &format!("touch {own} && systemctl stop milvus-fleet-standalone"),
+    );
+    wait_until(
+        "the daemon to start its server again",
+        Duration::from_secs(60),
+        || count_messages(&hosts, server, STANDALONE_STARTED) == 2,
+    );
+    wait_active(
+        &hosts,
+        server,
+        "milvus-fleet-standalone",
+        Duration::from_secs(420),
+    );
+    assert!(
+        hosts.sh(server, &format!("test -e {own}")).status.success(),
+        "{server} cleared its own state on a restart under the same placement"
+    );
+    let checked = client(&hosts, &python, &hosts.address(other), 19537, "check");
+    assert!(
+        checked.contains("id=123") && checked.contains("count 1000"),
+        "{checked}"
+    );
 }

@@ -9,6 +9,7 @@ mod membership;
 mod pki;
 mod probe;
 mod render;
+mod standalone;
 mod status;
 
 use std::path::PathBuf;
@@ -110,6 +111,10 @@ pub enum Command {
     /// this process's (what the component units run once compose has started it).
     #[command(hide = true)]
     Follow(follow::FollowArgs),
+    /// Empty this node's local Milvus standalone state (as root; what
+    /// milvus-fleet-standalone-clear.service runs before the server starts here again).
+    #[command(hide = true)]
+    ClearStandaloneState,
     /// Run the node daemon (what milvus-fleet.service starts).
     Daemon,
     /// Write the man page and shell completions into DIR (used when packaging).
@@ -136,6 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => membership::apply(args, &paths),
         Command::Probe(args) => probe::run(args),
         Command::Follow(args) => follow::run(args),
+        Command::ClearStandaloneState => standalone::run(&paths),
         Command::Daemon => crate::daemon::run(paths),
         Command::GenAssets { dir } => assets::generate(&dir),
     }

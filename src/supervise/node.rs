@@ -43,7 +43,8 @@ use tracing::{error, info, warn};
 use super::container;
 use super::health::{Health, Probe};
 use super::reconcile::{
-    converge, lb_placement_entry, standalone_wanted, StandaloneWanted, JOB_TIMEOUT,
+    converge, lb_placement_entry, needs_clean_state, placement_id, standalone_wanted,
+    StandaloneWanted, CLEAR_STANDALONE_UNIT, JOB_TIMEOUT,
 };
 use super::systemd::{Systemd, SystemdError, UnitAction};
 use crate::cluster::election::Role;
@@ -261,6 +262,23 @@ pub async fn run(mut inputs: Inputs) {
             Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
         }
     }
+}
+
+/// Where this daemon keeps the placement its node's standalone server last ran under.
+fn last_ran_under_file() -> std::path::PathBuf {
+    crate::membership::local::state_dir().join("standalone-ran-under")
+}
+
+/// Records the placement the server runs under here. Without the record, the next start
+/// here would clear the server's own log, so a start does not go on without it.
+fn record_ran_under(id: &str) -> Result<(), String> {
+    let path = last_ran_under_file();
+    crate::membership::local::write_file(&path, id.as_bytes(), 0o600, None).map_err(|e| {
+        format!(
+            "recording the standalone server's placement in {}: {e:#}",
+            path.display()
+        )
+    })
 }
 
 /// Whether a daemon whose lease surely lived until `until` (None: it holds none) must
@@ -515,6 +533,9 @@ impl Supervisor {
             .is_some_and(|t| t.elapsed() >= OUT_OF_TOUCH_AFTER)
             || self.lease_lapsed();
         let placed_on = self.placement.as_ref().map(|p| p.node.as_str());
+        // Set when the server starts here under a placement it did not run under before:
+        // the converge clears the node-local state first, then records the placement.
+        let mut clean_first = None;
         let standalone = if !plan.components.contains(&Component::Standalone) {
             StandaloneWanted::Leave
         } else {
@@ -528,11 +549,26 @@ impl Supervisor {
                         .is_ok_and(|s| s.is_running());
                     if running {
                         self.standalone_blocker = None;
+                        // Adopted (a restarted or upgraded daemon): its log is its own.
+                        if let Some(id) = self.placement.as_ref().map(placement_id) {
+                            let last = std::fs::read_to_string(last_ran_under_file()).ok();
+                            if needs_clean_state(last.as_deref(), &id) {
+                                if let Err(e) = record_ran_under(&id) {
+                                    error!("{e}");
+                                }
+                            }
+                        }
                         StandaloneWanted::Run
                     } else {
                         match self.standalone_blocker(settings).await {
                             None => {
                                 let waited = self.standalone_blocker.take().is_some();
+                                if let Some(id) = self.placement.as_ref().map(placement_id) {
+                                    let last = std::fs::read_to_string(last_ran_under_file()).ok();
+                                    if needs_clean_state(last.as_deref(), &id) {
+                                        clean_first = Some(id);
+                                    }
+                                }
                                 let (term, reason) = self
                                     .placement
                                     .as_ref()
@@ -576,6 +612,17 @@ impl Supervisor {
                     .run(UnitAction::Start, RENDER_UNIT, JOB_TIMEOUT)
                     .await
                     .map_err(|e| format!("rendering as root failed: {e}"))?;
+            }
+            if let Some(id) = clean_first {
+                status.send_replace(format!(
+                    "clearing the standalone server's local state: {CLEAR_STANDALONE_UNIT}"
+                ));
+                systemd
+                    .run(UnitAction::Start, CLEAR_STANDALONE_UNIT, JOB_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("the standalone server does not start here: clearing its local state failed: {e}"))?;
+                info!("cleared the standalone server's local state: it last ran elsewhere");
+                record_ran_under(&id)?;
             }
             let manifest = crate::render::output::read_manifest(std::path::Path::new(RENDERED_DIR))
                 .ok_or_else(|| format!("no rendered manifest in {RENDERED_DIR}"))?;

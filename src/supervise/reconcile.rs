@@ -44,6 +44,29 @@ pub fn lb_placement_entry(plan: &NodePlan, placed_on: Option<&str>) -> Option<St
         .then(|| format!("standalone {group};\n"))
 }
 
+/// The root unit that empties this node's local standalone state (packaged; runs
+/// `milvus-fleet clear-standalone-state`).
+pub const CLEAR_STANDALONE_UNIT: &str = "milvus-fleet-standalone-clear.service";
+
+/// A placement record as the node-local state knows it: a record naming this node that
+/// differs from the one its server last ran under here means the server ran elsewhere
+/// (or nowhere) in between.
+pub fn placement_id(placement: &crate::cluster::placement::Placement) -> String {
+    format!(
+        "{} {} {}",
+        placement.node, placement.term, placement.since_unix
+    )
+}
+
+/// Whether the standalone server must start here with a clean local state (its
+/// node-local message log among it): it starts under another placement than the one it
+/// last ran under on this node, so any log left here is older than what the node that
+/// ran it meanwhile wrote. Under the same placement (a restart here) the log is this
+/// server's own and must be replayed.
+pub fn needs_clean_state(last_ran_under: Option<&str>, placement_id: &str) -> bool {
+    last_ran_under.map(str::trim) != Some(placement_id)
+}
+
 /// What this node does with the standalone server, from the node the placement record
 /// names and whether this daemon has lost etcd for long (then it cannot learn that the
 /// server moved: it starts none, and leaves a running one to its own session, which
@@ -243,6 +266,27 @@ mod tests {
         config.cluster.topology = Topology::Distributed;
         let plan = NodePlan::for_node(&config, "a").unwrap();
         assert_eq!(lb_placement_entry(&plan, Some("b")), None);
+    }
+
+    #[test]
+    fn a_server_starts_with_a_clean_local_state_only_under_a_new_placement() {
+        let placement = |node: &str, term, since_unix| crate::cluster::placement::Placement {
+            node: node.into(),
+            term,
+            reason: String::new(),
+            since_unix,
+        };
+        let here = placement_id(&placement("h1", 7, 100));
+        // Never ran here, or ran under an older record (h2 ran it in between).
+        assert!(needs_clean_state(None, &here));
+        assert!(needs_clean_state(Some("h1 3 40"), &here));
+        // A restart under the record it ran under: its own log is replayed.
+        assert!(!needs_clean_state(Some(&format!("{here}\n")), &here));
+        // The same node, placed again by a later term: someone else ran it between.
+        assert!(needs_clean_state(
+            Some(&here),
+            &placement_id(&placement("h1", 9, 300))
+        ));
     }
 
     #[test]
