@@ -541,11 +541,12 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     }
 
     // Under the same placement the server's local state is its own (unflushed writes in
-    // a node-local log): a server the daemon starts again there keeps it.
+    // a node-local log): a server that a restarted daemon starts again there (as after a
+    // reboot of its node) keeps it.
     let own = "/var/lib/milvus-fleet/data/milvus/standalone/own-state";
     hosts.sh_ok(
         server,
-        &format!("touch {own} && systemctl stop milvus-fleet-standalone"),
+        &format!("systemctl stop milvus-fleet-standalone && touch {own} && systemctl restart milvus-fleet"),
     );
     wait_until(
         "the daemon to start its server again",
