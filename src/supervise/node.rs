@@ -248,7 +248,8 @@ pub async fn run(mut inputs: Inputs) {
                 let settings = inputs.settings.borrow().clone();
                 supervisor.placement = placement.clone();
                 if let Some(p) = placement.filter(|p| p.node != settings.node_name) {
-                    supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason), StopHow::Graceful).await;
+                    let how = supervisor.how_to_stop_placed_elsewhere(&settings).await;
+                    supervisor.stop_standalone(&settings, &format!("the server is placed on {} ({})", p.node, p.reason), how).await;
                 }
                 supervisor.converge_needed = true;
                 supervisor.next_converge = Instant::now();
@@ -715,6 +716,33 @@ impl Supervisor {
             StopHow::Kill,
         )
         .await;
+    }
+
+    /// How a server placed elsewhere goes: gracefully while it holds its Milvus sessions
+    /// (a planned move: it ends them itself); killed when they are gone, as after the
+    /// leader fenced a lost node that is back (a thawed one whose daemon was restarted by
+    /// its watchdog, so no self-fence ran): such a server must not run on for the
+    /// seconds a graceful stop takes.
+    async fn how_to_stop_placed_elsewhere(&self, settings: &Settings) -> StopHow {
+        let unit = Component::Standalone.unit_name();
+        if !self
+            .systemd
+            .state(&unit)
+            .await
+            .is_ok_and(|s| s.is_running())
+        {
+            return StopHow::Graceful;
+        }
+        let serving = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut client = crate::cluster::connect(&settings.config).await?;
+            crate::cluster::placement::read_serving(&mut client).await
+        })
+        .await;
+        let me = settings.local_node().map(|n| n.address.clone());
+        match (serving, me) {
+            (Ok(Ok(serving)), Some(me)) if !serving.contains(&me) => StopHow::Kill,
+            _ => StopHow::Graceful,
+        }
     }
 
     /// Stops the standalone server here at once (it is placed elsewhere, or this daemon
