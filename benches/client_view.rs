@@ -403,10 +403,18 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
         let surviving = fault(&server);
         the_server("one server after the fault");
+        // The searches go on until they answer again (a server process is not yet a
+        // serving one), so an outage is measured whole, not cut off at the window's end.
+        let via = surviving.first().cloned().unwrap_or_else(|| "h1".into());
+        let answering = Instant::now();
+        while client_result(&hosts, &python, &hosts.address(&via), 19537, "count").is_err()
+            && answering.elapsed() < Duration::from_secs(300)
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         std::thread::sleep(Duration::from_secs(3));
         let most = sampler.stop();
         let views = searching.stop();
-        let via = surviving.first().cloned().unwrap_or_else(|| "h1".into());
         rows.new_server.push(if serving_processes() == before {
             0.0
         } else {

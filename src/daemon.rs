@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::cluster::election::{Election, Role};
 use crate::config::{ConfigPaths, Settings};
-use crate::membership::local::state_dir;
+use crate::host::state_dir;
 use crate::membership::store::MembershipStore;
 
 pub fn run(paths: ConfigPaths) -> anyhow::Result<()> {
@@ -63,7 +63,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (candidates_tx, candidates_rx) =
         tokio::sync::watch::channel(standalone_candidates(&settings));
     let (placement_tx, placement_rx) = tokio::sync::watch::channel(None);
-    let metrics = std::sync::Arc::new(crate::api::Metrics::default());
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
     let channels = ClusterChannels {
         role: role_tx,
         lease_until: lease_until_tx,
@@ -234,14 +234,14 @@ async fn campaign(
     )));
     let jobs = crate::cluster::runner::run(
         crate::cluster::jobs::JobStore::new(client.clone(), prefix.clone()),
-        format!("{prefix}leader"),
+        crate::cluster::keys::leader(&prefix),
         election.subscribe(),
     );
     let peers = crate::supervise::peers::run(
         crate::supervise::peers::PeerWatch {
             client: client.clone(),
             prefix: prefix.clone(),
-            leader_key: format!("{prefix}leader"),
+            leader_key: crate::cluster::keys::leader(&prefix),
             nodes,
             me: settings.node_name.clone(),
             metrics,
@@ -249,12 +249,24 @@ async fn campaign(
         },
         election.subscribe(),
     );
+    // The standalone server's node's address, for keeping etcd's raft leader off it.
+    let server_address = {
+        let (placed, candidates) = (placement.subscribe(), standalone_candidates.clone());
+        move || {
+            let node = placed.borrow().as_ref().map(|p| p.node.clone())?;
+            candidates
+                .borrow()
+                .iter()
+                .find(|(n, _)| *n == node)
+                .map(|(_, address)| address.clone())
+        }
+    };
     // Where the standalone server runs: the leader decides, every node follows.
     let place = crate::cluster::placement::lead(
         crate::cluster::placement::PlacementLead {
             client: client.clone(),
             prefix: prefix.clone(),
-            leader_key: format!("{prefix}leader"),
+            leader_key: crate::cluster::keys::leader(&prefix),
             me: settings.node_name.clone(),
             candidates: standalone_candidates,
             health_port: config.milvus.metrics_port,
@@ -283,8 +295,13 @@ async fn campaign(
     let raft_leader = async {
         match own_etcd_address {
             Some(address) => {
-                crate::cluster::raft_leader::keep_off_this_host(client.clone(), address, raft_role)
-                    .await
+                crate::cluster::raft_leader::keep_off_this_host(
+                    client.clone(),
+                    address,
+                    server_address,
+                    raft_role,
+                )
+                .await
             }
             None => std::future::pending().await,
         }
@@ -316,7 +333,7 @@ async fn sync_from_etcd(
     changed: tokio::sync::mpsc::Sender<()>,
 ) {
     use etcd_client::WatchOptions;
-    let file = crate::membership::local::cluster_file();
+    let file = crate::host::cluster_file();
     loop {
         let config_watch = store.client.watch(store.config_key(), None).await;
         let revoked_watch = store
@@ -335,12 +352,7 @@ async fn sync_from_etcd(
             match store.config().await {
                 Ok((_, text, _)) => {
                     if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
-                        match crate::membership::local::write_file(
-                            &file,
-                            text.as_bytes(),
-                            0o644,
-                            None,
-                        ) {
+                        match crate::host::write_file(&file, text.as_bytes(), 0o644, None) {
                             Ok(()) => {
                                 info!(file = %file.display(), "cluster configuration changed in etcd");
                                 let _ = changed.send(()).await;
@@ -385,7 +397,7 @@ struct ClusterChannels {
     /// The nodes that may run the standalone server, with their addresses.
     standalone_candidates: tokio::sync::watch::Receiver<Vec<(String, String)>>,
     placement: tokio::sync::watch::Sender<Option<crate::cluster::placement::Placement>>,
-    metrics: std::sync::Arc<crate::api::Metrics>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// The running cluster loops, if this node is in a cluster.
@@ -484,7 +496,7 @@ async fn listen(
             listener, config, routers, revoked,
         )));
     }
-    let runtime = crate::membership::local::runtime_dir();
+    let runtime = crate::host::runtime_dir();
     if runtime.is_dir() {
         use std::os::unix::fs::PermissionsExt;
         let path = runtime.join("api.sock");

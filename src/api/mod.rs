@@ -9,7 +9,7 @@ mod error;
 mod membership;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,32 +19,15 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
 pub use error::ApiError;
 
 use crate::cluster::election::Role;
-use crate::cluster::jobs::{JobKind, JobStore};
+use crate::cluster::jobs::{JobKind, JobState, JobStore};
 
-/// Counters the daemon keeps for /metrics.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    /// Times this daemon became the leader.
-    pub leader_elections: AtomicU64,
-    pub api_requests: AtomicU64,
-    pub api_errors: AtomicU64,
-    pub api_micros: AtomicU64,
-    /// Configured peers whose daemon is not registered (as the leader last saw).
-    pub peers_down: AtomicU64,
-    pub peer_down_alerts: AtomicU64,
-    pub peer_recovered_alerts: AtomicU64,
-    /// Wedged components this node's daemon restarted.
-    pub wedged_restarts: AtomicU64,
-    /// Component alerts: restart budget used up, unit failed.
-    pub component_alerts: AtomicU64,
-}
+pub use crate::metrics::Metrics;
 
 /// Requests larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -220,20 +203,32 @@ async fn status(State(state): Shared) -> Json<serde_json::Value> {
     body["lease_ttl_secs"] = state.lease_ttl_secs.into();
     // Which configured nodes have a live daemon, and the jobs by state, from etcd.
     let store = state.jobs.borrow().clone();
+    // An etcd read that fails says so: "every daemon down" or "no jobs" would be a lie.
     if let Some(mut store) = store {
-        let members = store.members().await.unwrap_or_default();
-        body["nodes"] = nodes
-            .iter()
-            .map(|n| serde_json::json!({ "name": n, "daemon": if members.contains_key(n) { "up" } else { "down" } }))
-            .collect();
-        let jobs = store.list().await.unwrap_or_default();
-        let mut counts = serde_json::Map::new();
-        for job in &jobs {
-            let state = format!("{:?}", job.state).to_lowercase();
-            let n = counts.get(&state).and_then(Value::as_u64).unwrap_or(0);
-            counts.insert(state, (n + 1).into());
+        match store.members().await {
+            Ok(members) => {
+                body["nodes"] = nodes
+                    .iter()
+                    .map(|n| serde_json::json!({ "name": n, "daemon": if members.contains_key(n) { "up" } else { "down" } }))
+                    .collect();
+            }
+            Err(e) => {
+                body["nodes_error"] =
+                    format!("reading the daemons' registrations from etcd: {e}").into()
+            }
         }
-        body["jobs"] = counts.into();
+        match store.list().await {
+            Ok(jobs) => {
+                let mut counts = serde_json::Map::new();
+                for job in &jobs {
+                    let state = job.state.as_str().to_owned();
+                    let n = counts.get(&state).and_then(Value::as_u64).unwrap_or(0);
+                    counts.insert(state, (n + 1).into());
+                }
+                body["jobs"] = counts.into();
+            }
+            Err(e) => body["jobs_error"] = format!("reading the jobs from etcd: {e}").into(),
+        }
     }
     Json(body)
 }
@@ -253,57 +248,32 @@ async fn show_job(
     Ok(Json(store(&state)?.get(&id).await?.0))
 }
 
-/// The body of `POST /v1/jobs`: `{"type": "drill", "steps": N, "sleep_ms": N, "resource": "..."}`.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
-enum SubmitRequest {
-    Drill {
-        steps: u32,
-        sleep_ms: u64,
-        #[serde(default = "default_resource")]
-        resource: String,
-    },
-    /// `{"type": "node-remove", "node": "NAME"}`
-    NodeRemove { node: String },
-}
-
-fn default_resource() -> String {
-    "drill".into()
-}
-
 async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
     if let Some(answer) = forward(&state, "/v1/jobs", &body).await? {
         return Ok(answer);
     }
-    let (kind, resource) = match parse(&body)? {
-        SubmitRequest::Drill {
-            steps,
-            sleep_ms,
-            resource,
-        } => (JobKind::Drill { steps, sleep_ms }, resource),
-        SubmitRequest::NodeRemove { node } => {
-            // Refused now, with the reason, rather than failing later in the job. The
-            // checks only read, so an etcd error (a member restarting under the leader)
-            // is tried again before it is an answer.
-            let members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
-            crate::cluster::retry_reads(
-                Duration::from_secs(5),
-                |e| matches!(e, ApiError::Unavailable(_)),
-                || {
-                    let mut members = members.clone();
-                    let node = node.clone();
-                    async move {
-                        let (config, _, _) = members.config().await?;
-                        crate::membership::remove::check(&mut members.client, &config, &node)
-                            .await?;
-                        Ok::<_, ApiError>(())
-                    }
-                },
-            )
-            .await?;
-            (JobKind::NodeRemove { node }, "membership".to_owned())
-        }
-    };
+    let kind: JobKind = parse(&body)?;
+    if let JobKind::NodeRemove { node } = &kind {
+        // Refused now, with the reason, rather than failing later in the job. The checks
+        // only read, so an etcd error (a member restarting under the leader) is tried
+        // again before it is an answer.
+        let members = state.members.borrow().clone().ok_or(ApiError::NoCluster)?;
+        crate::cluster::retry_reads(
+            Duration::from_secs(5),
+            |e| matches!(e, ApiError::Unavailable(_)),
+            || {
+                let mut members = members.clone();
+                let node = node.clone();
+                async move {
+                    let (config, _, _) = members.config().await?;
+                    crate::membership::remove::check(&mut members.client, &config, &node).await?;
+                    Ok::<_, ApiError>(())
+                }
+            },
+        )
+        .await?;
+    }
+    let resource = kind.resource();
     let job = store(&state)?.submit(kind, &resource).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }
@@ -407,43 +377,53 @@ async fn metrics(State(state): Shared) -> String {
         "Component alerts: a unit systemd gave up on, or a used-up restart budget.",
         &plain(m.component_alerts.load(Ordering::Relaxed).to_string()),
     );
-    // Jobs by state, and how long the ended ones took, from the records in etcd.
+    // Jobs by state, and how long the ended ones took, from the records in etcd. A failed
+    // read leaves the series out (absent, not zero) and says why in their help.
     let store = state.jobs.borrow().clone();
     let jobs = match store {
-        Some(mut store) => store.list().await.unwrap_or_default(),
-        None => Vec::new(),
+        Some(mut store) => store.list().await.map_err(|e| e.to_string()),
+        None => Ok(Vec::new()),
     };
-    let states = ["queued", "running", "succeeded", "failed", "cancelled"];
-    let counts: Vec<(String, String)> = states
-        .iter()
-        .map(|s| {
-            let n = jobs
+    match jobs {
+        Ok(jobs) => {
+            let counts: Vec<(String, String)> = JobState::ALL
                 .iter()
-                .filter(|j| format!("{:?}", j.state).to_lowercase() == *s)
-                .count();
-            (format!("{{state=\"{s}\"}}"), n.to_string())
-        })
-        .collect();
-    metric(
-        "milvus_fleet_jobs",
-        "gauge",
-        "Jobs in etcd by state.",
-        &counts,
-    );
-    let ended: Vec<_> = jobs.iter().filter(|j| j.state.is_final()).collect();
-    let total_ms: u64 = ended
-        .iter()
-        .map(|j| j.updated_unix_ms.saturating_sub(j.created_unix_ms))
-        .sum();
-    metric(
-        "milvus_fleet_job_duration_seconds",
-        "summary",
-        "Duration of the jobs that ended, from queued to ended.",
-        &[
-            ("_sum".into(), format!("{:.3}", total_ms as f64 / 1e3)),
-            ("_count".into(), ended.len().to_string()),
-        ],
-    );
+                .map(|state| {
+                    let n = jobs.iter().filter(|j| j.state == *state).count();
+                    (format!("{{state=\"{}\"}}", state.as_str()), n.to_string())
+                })
+                .collect();
+            metric(
+                "milvus_fleet_jobs",
+                "gauge",
+                "Jobs in etcd by state.",
+                &counts,
+            );
+            let ended: Vec<_> = jobs.iter().filter(|j| j.state.is_final()).collect();
+            let total_ms: u64 = ended
+                .iter()
+                .map(|j| j.updated_unix_ms.saturating_sub(j.created_unix_ms))
+                .sum();
+            metric(
+                "milvus_fleet_job_duration_seconds",
+                "summary",
+                "Duration of the jobs that ended, from queued to ended.",
+                &[
+                    ("_sum".into(), format!("{:.3}", total_ms as f64 / 1e3)),
+                    ("_count".into(), ended.len().to_string()),
+                ],
+            );
+        }
+        Err(e) => metric(
+            "milvus_fleet_jobs",
+            "gauge",
+            &format!(
+                "Jobs in etcd by state: left out, reading them failed: {}",
+                e.replace('\n', " ")
+            ),
+            &[],
+        ),
+    }
     let uptime = state.started.elapsed().as_secs().to_string();
     metric(
         "milvus_fleet_uptime_seconds",

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use super::local::request;
-use crate::cluster::jobs::Job;
+use crate::cluster::jobs::{Job, JobKind};
 
 #[derive(Debug, Args)]
 pub struct JobArgs {
@@ -60,8 +60,12 @@ pub fn run(args: JobArgs) -> anyhow::Result<()> {
             sleep_ms,
             resource,
         }) => {
-            let body = serde_json::json!({ "type": "drill", "steps": steps, "sleep_ms": sleep_ms, "resource": resource });
-            let answer = request(socket, "POST", "/v1/jobs", Some(&body.to_string()))?;
+            let body = serde_json::to_string(&JobKind::Drill {
+                steps,
+                sleep_ms,
+                resource,
+            })?;
+            let answer = request(socket, "POST", "/v1/jobs", Some(&body))?;
             let job: Job = serde_json::from_str(&answer).context("the daemon's answer")?;
             println!("{}", job.id);
         }
@@ -129,7 +133,7 @@ pub(super) fn follow(socket: &std::path::Path, id: &str) -> anyhow::Result<()> {
             anyhow::ensure!(
                 job.state == crate::cluster::jobs::JobState::Succeeded,
                 "job {id} ended {} after {} of {} steps",
-                format!("{:?}", job.state).to_lowercase(),
+                job.state.as_str(),
                 job.done_steps,
                 job.steps
             );
@@ -149,7 +153,7 @@ fn summary(job: &Job) -> String {
     format!(
         "{}  {:<10} {}/{} steps  resource {}",
         job.id,
-        format!("{:?}", job.state).to_lowercase(),
+        job.state.as_str(),
         job.done_steps,
         job.steps,
         job.resource

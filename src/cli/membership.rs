@@ -10,9 +10,9 @@ use clap::{Args, Subcommand};
 use super::local::{request, DEFAULT_SOCKET};
 use crate::config::model::Role;
 use crate::config::ConfigPaths;
+use crate::host::JOIN_FILE;
 use crate::membership::init::Identity;
 use crate::membership::join::BadJoinFile;
-use crate::membership::local::JOIN_FILE;
 use crate::membership::token::JoinToken;
 
 /// Who this host is in the cluster.
@@ -465,8 +465,13 @@ pub fn cloud_init(args: CloudInitArgs) -> anyhow::Result<()> {
 pub fn node(args: NodeArgs) -> anyhow::Result<()> {
     match args.command {
         NodeCommand::Remove { name, no_wait } => {
-            let body = serde_json::json!({ "type": "node-remove", "node": name });
-            let answer = request(&args.socket, "POST", "/v1/jobs", Some(&body.to_string()))?;
+            let body = crate::cluster::jobs::JobKind::NodeRemove { node: name.clone() };
+            let answer = request(
+                &args.socket,
+                "POST",
+                "/v1/jobs",
+                Some(&serde_json::to_string(&body)?),
+            )?;
             let job: crate::cluster::jobs::Job =
                 serde_json::from_str(&answer).context("the daemon's answer")?;
             eprintln!("removing {name}: job {}", job.id);
@@ -480,7 +485,7 @@ pub fn node(args: NodeArgs) -> anyhow::Result<()> {
 }
 
 pub fn apply(args: ApplyArgs, paths: &ConfigPaths) -> anyhow::Result<()> {
-    crate::membership::local::require_root("apply")?;
+    crate::host::require_root("apply")?;
     let mode = if args.render_only {
         crate::membership::apply::Mode::RenderOnly
     } else {

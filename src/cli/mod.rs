@@ -69,7 +69,7 @@ impl ConfigArgs {
             self.dropin_dirs.clone()
         };
         ConfigPaths {
-            cluster: system.then(crate::membership::local::cluster_file),
+            cluster: system.then(crate::host::cluster_file),
             main: self.config.clone(),
             dropin_dirs,
         }

@@ -22,7 +22,7 @@ pub struct ProbeArgs {
 
 pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let probe: Probe = args.probe.parse()?;
-    let runtime = crate::membership::local::runtime()?;
+    let runtime = crate::host::runtime()?;
     runtime.block_on(async {
         match args.wait {
             Some(seconds) => probe

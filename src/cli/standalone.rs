@@ -28,7 +28,7 @@ pub fn run(paths: &ConfigPaths) -> anyhow::Result<()> {
         return Ok(());
     }
     let unit = Component::Standalone.unit_name();
-    let runtime = crate::membership::local::runtime()?;
+    let runtime = crate::host::runtime()?;
     let state = runtime.block_on(async {
         let systemd = Systemd::system().await?;
         systemd.state(&unit).await

@@ -57,6 +57,11 @@ pub fn run(args: StatusArgs) -> anyhow::Result<()> {
             .collect();
         println!("nodes     {}", list.join(", "));
     }
+    for error in ["nodes_error", "jobs_error"] {
+        if let Some(e) = status[error].as_str() {
+            println!("error     {e}");
+        }
+    }
     if let Some(jobs) = status["jobs"].as_object() {
         let list: Vec<String> = jobs
             .iter()

@@ -23,7 +23,7 @@ use tokio::time::{sleep, Instant};
 use tracing::{info, warn};
 
 use super::messages::{LEADER_ELECTED, LEADER_LOST};
-use super::ClusterError;
+use super::{keys, ClusterError};
 
 /// How often a follower reads the leader key besides watching it (a watch can sit on a
 /// member that froze or was cut off and never fire); at once when its keepalive stalls.
@@ -171,12 +171,7 @@ impl Election {
     }
 
     fn leader_key(&self) -> String {
-        format!("{}leader", self.prefix)
-    }
-
-    /// Where the leader records that it acts, with a guarded write each interval.
-    pub fn acting_key(prefix: &str) -> String {
-        format!("{prefix}leader-acting")
+        keys::leader(&self.prefix)
     }
 
     /// Campaigns until `shutdown` turns true; then resigns and revokes its lease.
@@ -243,7 +238,7 @@ impl Election {
         self.unanswered.clear();
         self.lease_until.send_replace(Some(asked + ttl));
         self.record_lease(lease_id)?;
-        let member = format!("{}members/{}", self.prefix, self.node);
+        let member = keys::member(&self.prefix, &self.node);
         let options = PutOptions::new().with_lease(lease_id);
         self.client
             .put(member, self.api_url.clone(), Some(options))
@@ -465,7 +460,7 @@ impl Election {
                     // the next write past the lease deadline.
                     if acting.is_empty() {
                         let value = format!("{} {term}", self.node);
-                        let put = self.fenced_put(term, Self::acting_key(&self.prefix), value);
+                        let put = self.fenced_put(term, keys::leader_acting(&self.prefix), value);
                         acting.spawn(tokio::time::timeout(ttl / 2, put));
                     }
                 }

@@ -13,18 +13,40 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::ClusterError;
+use super::{keys, ClusterError};
 
+/// What a job does: the one wire type of a job, in the body of `POST /v1/jobs` (which the
+/// CLI sends), in the job's record and in the API's answers.
+/// `{"type": "drill", "steps": N, "sleep_ms": N, "resource": "..."}`,
+/// `{"type": "node-remove", "node": "NAME"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum JobKind {
-    /// A fire drill: `steps` steps that each wait `sleep_ms` and record one side effect.
-    Drill { steps: u32, sleep_ms: u64 },
+    /// A fire drill: `steps` steps that each wait `sleep_ms` and record one side effect,
+    /// holding the lock on `resource`.
+    Drill {
+        steps: u32,
+        sleep_ms: u64,
+        #[serde(default = "drill_resource")]
+        resource: String,
+    },
     /// Takes a node out of the cluster (membership/remove.rs).
     NodeRemove { node: String },
 }
 
+fn drill_resource() -> String {
+    "drill".into()
+}
+
 impl JobKind {
+    /// The resource a job of this kind locks: one membership change at a time.
+    pub fn resource(&self) -> String {
+        match self {
+            JobKind::Drill { resource, .. } => resource.clone(),
+            JobKind::NodeRemove { .. } => "membership".into(),
+        }
+    }
+
     fn steps(&self) -> u32 {
         match self {
             JobKind::Drill { steps, .. } => *steps,
@@ -44,6 +66,25 @@ pub enum JobState {
 }
 
 impl JobState {
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// Its name, as on the wire (JSON) and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
     pub fn is_final(self) -> bool {
         matches!(
             self,
@@ -157,16 +198,11 @@ impl JobStore {
     }
 
     fn job_key(&self, id: &str) -> String {
-        format!("{}jobs/{id}", self.prefix)
+        keys::job(&self.prefix, id)
     }
 
     fn lock_key(&self, resource: &str) -> String {
-        format!("{}locks/{resource}", self.prefix)
-    }
-
-    /// Where a drill records its side effects, one key per step.
-    pub fn effect_key(prefix: &str, id: &str, step: u32) -> String {
-        format!("{prefix}drill-effects/{id}/{step:04}")
+        keys::lock(&self.prefix, resource)
     }
 
     /// Queues a job, refused when its resource is locked by another.
@@ -175,7 +211,10 @@ impl JobStore {
         if !is_plain_name(resource) {
             return Err(JobError::InvalidResource(resource.to_owned()));
         }
-        if let JobKind::Drill { steps, sleep_ms } = &kind {
+        if let JobKind::Drill {
+            steps, sleep_ms, ..
+        } = &kind
+        {
             if !(1..=1000).contains(steps) || *sleep_ms > 3_600_000 {
                 return Err(JobError::InvalidDrill);
             }
@@ -240,7 +279,7 @@ impl JobStore {
 
     /// Every job, oldest first.
     pub async fn list(&mut self) -> Result<Vec<Job>, JobError> {
-        let prefix = format!("{}jobs/", self.prefix);
+        let prefix = keys::jobs(&self.prefix);
         let response = self
             .client
             .get(prefix, Some(GetOptions::new().with_prefix()))
@@ -261,7 +300,7 @@ impl JobStore {
             .with_filters([etcd_client::WatchFilterType::NoDelete]);
         Ok(self
             .client
-            .watch(format!("{}jobs/", self.prefix), Some(options))
+            .watch(keys::jobs(&self.prefix), Some(options))
             .await?)
     }
 
@@ -269,7 +308,7 @@ impl JobStore {
     pub async fn members(
         &mut self,
     ) -> Result<std::collections::BTreeMap<String, String>, JobError> {
-        let prefix = format!("{}members/", self.prefix);
+        let prefix = keys::members(&self.prefix);
         Ok(super::read_prefix(&mut self.client, &prefix).await?)
     }
 
@@ -277,7 +316,7 @@ impl JobStore {
     pub async fn member_api(&mut self, node: &str) -> Result<Option<String>, JobError> {
         let response = self
             .client
-            .get(format!("{}members/{node}", self.prefix), None)
+            .get(keys::member(&self.prefix, node), None)
             .await?;
         Ok(response
             .kvs()
@@ -362,7 +401,7 @@ pub async fn run_job(
             match &job.kind {
                 JobKind::Drill { sleep_ms, .. } => {
                     tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
-                    let effect = JobStore::effect_key(&store.prefix, id, step);
+                    let effect = keys::drill_effect(&store.prefix, id, step);
                     effects.push(TxnOp::put(effect, format!("term {term}"), None));
                 }
                 JobKind::NodeRemove { node } => {
@@ -426,6 +465,21 @@ pub async fn run_job(
         }
         if job.state.is_final() {
             return Ok(Stop::Finished(job.state));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_state_s_name_is_its_wire_name() {
+        for state in JobState::ALL {
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{}\"", state.as_str())
+            );
         }
     }
 }

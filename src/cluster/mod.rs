@@ -5,6 +5,7 @@
 mod channel;
 pub mod election;
 pub mod jobs;
+pub mod keys;
 pub mod messages;
 pub mod placement;
 pub mod raft_leader;
@@ -27,10 +28,7 @@ pub enum ClusterError {
     },
 }
 
-/// The key prefix of one cluster.
-pub fn prefix(config: &FleetConfig) -> String {
-    format!("/milvus-fleet/{}/", config.cluster.name)
-}
+pub use keys::prefix;
 
 /// Connects to the cluster's etcd. The HTTP/2 keepalive ping is 10 s: etcd drops a
 /// connection that pings more often than every 5 s (its grpc-keepalive-min-time), and

@@ -29,12 +29,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::election::Role;
-use super::{read_prefix, ClusterError};
+use super::{keys, read_prefix, ClusterError};
 
-/// The placement record's key, under the cluster's prefix.
-pub const STANDALONE_KEY: &str = "placement/standalone";
-/// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
-pub const MILVUS_SESSION_PREFIX: &str = "by-dev/meta/session/";
 /// How long a node's daemon registration must stay gone before its node may count as
 /// lost (a restarted daemon registers again within a second), and before its server is
 /// fenced: a node cut off or frozen kills its own server once its lease may have ended
@@ -46,6 +42,8 @@ pub const GONE_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader waits for a server's health endpoint before it counts the server
 /// as not answering. A live server answers in milliseconds, loaded or not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a failed health check stands for a node whose daemon stays gone.
+const SILENCE_HOLDS: Duration = Duration::from_secs(2);
 /// Bound on one look at etcd and the servers (its health check included).
 const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the placed node may run no server (no Milvus session of it) while its
@@ -203,7 +201,7 @@ pub fn session_leases<'a>(
 /// Reads the live Milvus sessions' hosts.
 pub async fn read_serving(client: &mut Client) -> Result<BTreeSet<String>, ClusterError> {
     let answer = client
-        .get(MILVUS_SESSION_PREFIX, Some(GetOptions::new().with_prefix()))
+        .get(keys::MILVUS_SESSIONS, Some(GetOptions::new().with_prefix()))
         .await?;
     Ok(serving_hosts(
         answer.kvs().iter().map(|kv| (kv.value(), kv.lease())),
@@ -248,8 +246,8 @@ pub async fn lead(mut lead: PlacementLead, mut role: watch::Receiver<Role>) {
 }
 
 async fn lead_term(lead: &mut PlacementLead, term: i64) {
-    let members = format!("{}members/", lead.prefix);
-    let key = format!("{}{STANDALONE_KEY}", lead.prefix);
+    let members = keys::members(&lead.prefix);
+    let key = keys::standalone_placement(&lead.prefix);
     // What this term has seen survives a broken watch or an etcd error.
     let mut since = Since::default();
     loop {
@@ -263,7 +261,7 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
                 .await,
             lead.client
                 .watch(
-                    MILVUS_SESSION_PREFIX,
+                    keys::MILVUS_SESSIONS,
                     Some(WatchOptions::new().with_prefix()),
                 )
                 .await,
@@ -313,6 +311,10 @@ struct Since {
     serverless: Option<(String, Instant)>,
     /// Nodes whose server this term fenced: lost, without the grace of [`GONE_AFTER`].
     fenced: BTreeSet<String>,
+    /// When each node's server last failed its health check: a failure within
+    /// [`SILENCE_HOLDS`] stands when the grace ends, rather than asking again (which would
+    /// add up to [`HEALTH_TIMEOUT`] to the failover).
+    silent_since: BTreeMap<String, Instant>,
 }
 
 /// Reads what [`decide`] needs and writes its answer under the leader's term. Returns
@@ -330,7 +332,7 @@ async fn evaluate(
         return Ok(None);
     }
     let now = Instant::now();
-    let registered = read_prefix(&mut lead.client, &format!("{}members/", lead.prefix)).await?;
+    let registered = read_prefix(&mut lead.client, &keys::members(&lead.prefix)).await?;
     let mut alive = BTreeSet::new();
     let mut recheck = None::<Instant>;
     let registered: BTreeSet<String> = candidates
@@ -339,6 +341,9 @@ async fn evaluate(
         .map(|(node, _)| node.clone())
         .collect();
     since.fenced.retain(|node| !registered.contains(node));
+    since
+        .silent_since
+        .retain(|node, _| !registered.contains(node));
     for (node, _) in &candidates {
         if registered.contains(node) {
             gone_since.remove(node);
@@ -381,7 +386,18 @@ async fn evaluate(
             .map(|(_, a)| a.clone());
         if let Some(address) = address.filter(|a| serving.contains(a)) {
             if !registered.contains(&placed.node) {
-                let answered = answers(lead, &address).await;
+                let recent = since
+                    .silent_since
+                    .get(&placed.node)
+                    .is_some_and(|at| at.elapsed() < SILENCE_HOLDS);
+                let answered = !recent && answers(lead, &address).await;
+                if answered {
+                    since.silent_since.remove(&placed.node);
+                } else if !recent {
+                    since
+                        .silent_since
+                        .insert(placed.node.clone(), Instant::now());
+                }
                 info!(
                     "{}'s daemon is gone while its server's sessions live; its health endpoint {}",
                     placed.node,
@@ -511,7 +527,7 @@ async fn fence(
     }
     let answer = lead
         .client
-        .get(MILVUS_SESSION_PREFIX, Some(GetOptions::new().with_prefix()))
+        .get(keys::MILVUS_SESSIONS, Some(GetOptions::new().with_prefix()))
         .await?;
     let leases = session_leases(
         answer.kvs().iter().map(|kv| (kv.value(), kv.lease())),
@@ -539,7 +555,7 @@ async fn fence(
 /// every change (a watch, with a slow re-read in case the watch sits on a member that
 /// no longer hears the cluster).
 pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option<Placement>>) {
-    let key = format!("{prefix}{STANDALONE_KEY}");
+    let key = keys::standalone_placement(&prefix);
     loop {
         let Ok(mut events) = client.watch(key.clone(), None).await else {
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -1,11 +1,14 @@
-//! Keeps etcd's own (raft) leader off the fleet leader's host.
+//! Keeps etcd's own (raft) leader off the fleet leader's host and off the host that runs
+//! the standalone server.
 //!
 //! When one host carries both leaders, losing that host costs two elections in a row:
 //! etcd's members first elect a new raft leader (up to twice the election timeout), and
 //! that new raft leader then extends every lease by its TTL before any can expire, so the
-//! fleet leader's key outlives its host by ~2.5 s instead of the lease TTL. While this
-//! daemon leads, it checks now and then where the raft leader is and, when it is the
-//! etcd member on this host and every member answers, hands raft leadership to another.
+//! fleet leader's key outlives its host by ~2.5 s instead of the lease TTL. The same
+//! holds for the server's host: its daemon's registration, which the failover waits for,
+//! would outlive it by a TTL more. While this daemon leads, it checks now and then where
+//! the raft leader is and, when it is the etcd member on one of those hosts and every
+//! member answers, hands raft leadership to a member on neither.
 
 use std::time::Duration;
 
@@ -26,10 +29,12 @@ const FIRST_CHECK: Duration = Duration::from_secs(1);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs while `role` is open: whenever this daemon leads, keeps etcd's raft leader off
-/// `own_address` (this node's address, as the etcd members' client URLs name it).
+/// `own_address` (this node's address, as the etcd members' client URLs name it) and off
+/// the address `server_address` gives (the standalone server's node, if any).
 pub async fn keep_off_this_host(
     client: Client,
     own_address: String,
+    server_address: impl Fn() -> Option<String>,
     mut role: watch::Receiver<Role>,
 ) {
     loop {
@@ -52,11 +57,14 @@ pub async fn keep_off_this_host(
                 }
             }
             let mut client = client.clone();
-            match tokio::time::timeout(CALL_TIMEOUT * 3, move_off(&mut client, &own_address)).await
-            {
+            let avoid: Vec<String> = std::iter::once(own_address.clone())
+                .chain(server_address())
+                .collect();
+            match tokio::time::timeout(CALL_TIMEOUT * 3, move_off(&mut client, &avoid)).await {
                 Ok(Ok(Some((from, to)))) => info!(
-                    "moved etcd's raft leadership from {from} to {to}: it shared this host \
-                     with the fleet leader, and a host lost with both would wait out two elections"
+                    "moved etcd's raft leadership from {from} to {to}: it shared a host with \
+                     the fleet leader or the standalone server, and losing that host would wait \
+                     out an etcd election before the failover"
                 ),
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => warn!("cannot check where etcd's raft leader is: {e}"),
@@ -89,11 +97,11 @@ fn on_host(member: &Member, address: &str) -> bool {
         .any(|url| url_host(url) == address)
 }
 
-/// Moves raft leadership away when the raft leader is the member on `own_address`;
-/// returns the names it moved from and to.
+/// Moves raft leadership away when the raft leader is a member on one of the `avoid`
+/// addresses, to a member on none of them; returns the names it moved from and to.
 async fn move_off(
     client: &mut Client,
-    own_address: &str,
+    avoid: &[String],
 ) -> Result<Option<(String, String)>, ClusterError> {
     let raft_leader = client.status().await?.leader();
     let members = client.member_list().await?;
@@ -101,7 +109,7 @@ async fn move_off(
     let Some(leader) = members.iter().find(|m| m.id() == raft_leader) else {
         return Ok(None);
     };
-    if !on_host(leader, own_address) {
+    if !avoid.iter().any(|a| on_host(leader, a)) {
         return Ok(None);
     }
     // Only while every member answers: a move is an etcd election, and a new raft leader
@@ -116,7 +124,9 @@ async fn move_off(
         if answering(member.client_urls()).await.is_empty() {
             return Ok(None);
         }
-        target.get_or_insert(member);
+        if !avoid.iter().any(|a| on_host(member, a)) {
+            target.get_or_insert(member);
+        }
     }
     let Some(target) = target else {
         return Ok(None);

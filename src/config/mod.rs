@@ -99,7 +99,7 @@ impl Settings {
     /// A digest of the effective configuration: equal digests mean equal settings,
     /// whichever files they came from.
     pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_vec(&self.config).unwrap_or_default();
+        let json = serde_json::to_vec(&self.config).expect("the configuration model is plain data");
         hex(&Sha256::digest(json))
     }
 
@@ -127,7 +127,7 @@ impl Settings {
 
     /// The effective configuration as a TOML document.
     pub fn to_toml(&self) -> String {
-        toml::to_string(&self.config).unwrap_or_default()
+        toml::to_string(&self.config).expect("the configuration model is plain data")
     }
 }
 

@@ -29,7 +29,7 @@ impl ConfigPaths {
     /// The installed layout.
     pub fn system() -> Self {
         Self {
-            cluster: Some(crate::membership::local::cluster_file()),
+            cluster: Some(crate::host::cluster_file()),
             main: PathBuf::from("/etc/milvus-fleet/fleet.toml"),
             dropin_dirs: [
                 "/usr/lib/milvus-fleet/fleet.d",

@@ -62,7 +62,7 @@ pub struct ApplyReport {
 pub fn apply(paths: &ConfigPaths, mode: Mode) -> anyhow::Result<ApplyReport> {
     let settings = Settings::load(paths)?;
     guard_host_settings(&settings, paths)?;
-    let runtime = super::local::runtime()?;
+    let runtime = crate::host::runtime()?;
     runtime.block_on(apply_settings(&settings, mode))
 }
 
@@ -179,7 +179,7 @@ async fn apply_settings(settings: &Settings, mode: Mode) -> anyhow::Result<Apply
         let target = Path::new(UNIT_DIR).join(component.unit_name());
         let bytes = std::fs::read(&source).with_context(|| format!("{}", source.display()))?;
         if std::fs::read(&target).ok().as_deref() != Some(bytes.as_slice()) {
-            crate::membership::local::write_file(&target, &bytes, 0o644, None)?;
+            crate::host::write_file(&target, &bytes, 0o644, None)?;
             units_changed = true;
         }
     }
@@ -214,7 +214,7 @@ async fn apply_settings(settings: &Settings, mode: Mode) -> anyhow::Result<Apply
 
 /// `systemctl enable --now UNIT`, over D-Bus.
 pub fn enable_now(unit: &str) -> anyhow::Result<()> {
-    let runtime = super::local::runtime()?;
+    let runtime = crate::host::runtime()?;
     runtime.block_on(async {
         let systemd = Systemd::system().await?;
         systemd.enable(&[unit.to_owned()]).await?;

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::join::{peer_url, JoinRequest, JoinResponse, RequestError};
-use super::local::{self, write_file, DAEMON_USER};
 use super::store::{cluster_config_text, MembershipStore};
 use super::token::JoinToken;
 use crate::config::model::{EtcdClusterState, NodeConfig, Role, ServiceMode};
 use crate::config::{ConfigPaths, FleetConfig, Settings};
+use crate::host::{self as local, write_file, DAEMON_USER};
 use crate::pki::{Ca, Pem};
 
 /// Who this node is in the cluster.
@@ -339,7 +339,7 @@ fn write_node_files(
 ) -> anyhow::Result<()> {
     write_file(
         &local::cluster_file(),
-        cluster_config_text(config).as_bytes(),
+        cluster_config_text(config)?.as_bytes(),
         0o644,
         Some(DAEMON_USER),
     )?;

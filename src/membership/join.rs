@@ -158,10 +158,10 @@ pub async fn admit(
             .and_then([
                 TxnOp::put(
                     token_key,
-                    serde_json::to_vec(&token).unwrap_or_default(),
+                    super::store::encode_token(&token)?,
                     Some(PutOptions::new().with_ignore_lease()),
                 ),
-                TxnOp::put(config_key, cluster_config_text(&config), None),
+                TxnOp::put(config_key, cluster_config_text(&config)?, None),
                 TxnOp::put(store.cert_key(&request.name), cert_hash, None),
                 TxnOp::delete(store.revoked_key(&request.name), None),
             ]);
@@ -171,7 +171,7 @@ pub async fn admit(
         let storage = wanted.roles.contains(&Role::Storage);
         return Ok(JoinResponse {
             cluster: config.cluster.name.clone(),
-            config: cluster_config_text(&config),
+            config: cluster_config_text(&config)?,
             ca_cert: signer.ca.pem().cert.clone(),
             node_cert,
             ca_key: storage.then(|| signer.ca.pem().key.clone()),

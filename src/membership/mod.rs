@@ -13,7 +13,6 @@ pub mod apply;
 pub mod cloud_init;
 pub mod init;
 pub mod join;
-pub mod local;
 pub mod remove;
 pub mod store;
 pub mod token;

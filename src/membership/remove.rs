@@ -211,7 +211,11 @@ pub async fn step(
                     revision,
                 )],
                 ops: vec![
-                    TxnOp::put(key, cluster_config_text(&config), None),
+                    TxnOp::put(
+                        key,
+                        cluster_config_text(&config).map_err(|e| e.to_string())?,
+                        None,
+                    ),
                     TxnOp::put(store.revoked_key(node), cert, None),
                     TxnOp::delete(store.cert_key(node), None),
                 ],

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 
 use super::token::{JoinToken, TokenRecord};
-use crate::cluster::ClusterError;
+use crate::cluster::{keys, ClusterError};
 use crate::config::model::Role;
 use crate::config::FleetConfig;
 
@@ -29,6 +29,9 @@ pub enum StoreError {
     BadToken(String),
     #[error("no join token {0}")]
     NoToken(String),
+    /// A record that could not be encoded is never written (an empty one would be).
+    #[error("encoding {what} for etcd: {error}")]
+    Encode { what: String, error: String },
 }
 
 impl From<etcd_client::Error> for StoreError {
@@ -49,19 +52,19 @@ impl MembershipStore {
     }
 
     pub fn config_key(&self) -> String {
-        format!("{}config", self.prefix)
+        keys::config(&self.prefix)
     }
 
     pub fn token_key(&self, id: &str) -> String {
-        format!("{}tokens/{id}", self.prefix)
+        keys::token(&self.prefix, id)
     }
 
     pub fn cert_key(&self, node: &str) -> String {
-        format!("{}certs/{node}", self.prefix)
+        keys::cert(&self.prefix, node)
     }
 
     pub fn revoked_key(&self, node: &str) -> String {
-        format!("{}revoked/{node}", self.prefix)
+        keys::revoked(&self.prefix, node)
     }
 
     /// The cluster configuration, its TOML text and its revision (for guarded updates).
@@ -78,7 +81,7 @@ impl MembershipStore {
         let key = self.config_key();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, cluster_config_text(config), None)]);
+            .and_then([TxnOp::put(key, cluster_config_text(config)?, None)]);
         Ok(self.client.txn(txn).await?.succeeded())
     }
 
@@ -109,7 +112,7 @@ impl MembershipStore {
         self.client
             .put(
                 self.token_key(&record.id),
-                serde_json::to_vec(record).unwrap_or_default(),
+                encode_token(record)?,
                 Some(PutOptions::new().with_lease(lease)),
             )
             .await?;
@@ -139,7 +142,7 @@ impl MembershipStore {
         let response = self
             .client
             .get(
-                format!("{}tokens/", self.prefix),
+                keys::tokens(&self.prefix),
                 Some(GetOptions::new().with_prefix()),
             )
             .await?;
@@ -177,7 +180,7 @@ impl MembershipStore {
 
     /// node -> SHA-256 of its revoked certificate.
     pub async fn revoked_certs(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
-        let prefix = format!("{}revoked/", self.prefix);
+        let prefix = keys::revoked_all(&self.prefix);
         Ok(crate::cluster::read_prefix(&mut self.client, &prefix).await?)
     }
 
@@ -192,16 +195,27 @@ impl MembershipStore {
 }
 
 /// The shared configuration as stored: everything but `local` (each host's own).
-pub fn cluster_config_text(config: &FleetConfig) -> String {
+/// A join token's record as stored.
+pub fn encode_token(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Encode {
+        what: format!("join token {}", record.id),
+        error: e.to_string(),
+    })
+}
+
+pub fn cluster_config_text(config: &FleetConfig) -> Result<String, StoreError> {
     let shared = FleetConfig {
         local: Default::default(),
         ..config.clone()
     };
-    format!(
+    let text = toml::to_string(&shared).map_err(|e| StoreError::Encode {
+        what: "the cluster configuration".into(),
+        error: e.to_string(),
+    })?;
+    Ok(format!(
         "# The cluster's shared configuration, kept in etcd; milvus-fleet rewrites this\n\
-         # copy when it changes there. Local settings go in /etc/milvus-fleet/fleet.d/.\n{}",
-        toml::to_string(&shared).unwrap_or_default()
-    )
+         # copy when it changes there. Local settings go in /etc/milvus-fleet/fleet.d/.\n{text}"
+    ))
 }
 
 /// Parses and checks a cluster configuration as stored in etcd.

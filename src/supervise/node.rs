@@ -107,7 +107,7 @@ pub struct Inputs {
     pub lease_until: watch::Receiver<Option<tokio::time::Instant>>,
     /// The standalone server's placement record (standalone-ha topology).
     pub placement: watch::Receiver<Option<Placement>>,
-    pub metrics: Arc<crate::api::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub heartbeat: Arc<Heartbeat>,
     /// What supervision is doing, for the daemon's STATUS= line.
     pub status: watch::Sender<String>,
@@ -267,14 +267,14 @@ pub async fn run(mut inputs: Inputs) {
 
 /// Where this daemon keeps the placement its node's standalone server last ran under.
 fn last_ran_under_file() -> std::path::PathBuf {
-    crate::membership::local::state_dir().join("standalone-ran-under")
+    crate::host::state_dir().join("standalone-ran-under")
 }
 
 /// Records the placement the server runs under here. Without the record, the next start
 /// here would clear the server's own log, so a start does not go on without it.
 fn record_ran_under(id: &str) -> Result<(), String> {
     let path = last_ran_under_file();
-    crate::membership::local::write_file(&path, id.as_bytes(), 0o600, None).map_err(|e| {
+    crate::host::write_file(&path, id.as_bytes(), 0o600, None).map_err(|e| {
         format!(
             "recording the standalone server's placement in {}: {e:#}",
             path.display()
@@ -328,7 +328,7 @@ struct Supervisor {
     /// A reload of the load balancer in flight, for that line.
     lb_reloading: Option<(String, JoinHandle<bool>)>,
     status_tx: watch::Sender<String>,
-    metrics: Arc<crate::api::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Supervisor {
@@ -831,9 +831,7 @@ impl Supervisor {
         let path = std::path::Path::new(LB_PLACEMENT_DIR).join(LB_PLACEMENT_FILE);
         let on_disk = std::fs::read_to_string(&path).ok();
         if on_disk.as_deref() != Some(wanted.as_str()) {
-            if let Err(e) =
-                crate::membership::local::write_file(&path, wanted.as_bytes(), 0o640, None)
-            {
+            if let Err(e) = crate::host::write_file(&path, wanted.as_bytes(), 0o640, None) {
                 error!("pointing the load balancer at the standalone server: {e:#}");
                 return;
             }

@@ -23,10 +23,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::api::Metrics;
 use crate::cluster::election::Role;
+use crate::cluster::keys;
 use crate::cluster::messages::{PEER_DOWN, PEER_RECOVERED};
 use crate::cluster::{read_prefix, ClusterError};
+use crate::metrics::Metrics;
 
 /// How long a registration must stay gone before it is an event. A daemon whose lease
 /// lapsed (a loaded host, an etcd leader election) registers again within milliseconds;
@@ -61,7 +62,7 @@ pub async fn run(mut watch: PeerWatch, mut role: watch::Receiver<Role>) {
 }
 
 async fn lead(watch: &mut PeerWatch, term: i64) {
-    let members = format!("{}members/", watch.prefix);
+    let members = keys::members(&watch.prefix);
     loop {
         let Ok(mut events) = watch
             .client
@@ -103,13 +104,13 @@ async fn evaluate(
 ) -> Result<Option<Instant>, ClusterError> {
     let now = Instant::now();
     let mut recheck: Option<Instant> = None;
-    let up = read_prefix(&mut watch.client, &format!("{}members/", watch.prefix)).await?;
-    let alerts_prefix = format!("{}alerts/peers/", watch.prefix);
+    let up = read_prefix(&mut watch.client, &keys::members(&watch.prefix)).await?;
+    let alerts_prefix = keys::peer_alerts(&watch.prefix);
     let down = read_prefix(&mut watch.client, &alerts_prefix).await?;
     let configured: BTreeSet<String> = watch.nodes.borrow().iter().cloned().collect();
     let guard = Compare::create_revision(watch.leader_key.clone(), CompareOp::Equal, term);
     for node in &configured {
-        let key = format!("{alerts_prefix}{node}");
+        let key = keys::peer_alert(&watch.prefix, node);
         let registered = up.contains_key(node);
         if registered {
             absent_since.remove(node);
@@ -144,7 +145,7 @@ async fn evaluate(
     for node in down.keys().filter(|n| !configured.contains(*n)) {
         let txn = Txn::new()
             .when([guard.clone()])
-            .and_then([TxnOp::delete(format!("{alerts_prefix}{node}"), None)]);
+            .and_then([TxnOp::delete(keys::peer_alert(&watch.prefix, node), None)]);
         watch.client.txn(txn).await?;
     }
     let still_down = configured

@@ -98,7 +98,7 @@ pub struct ConvergeReport {
 /// The manifest last brought up on this node, in /run (gone at reboot, as it should be:
 /// after a boot every running unit started from the files on disk).
 pub fn applied_file() -> PathBuf {
-    crate::membership::local::runtime_dir().join("applied.json")
+    crate::host::runtime_dir().join("applied.json")
 }
 
 fn read_applied(path: &Path) -> Manifest {
@@ -110,7 +110,7 @@ fn read_applied(path: &Path) -> Manifest {
 
 fn write_applied(path: &Path, applied: &Manifest) {
     let text = serde_json::to_string_pretty(applied).unwrap_or_default();
-    if let Err(e) = crate::membership::local::write_file(path, text.as_bytes(), 0o644, None) {
+    if let Err(e) = crate::host::write_file(path, text.as_bytes(), 0o644, None) {
         tracing::warn!("recording the applied state in {}: {e:#}", path.display());
     }
 }

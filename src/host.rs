@@ -1,5 +1,7 @@
-//! The files that make a host a member, and how they are written: atomically, with the
-//! mode and owner each needs (secrets 0600; the daemon's own files owned by its user).
+//! This host: where milvus-fleet keeps its files (state, runtime, PKI, the cluster file,
+//! the node drop-in), how they are written (atomically, with the mode and owner each
+//! needs: secrets 0600, the daemon's own files owned by its user), and the small runtime
+//! a command uses. The bottom layer: it imports nothing of milvus-fleet.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
