@@ -502,11 +502,13 @@ fn main() {
         let mut cut = FaultRows::new("server's host cut off the network");
         for _ in 0..runs {
             measure(&mut cut, &|server| {
+                let fault_at = hosts.sh_ok("h4", "date +%s.%N");
                 hosts.cut(server);
                 the_server("a new server after the cut");
                 // Heal once the new server answers: the old one must not come back.
                 std::thread::sleep(Duration::from_secs(3));
                 hosts.heal(server);
+                timeline(&hosts, &all, &fault_at);
                 others(server)
             });
             daemon_up_everywhere("the healed host's daemon up");

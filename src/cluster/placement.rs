@@ -42,6 +42,8 @@ pub const GONE_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader waits for a server's health endpoint before it counts the server
 /// as not answering. A live server answers in milliseconds, loaded or not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a node reads the placement record besides watching it (one small read).
+const REREAD_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed health check stands for a node whose daemon stays gone.
 const SILENCE_HOLDS: Duration = Duration::from_secs(2);
 /// Bound on one look at etcd and the servers (its health check included).
@@ -552,8 +554,11 @@ async fn fence(
 }
 
 /// Follows the placement record for this node's supervisor: its value now and after
-/// every change (a watch, with a slow re-read in case the watch sits on a member that
-/// no longer hears the cluster).
+/// every change. A watch on a member that froze or was cut off never fires, and a read
+/// sent to it never answers: the record is also read every [`REREAD_EVERY`], each read
+/// bounded, and a read that fails or times out opens a new watch (the client's endpoint
+/// prober has taken a silent member out of use by then). A node newly placed to run the
+/// server learns it within a second even when its watch sat on the lost host's member.
 pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option<Placement>>) {
     let key = keys::standalone_placement(&prefix);
     loop {
@@ -562,25 +567,32 @@ pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option
             continue;
         };
         loop {
-            match read_placement(&mut client, &key).await {
-                Ok(placement) => {
+            match tokio::time::timeout(REREAD_EVERY * 2, read_placement(&mut client, &key)).await {
+                Ok(Ok(placement)) => {
                     tx.send_if_modified(|p| {
                         let changed = *p != placement;
                         *p = placement;
                         changed
                     });
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     warn!("reading the standalone server's placement: {e}");
+                    break;
+                }
+                Err(_) => {
+                    warn!(
+                        "reading the standalone server's placement: no answer within {:?}",
+                        REREAD_EVERY * 2
+                    );
                     break;
                 }
             }
             tokio::select! {
                 event = events.message() => if !matches!(event, Ok(Some(_))) { break },
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep(REREAD_EVERY) => {}
             }
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
