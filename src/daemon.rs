@@ -234,6 +234,7 @@ async fn campaign(
     )));
     let jobs = crate::cluster::runner::run(
         crate::cluster::jobs::JobStore::new(client.clone(), prefix.clone()),
+        std::sync::Arc::new(crate::job_kinds::Catalog),
         crate::cluster::keys::leader(&prefix),
         election.subscribe(),
     );

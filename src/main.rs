@@ -6,6 +6,7 @@ mod cluster;
 mod config;
 mod daemon;
 mod host;
+mod job_kinds;
 mod logging;
 mod membership;
 mod metrics;

@@ -8,7 +8,7 @@
 //! from the last committed step (steps are idempotent, so re-running an uncommitted one
 //! is safe). Cancellation is a flag the runner honours at the next step boundary.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
@@ -38,19 +38,45 @@ fn drill_resource() -> String {
     "drill".into()
 }
 
+/// What one step of a job changes: committed with the job's progress in one transaction
+/// guarded by the leader's term, the job record's revision and `compares`.
+#[derive(Default)]
+pub struct StepEffects {
+    pub compares: Vec<Compare>,
+    pub ops: Vec<TxnOp>,
+    /// What the step did, for the job's log.
+    pub log: String,
+}
+
+/// One step of one job, as the engine hands it to its kind.
+pub struct StepContext<'a> {
+    pub client: &'a Client,
+    pub prefix: &'a str,
+    pub id: &'a str,
+    pub kind: &'a JobKind,
+    pub step: u32,
+    pub term: i64,
+}
+
+/// How the kinds of jobs run: the engine knows no concrete job. The daemon gives it the
+/// catalog of kinds (crate::job_kinds); a step must be idempotent (a step that ran but
+/// did not commit runs again under the next leader).
+pub trait JobSteps: Send + Sync {
+    /// How many steps a job of `kind` has.
+    fn count(&self, kind: &JobKind) -> u32;
+    /// Runs one step: what it changes, or why the job fails.
+    fn run<'a>(
+        &'a self,
+        step: StepContext<'a>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<StepEffects, String>> + Send + 'a>>;
+}
+
 impl JobKind {
     /// The resource a job of this kind locks: one membership change at a time.
     pub fn resource(&self) -> String {
         match self {
             JobKind::Drill { resource, .. } => resource.clone(),
             JobKind::NodeRemove { .. } => "membership".into(),
-        }
-    }
-
-    fn steps(&self) -> u32 {
-        match self {
-            JobKind::Drill { steps, .. } => *steps,
-            JobKind::NodeRemove { .. } => crate::membership::remove::STEPS,
         }
     }
 }
@@ -205,8 +231,13 @@ impl JobStore {
         keys::lock(&self.prefix, resource)
     }
 
-    /// Queues a job, refused when its resource is locked by another.
-    pub async fn submit(&mut self, kind: JobKind, resource: &str) -> Result<Job, JobError> {
+    /// Queues a job of `steps` steps, refused when its resource is locked by another.
+    pub async fn submit(
+        &mut self,
+        kind: JobKind,
+        steps: u32,
+        resource: &str,
+    ) -> Result<Job, JobError> {
         // Resource names become etcd key segments.
         if !is_plain_name(resource) {
             return Err(JobError::InvalidResource(resource.to_owned()));
@@ -227,7 +258,7 @@ impl JobStore {
             let id = new_job_id(created);
             let job = Job {
                 id: id.clone(),
-                steps: kind.steps(),
+                steps,
                 kind: kind.clone(),
                 resource: resource.to_owned(),
                 state: JobState::Queued,
@@ -366,9 +397,10 @@ pub enum Stop {
     Fenced,
 }
 
-/// Runs `id` to its end as the leader of `term`.
+/// Runs `id` to its end as the leader of `term`, its steps by `kinds`.
 pub async fn run_job(
     store: &mut JobStore,
+    kinds: &dyn JobSteps,
     leader_key: &str,
     term: i64,
     id: &str,
@@ -398,26 +430,25 @@ pub async fn run_job(
             let step = job.done_steps;
             let mut note = String::new();
             let mut failure = None;
-            match &job.kind {
-                JobKind::Drill { sleep_ms, .. } => {
-                    tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
-                    let effect = keys::drill_effect(&store.prefix, id, step);
-                    effects.push(TxnOp::put(effect, format!("term {term}"), None));
-                }
-                JobKind::NodeRemove { node } => {
-                    let mut members = crate::membership::store::MembershipStore::new(
-                        store.client.clone(),
-                        store.prefix.clone(),
-                    );
-                    match crate::membership::remove::step(&mut members, node, step).await {
-                        Ok(done) => {
-                            compares = done.compares;
-                            effects = done.ops;
-                            note = format!(": {}", done.log);
-                        }
-                        Err(reason) => failure = Some(reason),
+            let ran = kinds
+                .run(StepContext {
+                    client: &store.client,
+                    prefix: &store.prefix,
+                    id,
+                    kind: &job.kind,
+                    step,
+                    term,
+                })
+                .await;
+            match ran {
+                Ok(done) => {
+                    compares = done.compares;
+                    effects = done.ops;
+                    if !done.log.is_empty() {
+                        note = format!(": {}", done.log);
                     }
                 }
+                Err(reason) => failure = Some(reason),
             }
             if let Some(reason) = failure {
                 job.state = JobState::Failed;

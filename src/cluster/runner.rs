@@ -10,16 +10,23 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use super::election::Role;
-use super::jobs::{run_job, JobStore, Stop};
+use std::sync::Arc;
+
+use super::jobs::{run_job, JobSteps, JobStore, Stop};
 use super::messages::JOB_STATE;
 
 /// Runs jobs whenever `role` says this daemon leads; returns when `role` closes.
-pub async fn run(store: JobStore, leader_key: String, mut role: watch::Receiver<Role>) {
+pub async fn run(
+    store: JobStore,
+    kinds: Arc<dyn JobSteps>,
+    leader_key: String,
+    mut role: watch::Receiver<Role>,
+) {
     loop {
         let current = role.borrow_and_update().clone();
         if let Role::Leader { term } = current {
             tokio::select! {
-                _ = lead(store.clone(), &leader_key, term) => {}
+                _ = lead(store.clone(), kinds.clone(), &leader_key, term) => {}
                 changed = role.changed() => if changed.is_err() { return },
             }
         } else if role.changed().await.is_err() {
@@ -28,7 +35,7 @@ pub async fn run(store: JobStore, leader_key: String, mut role: watch::Receiver<
     }
 }
 
-async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
+async fn lead(mut store: JobStore, kinds: Arc<dyn JobSteps>, leader_key: &str, term: i64) {
     let mut running: HashSet<String> = HashSet::new();
     let mut tasks = JoinSet::new();
     // Jobs are taken up when a job record is written (the watch), and on a slow timer
@@ -85,8 +92,9 @@ async fn lead(mut store: JobStore, leader_key: &str, term: i64) {
             if running.insert(job.id.clone()) {
                 info!(message_id = JOB_STATE, job = %job.id, state = "running", term, step = job.done_steps, "job taken up");
                 let (mut store, key, id) = (store.clone(), leader_key.to_owned(), job.id.clone());
+                let kinds = kinds.clone();
                 tasks.spawn(async move {
-                    let result = run_job(&mut store, &key, term, &id).await;
+                    let result = run_job(&mut store, kinds.as_ref(), &key, term, &id).await;
                     (id, result)
                 });
             }

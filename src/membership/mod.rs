@@ -17,10 +17,4 @@ pub mod remove;
 pub mod store;
 pub mod token;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+pub use crate::host::now_unix;

@@ -15,18 +15,11 @@ use etcd_client::{Client, Compare, CompareOp, TxnOp};
 
 use super::join::peer_url;
 use super::store::{cluster_config_text, MembershipStore};
+use crate::cluster::jobs::StepEffects;
 use crate::config::model::{ObjectStorageKind, Role, ServiceMode};
 use crate::config::FleetConfig;
 
 pub const STEPS: u32 = 2;
-
-/// What a step commits with the job's progress, in the same guarded transaction.
-#[derive(Default)]
-pub struct StepEffects {
-    pub compares: Vec<Compare>,
-    pub ops: Vec<TxnOp>,
-    pub log: String,
-}
 
 /// Why a node cannot leave now.
 #[derive(Debug, thiserror::Error)]

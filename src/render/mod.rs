@@ -6,6 +6,7 @@
 //! the same name under `/etc/milvus-fleet/templates/` overrides one. Rendering is pure
 //! (same input, same bytes) and happens wholly in memory before anything is written.
 
+pub mod components;
 pub mod output;
 pub mod plan;
 
@@ -18,54 +19,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{hex, FleetConfig};
-use plan::{component_templates, unit_path, NodePlan};
+use plan::{unit_path, NodePlan};
 
 pub const TEMPLATE_OVERRIDE_DIR: &str = "/etc/milvus-fleet/templates";
-
-/// The templates shipped in the binary, by name.
-const EMBEDDED: &[(&str, &str)] = &[
-    ("unit.service", include_str!("../../templates/unit.service")),
-    (
-        "compose/etcd.yaml",
-        include_str!("../../templates/compose/etcd.yaml"),
-    ),
-    (
-        "compose/minio.yaml",
-        include_str!("../../templates/compose/minio.yaml"),
-    ),
-    (
-        "compose/pulsar.yaml",
-        include_str!("../../templates/compose/pulsar.yaml"),
-    ),
-    (
-        "compose/lb.yaml",
-        include_str!("../../templates/compose/lb.yaml"),
-    ),
-    (
-        "compose/milvus.yaml",
-        include_str!("../../templates/compose/milvus.yaml"),
-    ),
-    (
-        "config/etcd.env",
-        include_str!("../../templates/config/etcd.env"),
-    ),
-    (
-        "config/etcd-bootstrap.env",
-        include_str!("../../templates/config/etcd-bootstrap.env"),
-    ),
-    (
-        "config/minio.env",
-        include_str!("../../templates/config/minio.env"),
-    ),
-    (
-        "config/lb/nginx.conf",
-        include_str!("../../templates/config/lb/nginx.conf"),
-    ),
-    (
-        "config/milvus-user.yaml",
-        include_str!("../../templates/config/milvus-user.yaml"),
-    ),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -169,13 +125,14 @@ impl Templates {
                 error,
             })?;
         env.set_syntax(syntax);
-        for (name, source) in EMBEDDED {
+        for template in components::templates() {
+            let name = template.path;
             let source = match override_dir.map(|dir| dir.join(name)) {
                 Some(path) if path.is_file() => std::fs::read_to_string(&path)
                     .map_err(|error| RenderError::ReadOverride { path, error })?,
-                _ => (*source).to_owned(),
+                _ => template.source.to_owned(),
             };
-            env.add_template_owned(*name, source)
+            env.add_template_owned(name, source)
                 .map_err(|error| RenderError::Template {
                     name: name.to_string(),
                     error,
@@ -210,24 +167,25 @@ pub fn render_node(
     for &component in &plan.components {
         let view = plan.component_view(component, config.milvus.metrics_port);
         let ctx = context! { plan => Serde(&plan), component => Serde(&view) };
-        let (compose_template, configs) = component_templates(component);
+        let spec = component.spec();
         let mut own = vec![plan::compose_path(component), unit_path(component)];
         files.insert(
             own[0].clone(),
-            templates.render(compose_template, ctx.clone())?,
+            templates.render(spec.compose.path, ctx.clone())?,
         );
         files.insert(
             own[1].clone(),
-            templates.render("unit.service", ctx.clone())?,
+            templates.render(components::UNIT_TEMPLATE.path, ctx.clone())?,
         );
-        for config_file in configs {
+        for config_file in spec.configs {
+            let path = config_file.template.path;
             // Shared files (the milvus.yaml overlay) render the same for every role.
-            if !files.contains_key(config_file.path) {
-                let contents = templates.render(config_file.path, ctx.clone())?;
-                files.insert(config_file.path.to_owned(), contents);
+            if !files.contains_key(path) {
+                let contents = templates.render(path, ctx.clone())?;
+                files.insert(path.to_owned(), contents);
             }
             if !config_file.bootstrap_only {
-                own.push(config_file.path.to_owned());
+                own.push(path.to_owned());
             }
         }
         own.sort();

@@ -20,108 +20,16 @@ pub const LB_PLACEMENT_DIR: &str = "/var/lib/milvus-fleet/placement";
 /// The file in [`LB_PLACEMENT_DIR`] the daemon writes.
 pub const LB_PLACEMENT_FILE: &str = "standalone.map";
 
-/// One thing a node runs, as one compose project under one systemd unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Component {
-    Etcd,
-    Minio,
-    Pulsar,
-    Lb,
-    Mixcoord,
-    Streamingnode,
-    Datanode,
-    Indexnode,
-    Querynode,
-    Proxy,
-    Standalone,
-}
+pub use super::components::Component;
+use super::components::ProbeKind;
 
 impl Component {
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::Etcd => "etcd",
-            Component::Minio => "minio",
-            Component::Pulsar => "pulsar",
-            Component::Lb => "lb",
-            Component::Mixcoord => "mixcoord",
-            Component::Streamingnode => "streamingnode",
-            Component::Datanode => "datanode",
-            Component::Indexnode => "indexnode",
-            Component::Querynode => "querynode",
-            Component::Proxy => "proxy",
-            Component::Standalone => "standalone",
-        }
-    }
-
-    pub fn unit_name(self) -> String {
-        format!("milvus-fleet-{}.service", self.name())
-    }
-
-    fn is_milvus(self) -> bool {
-        matches!(
-            self,
-            Component::Mixcoord
-                | Component::Streamingnode
-                | Component::Datanode
-                | Component::Indexnode
-                | Component::Querynode
-                | Component::Proxy
-                | Component::Standalone
-        )
-    }
-
-    /// The compose template this component is rendered from.
-    fn compose_template(self) -> &'static str {
-        match self {
-            Component::Etcd => "compose/etcd.yaml",
-            Component::Minio => "compose/minio.yaml",
-            Component::Pulsar => "compose/pulsar.yaml",
-            Component::Lb => "compose/lb.yaml",
-            _ => "compose/milvus.yaml",
-        }
-    }
-
-    /// Units this one starts after, when they run on the same node. Ordering only: a
-    /// Milvus role on a compute-only node uses the cluster's etcd elsewhere.
-    fn after(self) -> Vec<Component> {
-        use Component::*;
-        match self {
-            Etcd | Minio | Pulsar | Lb => vec![],
-            Mixcoord | Standalone => vec![Etcd, Minio, Pulsar, Lb],
-            _ => vec![Etcd, Minio, Pulsar, Lb, Mixcoord],
-        }
-    }
-
-    /// Arguments of `milvus run` for the Milvus roles.
-    fn milvus_run(self) -> Vec<&'static str> {
-        match self {
-            // One process holds every coordinator; with active-standby on, the copies
-            // on the other compute nodes wait to take over.
-            Component::Mixcoord => vec![
-                "mixture",
-                "-rootcoord=true",
-                "-querycoord=true",
-                "-datacoord=true",
-                "-indexcoord=true",
-            ],
-            c => vec![c.name()],
-        }
-    }
-
     /// Each Milvus role on a node serves metrics and /healthz on its own port.
     fn metrics_port(self, base: u16) -> u16 {
-        let offset = match self {
-            Component::Proxy | Component::Standalone => 0,
-            Component::Mixcoord => 1,
-            Component::Querynode => 2,
-            Component::Datanode => 3,
-            Component::Streamingnode => 4,
-            Component::Indexnode => 5,
-            _ => return 0,
-        };
-        debug_assert!(offset <= MILVUS_ROLE_METRICS_PORTS);
-        base + offset
+        self.spec().metrics_offset.map_or(0, |offset| {
+            debug_assert!(offset <= MILVUS_ROLE_METRICS_PORTS);
+            base + offset
+        })
     }
 }
 
@@ -267,40 +175,15 @@ impl NodePlan {
     /// The plan of node `name`; `None` when the configuration has no such node.
     pub fn for_node(config: &FleetConfig, name: &str) -> Option<Self> {
         let node = config.nodes.iter().find(|n| n.name == name)?;
-        let has = |role: Role| node.roles.contains(&role);
         let standalone = config.cluster.topology == Topology::StandaloneHa;
         let etcd_local = config.etcd.mode == ServiceMode::Local;
         let minio_local = config.object_storage.kind == ObjectStorageKind::Minio;
 
-        let mut components = Vec::new();
-        if etcd_local && (has(Role::Storage) || has(Role::Witness)) {
-            components.push(Component::Etcd);
-        }
-        if minio_local && has(Role::Storage) {
-            components.push(Component::Minio);
-        }
-        if config.milvus.message_queue == MessageQueue::Pulsar && config.pulsar.node == node.name {
-            components.push(Component::Pulsar);
-        }
-        if has(Role::Compute) {
-            components.push(Component::Lb);
-            if standalone {
-                components.push(Component::Standalone);
-            } else {
-                components.extend([
-                    Component::Mixcoord,
-                    Component::Streamingnode,
-                    Component::Datanode,
-                    Component::Querynode,
-                    Component::Proxy,
-                ]);
-                if config.milvus.version == MilvusVersion::V2_5 {
-                    // 2.5 has no streaming node and builds indexes in index nodes.
-                    components.retain(|c| *c != Component::Streamingnode);
-                    components.push(Component::Indexnode);
-                }
-            }
-        }
+        let mut components: Vec<Component> = super::components::COMPONENTS
+            .iter()
+            .filter(|spec| (spec.runs_on)(config, node))
+            .map(|spec| spec.component)
+            .collect();
         components.sort();
 
         let with_role = |roles: &[Role]| -> Vec<&NodeConfig> {
@@ -469,46 +352,43 @@ impl NodePlan {
     }
 
     pub fn component_view(&self, component: Component, metrics_base: u16) -> ComponentView {
+        let spec = component.spec();
         ComponentView {
-            name: component.name(),
+            name: spec.name,
             unit: component.unit_name(),
-            after: component
-                .after()
-                .into_iter()
+            after: spec
+                .after
+                .iter()
                 .filter(|dep| self.components.contains(dep))
-                .map(Component::unit_name)
+                .map(|dep| dep.unit_name())
                 .collect(),
             compose_file: compose_path(component),
-            container: format!("mf-{}", component.name()),
-            milvus_run: if component.is_milvus() {
-                component.milvus_run()
-            } else {
-                vec![]
-            },
+            container: format!("mf-{}", spec.name),
+            milvus_run: spec.milvus_run.to_vec(),
             metrics_port: component.metrics_port(metrics_base),
-            needs_credentials: component == Component::Minio || component.is_milvus(),
-            reloads: component == Component::Lb,
-            wanted_by_target: component != Component::Standalone,
+            needs_credentials: spec.needs_credentials,
+            reloads: spec.reloads,
+            wanted_by_target: spec.wanted_by_target,
             probe: self.probe(component, metrics_base),
         }
     }
 
     fn probe(&self, component: Component, metrics_base: u16) -> String {
         let address = &self.node.address;
-        match component {
-            Component::Etcd => format!("http://{address}:{}/health", self.etcd.client_port),
-            Component::Minio => format!(
+        match component.spec().probe {
+            ProbeKind::EtcdHealth => format!("http://{address}:{}/health", self.etcd.client_port),
+            ProbeKind::MinioLive => format!(
                 "http://{address}:{}/minio/health/live",
                 self.minio.as_ref().map_or(0, |m| m.port)
             ),
-            Component::Pulsar => format!(
+            ProbeKind::PulsarTcp => format!(
                 "tcp://{}",
                 self.milvus.pulsar_address.trim_start_matches("pulsar://")
             ),
-            Component::Lb => format!("http://127.0.0.1:{}/", self.lb.health_port),
-            milvus => format!(
+            ProbeKind::LbHealth => format!("http://127.0.0.1:{}/", self.lb.health_port),
+            ProbeKind::MilvusHealthz => format!(
                 "http://127.0.0.1:{}/healthz",
-                milvus.metrics_port(metrics_base)
+                component.metrics_port(metrics_base)
             ),
         }
     }
@@ -521,43 +401,4 @@ pub fn compose_path(component: Component) -> String {
 
 pub fn unit_path(component: Component) -> String {
     format!("units/{}", component.unit_name())
-}
-
-/// A settings file a component reads, rendered from the template of the same name.
-#[derive(Debug, Clone, Copy)]
-pub struct ConfigFile {
-    pub path: &'static str,
-    /// Read only when the component first starts with empty data (etcd's initial
-    /// cluster): a change to it must not restart the component.
-    pub bootstrap_only: bool,
-}
-
-const fn config_file(path: &'static str) -> ConfigFile {
-    ConfigFile {
-        path,
-        bootstrap_only: false,
-    }
-}
-
-const ETCD_FILES: &[ConfigFile] = &[
-    config_file("config/etcd.env"),
-    ConfigFile {
-        path: "config/etcd-bootstrap.env",
-        bootstrap_only: true,
-    },
-];
-const MINIO_FILES: &[ConfigFile] = &[config_file("config/minio.env")];
-const LB_FILES: &[ConfigFile] = &[config_file("config/lb/nginx.conf")];
-const MILVUS_FILES: &[ConfigFile] = &[config_file("config/milvus-user.yaml")];
-
-/// The compose template of a component and the settings files it reads.
-pub fn component_templates(component: Component) -> (&'static str, &'static [ConfigFile]) {
-    let configs = match component {
-        Component::Etcd => ETCD_FILES,
-        Component::Minio => MINIO_FILES,
-        Component::Lb => LB_FILES,
-        Component::Pulsar => &[],
-        _ => MILVUS_FILES,
-    };
-    (component.compose_template(), configs)
 }

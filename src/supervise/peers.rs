@@ -198,7 +198,7 @@ fn raise(watch: &PeerWatch, node: &str, event: PeerEvent, term: i64) {
             "peer": node,
             "reported_by": watch.me,
             "term": term,
-            "unix": crate::membership::now_unix(),
+            "unix": crate::host::now_unix(),
         });
         // Beside the loop: a slow or dead receiver never holds up supervision.
         tokio::spawn(send_webhook(url, body));

@@ -148,7 +148,7 @@ pub async fn converge(
             match changed_files(&applied, manifest, name) {
                 None => None,
                 Some(changed) => {
-                    let reloads = plan.component_view(*component, 0).reloads;
+                    let reloads = component.spec().reloads;
                     Some(
                         if reloads && changed.iter().all(|f| f.starts_with("config/")) {
                             UnitAction::Reload
