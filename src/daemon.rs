@@ -251,15 +251,20 @@ async fn campaign(
         election.subscribe(),
     );
     // The standalone server's node's address, for keeping etcd's raft leader off it.
-    let server_address = {
+    let server_host = {
         let (placed, candidates) = (placement.subscribe(), standalone_candidates.clone());
-        move || {
-            let node = placed.borrow().as_ref().map(|p| p.node.clone())?;
-            candidates
+        move || match placed.borrow().as_ref() {
+            None => crate::cluster::raft_leader::ServerHost::None,
+            Some(p) if crate::host::now_unix().saturating_sub(p.since_unix) < 30 => {
+                crate::cluster::raft_leader::ServerHost::Moving
+            }
+            Some(p) => candidates
                 .borrow()
                 .iter()
-                .find(|(n, _)| *n == node)
-                .map(|(_, address)| address.clone())
+                .find(|(n, _)| *n == p.node)
+                .map_or(crate::cluster::raft_leader::ServerHost::None, |(_, a)| {
+                    crate::cluster::raft_leader::ServerHost::At(a.clone())
+                }),
         }
     };
     // Where the standalone server runs: the leader decides, every node follows.
@@ -299,7 +304,7 @@ async fn campaign(
                 crate::cluster::raft_leader::keep_off_this_host(
                     client.clone(),
                     address,
-                    server_address,
+                    server_host,
                     raft_role,
                 )
                 .await

@@ -567,7 +567,7 @@ pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option
             continue;
         };
         loop {
-            match tokio::time::timeout(REREAD_EVERY * 2, read_placement(&mut client, &key)).await {
+            match tokio::time::timeout(REREAD_EVERY, read_placement(&mut client, &key)).await {
                 Ok(Ok(placement)) => {
                     tx.send_if_modified(|p| {
                         let changed = *p != placement;
@@ -581,8 +581,7 @@ pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option
                 }
                 Err(_) => {
                     warn!(
-                        "reading the standalone server's placement: no answer within {:?}",
-                        REREAD_EVERY * 2
+                        "reading the standalone server's placement: no answer within {REREAD_EVERY:?}"
                     );
                     break;
                 }

@@ -28,13 +28,25 @@ const FIRST_CHECK: Duration = Duration::from_secs(1);
 /// Bound on every etcd call here: this is housekeeping, never worth a hang.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Where the standalone server runs, as the raft leader's keeper needs it.
+pub enum ServerHost {
+    /// No server (another topology, or not placed yet).
+    None,
+    /// Placed moments ago: a move now would be an etcd election (stalled keepalives,
+    /// extended leases) while the new server starts, for a gain only at the next loss.
+    /// The keeper waits.
+    Moving,
+    /// On the node with this address.
+    At(String),
+}
+
 /// Runs while `role` is open: whenever this daemon leads, keeps etcd's raft leader off
 /// `own_address` (this node's address, as the etcd members' client URLs name it) and off
-/// the address `server_address` gives (the standalone server's node, if any).
+/// the standalone server's node, which `server_host` tells.
 pub async fn keep_off_this_host(
     client: Client,
     own_address: String,
-    server_address: impl Fn() -> Option<String>,
+    server_host: impl Fn() -> ServerHost,
     mut role: watch::Receiver<Role>,
 ) {
     loop {
@@ -56,10 +68,14 @@ pub async fn keep_off_this_host(
                     break;
                 }
             }
+            wait = CHECK_EVERY;
+            let server = match server_host() {
+                ServerHost::Moving => continue,
+                ServerHost::None => None,
+                ServerHost::At(address) => Some(address),
+            };
             let mut client = client.clone();
-            let avoid: Vec<String> = std::iter::once(own_address.clone())
-                .chain(server_address())
-                .collect();
+            let avoid: Vec<String> = std::iter::once(own_address.clone()).chain(server).collect();
             match tokio::time::timeout(CALL_TIMEOUT * 3, move_off(&mut client, &avoid)).await {
                 Ok(Ok(Some((from, to)))) => info!(
                     "moved etcd's raft leadership from {from} to {to}: it shared a host with \
@@ -73,7 +89,6 @@ pub async fn keep_off_this_host(
                     CALL_TIMEOUT * 3
                 ),
             }
-            wait = CHECK_EVERY;
         }
     }
 }
