@@ -84,11 +84,15 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (settings_tx, settings_rx) = tokio::sync::watch::channel(settings.clone());
     let (supervision_tx, mut supervision) = tokio::sync::watch::channel(String::new());
     let heartbeat = std::sync::Arc::new(crate::supervise::node::Heartbeat::default());
+    // The standalone server's follower kills it when this daemon cannot prove its lease.
+    let lease_proof = tokio::spawn(crate::supervise::lease_proof::publish(
+        lease_until_rx.clone(),
+    ));
     let supervisor = tokio::spawn(crate::supervise::node::run(
         crate::supervise::node::Inputs {
             settings: settings_rx,
             role: role.clone(),
-            lease_until: lease_until_rx,
+            lease_until: lease_until_rx.clone(),
             placement: placement_rx,
             metrics: metrics.clone(),
             heartbeat: heartbeat.clone(),
@@ -176,6 +180,11 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     // Supervision ends first: leaving the election must not read as having lost etcd
     // (which stops the standalone server); the components run on without the daemon.
     supervisor.abort();
+    lease_proof.abort();
+    // Leaving the election must not read as a lapsed lease either: the server runs on.
+    if let Err(e) = crate::supervise::lease_proof::write(None) {
+        warn!("withdrawing the lease proof: {e:#}");
+    }
     cluster.stop().await;
     info!("stopped");
     Ok(())
@@ -225,7 +234,8 @@ async fn campaign(
     );
     let election = election
         .with_member_urls(etcd_urls.clone())
-        .with_lease_until(lease_until.clone());
+        .with_lease_until(lease_until.clone())
+        .with_placement(placement.subscribe());
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
     jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(

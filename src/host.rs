@@ -11,6 +11,9 @@ use anyhow::Context;
 
 /// The daemon's system user (systemd/milvus-fleet.sysusers).
 pub const DAEMON_USER: &str = "milvus-fleet";
+/// Until when the daemon can prove its etcd lease (supervise/lease_proof.rs): the
+/// daemon writes it, the standalone server's follower reads it.
+pub const LEASE_PROOF_FILE: &str = "/run/milvus-fleet/lease-proof";
 /// Written by `init` and `join`: this host's name and how its etcd member starts.
 pub const NODE_DROPIN: &str = "/etc/milvus-fleet/fleet.d/10-node.toml";
 /// What cloud-init writes for `milvus-fleet-join.service`: server, roles and token (0600).

@@ -18,6 +18,10 @@ pub struct FollowArgs {
     /// a frozen component stops within its grace period (what the units' ExecStop runs).
     #[arg(long)]
     thaw: bool,
+    /// Kill the container the moment the node daemon cannot prove its etcd lease, as
+    /// this file says (the standalone server's unit; supervise/lease_proof.rs).
+    #[arg(long, value_name = "PATH")]
+    fence_on_lease: Option<PathBuf>,
 }
 
 /// The container stopped with a status other than 0: the process exits with it, so
@@ -50,7 +54,11 @@ pub fn run(args: FollowArgs) -> anyhow::Result<()> {
         container::thaw(&args.engine_socket, &args.container)?;
         return Ok(());
     }
-    match container::follow(&args.engine_socket, &args.container)? {
+    match container::follow(
+        &args.engine_socket,
+        &args.container,
+        args.fence_on_lease.as_deref(),
+    )? {
         0 => Ok(()),
         status => Err(Exited {
             container: args.container,

@@ -28,6 +28,8 @@ use super::{keys, ClusterError};
 /// How often a follower reads the leader key besides watching it (a watch can sit on a
 /// member that froze or was cut off and never fire); at once when its keepalive stalls.
 const LEADER_RECHECK: Duration = Duration::from_secs(5);
+/// How long a leader that stepped down leaves the campaign to the others.
+const STEP_DOWN_HOLD: Duration = Duration::from_secs(3);
 
 /// How reopening a keepalive stream went.
 enum Reopen {
@@ -81,6 +83,11 @@ pub struct Election {
     /// When each keepalive not yet answered was sent, oldest first (a stream answers in
     /// order; a reopened stream starts afresh).
     unanswered: std::collections::VecDeque<Instant>,
+    /// Where the standalone server runs: a leader on that node steps down (see
+    /// [`Election::with_placement`]).
+    placement: Option<watch::Receiver<Option<super::placement::Placement>>>,
+    /// No campaign before this (after stepping down, so that another daemon takes over).
+    hold_campaign_until: Option<Instant>,
 }
 
 /// How a leadership (or a lease) ended.
@@ -93,6 +100,8 @@ enum End {
     /// new etcd leader extends the leases). It keeps the lease and campaigns again.
     Lapsed,
     Fenced,
+    /// This leader's node runs the standalone server and another daemon can lead.
+    SteppedDown,
 }
 
 impl Election {
@@ -118,7 +127,46 @@ impl Election {
             keepalive_client: None,
             lease_until: watch::channel(None).0,
             unanswered: Default::default(),
+            placement: None,
+            hold_campaign_until: None,
         }
+    }
+
+    /// A leader whose node runs the standalone server steps down when another daemon is
+    /// registered: losing a host with both would cost a leader election before the
+    /// server's failover could start (seconds of failed searches).
+    pub fn with_placement(
+        mut self,
+        placement: watch::Receiver<Option<super::placement::Placement>>,
+    ) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
+    /// Whether this leader should step down now (see [`Election::with_placement`]).
+    async fn should_step_down(&self, ttl: Duration) -> bool {
+        let runs_server = self
+            .placement
+            .as_ref()
+            .is_some_and(|p| p.borrow().as_ref().is_some_and(|p| p.node == self.node));
+        if !runs_server {
+            return false;
+        }
+        let mut client = self.client.clone();
+        let members = keys::members(&self.prefix);
+        let read = tokio::time::timeout(
+            ttl / 2,
+            client.get(
+                members,
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only(),
+                ),
+            ),
+        )
+        .await;
+        matches!(read, Ok(Ok(answer)) if answer.kvs().iter().any(|kv| kv.key() != keys::member(&self.prefix, &self.node).as_bytes()))
     }
 
     /// Publishes until when the lease surely lives on `until` (see the field).
@@ -182,7 +230,7 @@ impl Election {
         loop {
             match self.one_lease(&mut shutdown).await {
                 Ok(End::Shutdown) => return,
-                Ok(End::LeaseLost | End::Lapsed | End::Fenced) => {}
+                Ok(End::LeaseLost | End::Lapsed | End::Fenced | End::SteppedDown) => {}
                 Err(e) => {
                     warn!("election: {e}; retrying");
                     self.role.send_replace(Role::Unknown);
@@ -252,10 +300,17 @@ impl Election {
         let mut keepalive = tokio::time::interval(ttl / 3);
 
         let end = loop {
-            // Campaign: create the leader key if there is none.
+            // Campaign: create the leader key if there is none (only read it while the
+            // campaign is held after stepping down: create_revision is never negative).
             let key = self.leader_key();
+            let held = self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
+            let campaign = if held {
+                CompareOp::Less
+            } else {
+                CompareOp::Equal
+            };
             let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+                .when([Compare::create_revision(key.clone(), campaign, 0)])
                 .and_then([TxnOp::put(
                     key.clone(),
                     self.node.clone(),
@@ -308,13 +363,16 @@ impl Election {
                     End::LeaseLost => "lease lost",
                     End::Lapsed => "lease unconfirmed",
                     End::Fenced => "fenced",
+                    End::SteppedDown => {
+                        "stepped down: this node runs the standalone server, and another daemon can lead"
+                    }
                 };
                 info!(
                     message_id = LEADER_LOST,
                     term, reason, "stopped being the leader"
                 );
                 self.role.send_replace(Role::Follower { leader: None });
-                if let End::Shutdown = end {
+                if let End::Shutdown | End::SteppedDown = end {
                     // Guarded: delete the key only if it is still this term's.
                     let resign = Txn::new()
                         .when([Compare::create_revision(
@@ -327,6 +385,11 @@ impl Election {
                 }
                 if let End::Lapsed = end {
                     // Keep the lease; the next campaign finds out whether it held.
+                    continue;
+                }
+                if let End::SteppedDown = end {
+                    // Keep the lease and the registration; let another daemon win first.
+                    self.hold_campaign_until = Some(Instant::now() + STEP_DOWN_HOLD);
                     continue;
                 }
                 break end;
@@ -454,6 +517,9 @@ impl Election {
                 _ = act.tick() => {
                     if Instant::now() > *deadline {
                         return Ok(End::Lapsed);
+                    }
+                    if self.should_step_down(ttl).await {
+                        return Ok(End::SteppedDown);
                     }
                     // One write at a time, beside this loop and bounded: a write that
                     // sits on a silent member must hold up neither the keepalives nor

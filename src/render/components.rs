@@ -99,6 +99,9 @@ pub struct ComponentSpec {
     /// milvus-fleet.target pulls it in; otherwise the daemon starts it where the leader
     /// placed it (the standalone server).
     pub wanted_by_target: bool,
+    /// Its unit's follower kills it the moment the node daemon cannot prove its etcd
+    /// lease (the standalone server: the leader may start another elsewhere).
+    pub fences_on_lease: bool,
     pub probe: ProbeKind,
     /// `milvus run` arguments; empty for what is not a Milvus role.
     pub milvus_run: &'static [&'static str],
@@ -161,6 +164,7 @@ const fn milvus_role(
         reloads: false,
         needs_credentials: true,
         wanted_by_target: true,
+        fences_on_lease: false,
         probe: ProbeKind::MilvusHealthz,
         milvus_run,
         metrics_offset: Some(metrics_offset),
@@ -182,6 +186,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         reloads: false,
         needs_credentials: false,
         wanted_by_target: true,
+        fences_on_lease: false,
         probe: ProbeKind::EtcdHealth,
         milvus_run: &[],
         metrics_offset: None,
@@ -198,6 +203,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         reloads: false,
         needs_credentials: true,
         wanted_by_target: true,
+        fences_on_lease: false,
         probe: ProbeKind::MinioLive,
         milvus_run: &[],
         metrics_offset: None,
@@ -214,6 +220,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         reloads: false,
         needs_credentials: false,
         wanted_by_target: true,
+        fences_on_lease: false,
         probe: ProbeKind::PulsarTcp,
         milvus_run: &[],
         metrics_offset: None,
@@ -229,6 +236,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         reloads: true,
         needs_credentials: false,
         wanted_by_target: true,
+        fences_on_lease: false,
         probe: ProbeKind::LbHealth,
         milvus_run: &[],
         metrics_offset: None,
@@ -299,6 +307,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         },
         after: BEFORE_MILVUS,
         wanted_by_target: false,
+        fences_on_lease: true,
         ..milvus_role(
             Component::Standalone,
             "standalone",

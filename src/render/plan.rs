@@ -166,6 +166,8 @@ pub struct ComponentView {
     /// Whether milvus-fleet.target pulls the unit in. The standalone server is started
     /// by the daemon on the node the leader placed it on, and nowhere else.
     pub wanted_by_target: bool,
+    /// The lease proof its follower watches (see supervise/lease_proof.rs), if any.
+    pub fence_on_lease: Option<&'static str>,
     /// The component's health probe (supervise::health::Probe), checked by the unit's
     /// ExecStartPost and by the daemon.
     pub probe: String,
@@ -369,6 +371,9 @@ impl NodePlan {
             needs_credentials: spec.needs_credentials,
             reloads: spec.reloads,
             wanted_by_target: spec.wanted_by_target,
+            fence_on_lease: spec
+                .fences_on_lease
+                .then_some(crate::host::LEASE_PROOF_FILE),
             probe: self.probe(component, metrics_base),
         }
     }

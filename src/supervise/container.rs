@@ -206,8 +206,15 @@ pub fn kill(socket: &Path, container: &str) -> Result<(), ContainerError> {
 /// Follows `container` until it stops: its log to stdout/stderr, then its exit status
 /// (what the caller exits with). On [`KILL_REQUEST`] it kills the container and, once
 /// it is gone, returns 0: the stop was asked for, so `Restart=on-failure` must not undo it.
-pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
+pub fn follow(
+    socket: &Path,
+    container: &str,
+    lease_proof: Option<&Path>,
+) -> Result<i64, ContainerError> {
     let killed = watch_kill_request(socket, container);
+    if let Some(path) = lease_proof {
+        watch_lease_proof(socket, container, path, killed.clone());
+    }
     let (log_socket, name) = (socket.to_owned(), container.to_owned());
     let logs = std::thread::spawn(move || {
         copy_log(
@@ -230,6 +237,49 @@ pub fn follow(socket: &Path, container: &str) -> Result<i64, ContainerError> {
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(status)
+}
+
+/// Starts a thread that kills `container` the moment the node daemon cannot prove its
+/// lease (supervise/lease_proof.rs): kill(2) of the container's init, which ends every
+/// process of its PID namespace, with no engine round trip; the engine's kill after it
+/// in case the pid was not known.
+fn watch_lease_proof(
+    socket: &Path,
+    container: &str,
+    path: &Path,
+    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use super::lease_proof;
+    let init_pid = json(socket, "GET", &format!("/containers/{container}/json"))
+        .ok()
+        .and_then(|c| c["State"]["Pid"].as_i64())
+        .and_then(|pid| i32::try_from(pid).ok())
+        .filter(|pid| *pid > 1);
+    let (socket, container, path) = (socket.to_owned(), container.to_owned(), path.to_owned());
+    std::thread::spawn(move || loop {
+        // A short sleep: after a freeze it has long passed, so the thread runs at once
+        // when the host thaws, as the server does.
+        std::thread::sleep(Duration::from_millis(100));
+        let proof = lease_proof::read(&path);
+        let alive = proof.is_some_and(|p| lease_proof::daemon_alive(p.pid));
+        if !lease_proof::must_kill(proof, alive, lease_proof::monotonic_ns()) {
+            continue;
+        }
+        killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(pid) = init_pid {
+            // SAFETY: kill(2) with a plain pid and signal touches no memory of ours.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        eprintln!(
+            "killing container {container}: the node daemon cannot prove its etcd lease, so the server may run elsewhere now"
+        );
+        if let Err(e) = kill(&socket, &container) {
+            eprintln!("killing container {container}: {e}");
+        }
+        return;
+    });
 }
 
 /// Blocks [`KILL_REQUEST`] in this thread (and so in the threads it starts) and starts

@@ -1,0 +1,176 @@
+//! The lease proof: until when the node daemon can prove its etcd lease lives, in a
+//! file the standalone server's follower (root, the unit's main process) watches, so the
+//! server dies the moment its node may count as lost, without a round trip through the
+//! daemon, D-Bus and the container engine. On a frozen host that thaws, every process
+//! resumes at once: the follower's timer is long past and its kill(2) lands within a
+//! millisecond, where the daemon's kill took 0.25-0.75 s.
+//!
+//! The file is one line, `<daemon pid> <deadline>`: the deadline on CLOCK_MONOTONIC in
+//! nanoseconds (the same clock for every process of the host), or `none` while the
+//! daemon holds no lease (starting, stopping, out of the cluster). The follower kills
+//! only while that daemon process lives: a daemon killed or restarting proves nothing
+//! either way, and its server must run on (the leader keeps a server that answers).
+//!
+//! The daemon writes it (its runtime directory); root reads a number from it. The worst
+//! a compromised daemon user can write is a kill of the server, which it could already
+//! do by stopping the unit.
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use crate::host::LEASE_PROOF_FILE;
+
+/// How far past the proven end the follower kills: the daemon's own self-fence grace
+/// (supervise::node::SELF_FENCE_GRACE), so both fire together and the leader's wait
+/// (placement::GONE_AFTER) covers either.
+pub const GRACE: Duration = super::node::SELF_FENCE_GRACE;
+
+/// Now on CLOCK_MONOTONIC, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The file's text for daemon `pid` whose lease is proven for `left` more (None: no lease).
+pub fn encode(pid: u32, left: Option<Duration>) -> String {
+    match left {
+        Some(left) => format!("{pid} {}\n", monotonic_ns() + left.as_nanos() as u64),
+        None => format!("{pid} none\n"),
+    }
+}
+
+/// What the file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proof {
+    pub pid: u32,
+    /// The proven end on CLOCK_MONOTONIC (ns); None: the daemon holds no lease.
+    pub until_ns: Option<u64>,
+}
+
+pub fn decode(text: &str) -> Option<Proof> {
+    let mut words = text.split_whitespace();
+    let pid = words.next()?.parse().ok()?;
+    let until_ns = match words.next()? {
+        "none" => None,
+        n => Some(n.parse().ok()?),
+    };
+    words.next().is_none().then_some(Proof { pid, until_ns })
+}
+
+/// Whether the server must die now: the daemon that wrote `proof` still runs (`alive`)
+/// and its lease may have ended more than [`GRACE`] before `now_ns`.
+pub fn must_kill(proof: Option<Proof>, alive: bool, now_ns: u64) -> bool {
+    match proof {
+        Some(Proof {
+            until_ns: Some(until),
+            ..
+        }) => alive && now_ns > until + GRACE.as_nanos() as u64,
+        _ => false,
+    }
+}
+
+/// Writes the proof of daemon `pid` (this process) whose lease is proven for `left` more.
+pub fn write(left: Option<Duration>) -> anyhow::Result<()> {
+    crate::host::write_file(
+        Path::new(LEASE_PROOF_FILE),
+        encode(std::process::id(), left).as_bytes(),
+        0o644,
+        None,
+    )
+}
+
+/// Keeps the proof in step with `lease_until`, in a task of its own: nothing else may
+/// hold it up (a late write reads as a lapsed lease). A failed write is logged; the
+/// follower then acts on the older proof, which only ends sooner.
+pub async fn publish(mut lease_until: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>) {
+    loop {
+        let left = lease_until
+            .borrow_and_update()
+            .map(|until| until.saturating_duration_since(tokio::time::Instant::now()));
+        if let Err(e) = write(left) {
+            tracing::warn!("writing the lease proof {LEASE_PROOF_FILE}: {e:#}");
+        }
+        if lease_until.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads the proof; a missing or garbled file proves nothing (and kills nothing).
+pub fn read(path: &Path) -> Option<Proof> {
+    decode(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Whether the process `pid` is a milvus-fleet daemon that still runs: not gone, not a
+/// zombie, not stopped by a signal (an operator's SIGSTOP, a debugger) — such a daemon
+/// proves nothing either way, like a killed one.
+pub fn daemon_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ...": comm may hold spaces and parentheses; the last ')' ends it.
+    let Some((head, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
+    let state = rest.split_whitespace().next().unwrap_or("");
+    comm == "milvus-fleet" && !matches!(state, "T" | "t" | "Z" | "X")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_proof_round_trips_and_garbage_proves_nothing() {
+        let text = encode(42, Some(Duration::from_secs(1)));
+        let proof = decode(&text).unwrap();
+        assert_eq!(proof.pid, 42);
+        assert!(proof.until_ns.unwrap() > monotonic_ns());
+        assert_eq!(
+            decode("42 none\n"),
+            Some(Proof {
+                pid: 42,
+                until_ns: None
+            })
+        );
+        for garbage in ["", "42", "x 5", "42 5 6", "42 -1"] {
+            assert_eq!(decode(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_running_daemon_process_counts() {
+        // This test process is no milvus-fleet daemon; pid 0 has no /proc entry.
+        assert!(!daemon_alive(std::process::id()));
+        assert!(!daemon_alive(0));
+    }
+
+    #[test]
+    fn the_server_dies_only_when_a_live_daemon_cannot_prove_its_lease() {
+        let until = 10_000_000_000;
+        let proof = Some(Proof {
+            pid: 7,
+            until_ns: Some(until),
+        });
+        let past_grace = until + GRACE.as_nanos() as u64 + 1;
+        assert!(must_kill(proof, true, past_grace));
+        // Within the grace, or the daemon itself gone (restarting): it runs on.
+        assert!(!must_kill(proof, true, until + 1));
+        assert!(!must_kill(proof, false, past_grace));
+        // No lease held, or no file.
+        let none = Some(Proof {
+            pid: 7,
+            until_ns: None,
+        });
+        assert!(!must_kill(none, true, past_grace));
+        assert!(!must_kill(None, true, past_grace));
+    }
+}
