@@ -562,19 +562,21 @@ async fn fence(
 pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option<Placement>>) {
     let key = keys::standalone_placement(&prefix);
     loop {
-        let Ok(mut events) = client.watch(key.clone(), None).await else {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        // Opening the watch is bounded too: on a member that froze it would hang until
+        // the connection's keepalive gave up (10 s). Without a watch, read meanwhile.
+        let opened = tokio::time::timeout(REREAD_EVERY, client.watch(key.clone(), None)).await;
+        let Ok(Ok(mut events)) = opened else {
+            if let Ok(Ok(placement)) =
+                tokio::time::timeout(REREAD_EVERY, read_placement(&mut client, &key)).await
+            {
+                publish(&tx, placement);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         loop {
             match tokio::time::timeout(REREAD_EVERY, read_placement(&mut client, &key)).await {
-                Ok(Ok(placement)) => {
-                    tx.send_if_modified(|p| {
-                        let changed = *p != placement;
-                        *p = placement;
-                        changed
-                    });
-                }
+                Ok(Ok(placement)) => publish(&tx, placement),
                 Ok(Err(e)) => {
                     warn!("reading the standalone server's placement: {e}");
                     break;
@@ -593,6 +595,15 @@ pub async fn follow(mut client: Client, prefix: String, tx: watch::Sender<Option
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Tells the supervisor of a placement that differs from the last.
+fn publish(tx: &watch::Sender<Option<Placement>>, placement: Option<Placement>) {
+    tx.send_if_modified(|p| {
+        let changed = *p != placement;
+        *p = placement;
+        changed
+    });
 }
 
 #[cfg(test)]
