@@ -142,11 +142,26 @@ fn assert_lbs_route_to(hosts: &Hosts, lbs: &[&str], compute: &[&str], after: &st
         {
             return;
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "after {after}: the running load balancers should route to {wanted:?}, {server:?} first; \
-             they route to (host, servers, first): {seen:?}"
-        );
+        if start.elapsed() >= Duration::from_secs(60) {
+            let journals: Vec<String> = compute
+                .iter()
+                .map(|h| {
+                    format!(
+                        "--- {h}:\n{}",
+                        hosts.sh_ok(
+                            h,
+                            "journalctl -q -o short-precise -u milvus-fleet -u milvus-fleet-standalone \
+                             | grep -v ' mf-standalone' | tail -40"
+                        )
+                    )
+                })
+                .collect();
+            panic!(
+                "after {after}: the running load balancers should route to {wanted:?}, {server:?} first; \
+                 they route to (host, servers, first): {seen:?}\n{}",
+                journals.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
