@@ -308,6 +308,14 @@ async fn campaign(
     };
     let raft_role = election.subscribe();
     let probe_now = election.endpoint_probe();
+    let vouch = crate::cluster::vouch_while_reachable(
+        lease_until.clone(),
+        etcd_urls.clone(),
+        settings
+            .local_node()
+            .map(|n| n.address.clone())
+            .unwrap_or_default(),
+    );
     let raft_leader = async {
         match own_etcd_address {
             Some(address) => {
@@ -325,6 +333,7 @@ async fn campaign(
     tokio::select! {
         _ = election.run(stop) => {}
         _ = raft_leader => {}
+        _ = vouch => {}
         _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now) => {}
         _ = forward => {}
         _ = jobs => {}

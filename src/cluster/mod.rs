@@ -110,6 +110,61 @@ async fn answering(urls: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// How long a vouch for a lapsing lease holds (see [`vouch_while_reachable`]).
+const VOUCH_FOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// While this daemon's lease is lapsing (no keepalive answered) but most etcd members on
+/// other hosts answer, this node is not cut off: etcd is electing a leader or changing its
+/// members (removing the raft leader's member stalled every keepalive for 5 s), and the
+/// fleet leader, which reaches this node's server as this node reaches those hosts, keeps
+/// the server (its health endpoint answers). Meanwhile this vouches for the lease in short
+/// steps, so that neither the daemon nor the server's follower kills a healthy server over
+/// an etcd hiccup. In a cut no other host answers and the vouching stops within a step:
+/// the kill still comes before the leader may fence (placement::GONE_AFTER).
+pub async fn vouch_while_reachable(
+    lease_until: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    urls: tokio::sync::watch::Receiver<Vec<String>>,
+    own_address: String,
+) {
+    let mut tick = tokio::time::interval(VOUCH_FOR / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(until) = *lease_until.borrow() else {
+            continue;
+        };
+        if until > tokio::time::Instant::now() + VOUCH_FOR {
+            continue;
+        }
+        let remote: Vec<String> = urls
+            .borrow()
+            .iter()
+            .filter(|url| raft_leader::url_host(url) != own_address)
+            .cloned()
+            .collect();
+        if remote.is_empty() {
+            continue;
+        }
+        let asked = tokio::time::Instant::now();
+        let answered = answering(&remote).await.len();
+        if reachable_majority(answered, remote.len()) {
+            lease_until.send_if_modified(|held| match held {
+                Some(held) if *held < asked + VOUCH_FOR => {
+                    *held = asked + VOUCH_FOR;
+                    true
+                }
+                _ => false,
+            });
+        }
+    }
+}
+
+/// Whether `answered` of the `remote` members (those on other hosts), with this host's
+/// own, make a majority of the cluster: this node is not cut off.
+fn reachable_majority(answered: usize, remote: usize) -> bool {
+    answered > 0 && (answered + 1) * 2 > remote + 1
+}
+
 /// Runs beside a long-lived client (the daemon's): every second, and at once when
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
 /// (or left `urls`, the cluster's members as they change) out of its balanced channel
@@ -208,5 +263,22 @@ where
             }
             answer => return answer,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable_majority;
+
+    #[test]
+    fn a_node_is_cut_off_unless_a_majority_with_its_own_member_answers() {
+        // Three members: this host's and two others.
+        assert!(reachable_majority(1, 2));
+        assert!(!reachable_majority(0, 2));
+        // Five members.
+        assert!(reachable_majority(2, 4));
+        assert!(!reachable_majority(1, 4));
+        // Alone.
+        assert!(!reachable_majority(0, 0));
     }
 }

@@ -94,7 +94,7 @@ pub async fn keep_off_this_host(
 }
 
 /// The host part of an etcd client URL (`http://10.0.0.1:2379` -> `10.0.0.1`).
-fn url_host(url: &str) -> &str {
+pub(super) fn url_host(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or(rest);
     match authority.strip_prefix('[') {
