@@ -265,6 +265,24 @@ pub async fn run(mut inputs: Inputs) {
     }
 }
 
+/// The hosts with a live Milvus session, through a fresh client of the members that
+/// answer now (a client made earlier may still send requests to a lost host's member),
+/// bounded: these reads decide a start or a kill, and must not hang.
+async fn read_serving_now(
+    settings: &Settings,
+) -> Result<std::collections::BTreeSet<String>, String> {
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut client = crate::cluster::connect(&settings.config).await?;
+        crate::cluster::placement::read_serving(&mut client).await
+    })
+    .await;
+    match read {
+        Ok(Ok(serving)) => Ok(serving),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
 /// Where this daemon keeps the placement its node's standalone server last ran under.
 fn last_ran_under_file() -> std::path::PathBuf {
     crate::host::state_dir().join("standalone-ran-under")
@@ -674,15 +692,9 @@ impl Supervisor {
         // A fresh client of the members that answer now: this check runs when the server
         // is about to start here, typically because its host was just lost, and a client
         // made earlier would still send every other request to that host's member.
-        let serving = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut client = crate::cluster::connect(&settings.config).await?;
-            crate::cluster::placement::read_serving(&mut client).await
-        })
-        .await;
-        let serving = match serving {
-            Ok(Ok(serving)) => serving,
-            Ok(Err(e)) => return Some(format!("cannot read Milvus sessions from etcd: {e}")),
-            Err(_) => return Some("cannot read Milvus sessions from etcd: timed out".into()),
+        let serving = match read_serving_now(settings).await {
+            Ok(serving) => serving,
+            Err(e) => return Some(format!("cannot read Milvus sessions from etcd: {e}")),
         };
         let me = settings.local_node().map(|n| n.address.clone())?;
         serving
@@ -733,14 +745,9 @@ impl Supervisor {
         {
             return StopHow::Graceful;
         }
-        let serving = tokio::time::timeout(Duration::from_secs(2), async {
-            let mut client = crate::cluster::connect(&settings.config).await?;
-            crate::cluster::placement::read_serving(&mut client).await
-        })
-        .await;
         let me = settings.local_node().map(|n| n.address.clone());
-        match (serving, me) {
-            (Ok(Ok(serving)), Some(me)) if !serving.contains(&me) => StopHow::Kill,
+        match (read_serving_now(settings).await, me) {
+            (Ok(serving), Some(me)) if !serving.contains(&me) => StopHow::Kill,
             _ => StopHow::Graceful,
         }
     }
