@@ -90,7 +90,9 @@ fn serving_hosts() -> Vec<String> {
     hosts.into_iter().collect()
 }
 
-/// (host, pid) of every live Milvus standalone server process of the hosts.
+/// (host, pid) of every live Milvus standalone server process of the hosts. A process
+/// counts while it can run its own code: not stopped (a frozen host), not a zombie, and
+/// not exiting (killed: the kernel runs no more of its code while it tears it down).
 fn serving_processes() -> Vec<(String, u32)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -105,11 +107,17 @@ fn serving_processes() -> Vec<(String, u32)> {
             continue;
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let state = stat
+        // After "(comm)": state is the first field, flags the seventh (stat's 3rd and 9th).
+        let fields: Vec<&str> = stat
             .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .unwrap_or("?");
-        if matches!(state, "T" | "t" | "Z" | "X") {
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        let state = fields.first().copied().unwrap_or("?");
+        const PF_EXITING: u64 = 0x4;
+        let exiting = fields
+            .get(6)
+            .and_then(|f| f.parse::<u64>().ok())
+            .is_some_and(|flags| flags & PF_EXITING != 0);
+        if exiting || matches!(state, "T" | "t" | "Z" | "X") {
             continue;
         }
         let cgroup = std::fs::read_to_string(path.join("cgroup")).unwrap_or_default();
@@ -185,6 +193,22 @@ fn timeline(hosts: &Hosts, of: &[String], since: &str) {
             )
         );
     }
+}
+
+/// With MILVUS_FLEET_BENCH_TIMELINE set: the warnings and errors the server on `host`
+/// logged in the last two minutes (why an outlier's server took long to answer).
+fn server_log(hosts: &Hosts, host: &str) {
+    if std::env::var_os("MILVUS_FLEET_BENCH_TIMELINE").is_none() {
+        return;
+    }
+    eprintln!(
+        "--- the server's log on {host} (warnings, errors):\n{}",
+        hosts.sh_ok(
+            host,
+            "journalctl -q -o short-precise --since=-120s -u milvus-fleet-standalone \
+             | grep ' mf-' | grep -E 'WARN|ERROR|panic' | cut -c1-400 | head -80"
+        )
+    );
 }
 
 /// One fault's figures, over its runs.
@@ -421,6 +445,9 @@ fn main() {
             1.0
         });
         rows.record(&views, &surviving, missing_rows(&via), most);
+        if rows.gap.last().is_some_and(|gap| *gap > 10.0) {
+            server_log(&hosts, &the_server("the server after an outlier"));
+        }
     };
 
     let mut faults = Vec::new();

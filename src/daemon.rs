@@ -238,13 +238,14 @@ async fn campaign(
         .with_placement(placement.subscribe());
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
-    jobs_store.send_replace(Some(crate::cluster::jobs::JobStore::new(
-        client.clone(),
-        prefix.clone(),
-    )));
+    let job_store =
+        crate::cluster::jobs::JobStore::new(std::sync::Arc::new(client.clone()), prefix.clone());
+    jobs_store.send_replace(Some(job_store.clone()));
     let jobs = crate::cluster::runner::run(
-        crate::cluster::jobs::JobStore::new(client.clone(), prefix.clone()),
-        std::sync::Arc::new(crate::job_kinds::Catalog),
+        job_store,
+        std::sync::Arc::new(crate::job_kinds::Catalog {
+            etcd: client.clone(),
+        }),
         crate::cluster::keys::leader(&prefix),
         election.subscribe(),
     );

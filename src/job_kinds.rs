@@ -6,23 +6,26 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use etcd_client::TxnOp;
-
 use crate::cluster::jobs::{JobKind, JobSteps, StepContext, StepEffects};
 use crate::cluster::keys;
+use crate::cluster::kv::Op;
 use crate::membership::store::MembershipStore;
 
-/// Every kind milvus-fleet runs.
-pub struct Catalog;
+/// How many steps a job of `kind` has.
+pub fn step_count(kind: &JobKind) -> u32 {
+    match kind {
+        JobKind::Drill { steps, .. } => *steps,
+        JobKind::NodeRemove { .. } => crate::membership::remove::STEPS,
+    }
+}
+
+/// Every kind milvus-fleet runs. Node removal changes etcd's membership too, which is
+/// beyond the engine's key-value store: it has the etcd client of its own.
+pub struct Catalog {
+    pub etcd: etcd_client::Client,
+}
 
 impl JobSteps for Catalog {
-    fn count(&self, kind: &JobKind) -> u32 {
-        match kind {
-            JobKind::Drill { steps, .. } => *steps,
-            JobKind::NodeRemove { .. } => crate::membership::remove::STEPS,
-        }
-    }
-
     fn run<'a>(
         &'a self,
         step: StepContext<'a>,
@@ -34,13 +37,13 @@ impl JobSteps for Catalog {
                     tokio::time::sleep(Duration::from_millis(*sleep_ms)).await;
                     let effect = keys::drill_effect(step.prefix, step.id, step.step);
                     Ok(StepEffects {
-                        ops: vec![TxnOp::put(effect, format!("term {}", step.term), None)],
+                        ops: vec![Op::put(effect, format!("term {}", step.term))],
                         ..Default::default()
                     })
                 }
                 JobKind::NodeRemove { node } => {
                     let mut members =
-                        MembershipStore::new(step.client.clone(), step.prefix.to_owned());
+                        MembershipStore::new(self.etcd.clone(), step.prefix.to_owned());
                     crate::membership::remove::step(&mut members, node, step.step).await
                 }
             }

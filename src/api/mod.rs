@@ -274,7 +274,7 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
         .await?;
     }
     let resource = kind.resource();
-    let steps = crate::cluster::jobs::JobSteps::count(&crate::job_kinds::Catalog, &kind);
+    let steps = crate::job_kinds::step_count(&kind);
     let job = store(&state)?.submit(kind, steps, &resource).await?;
     Ok((StatusCode::CREATED, Json(job)).into_response())
 }

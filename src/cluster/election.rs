@@ -15,13 +15,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
-};
+use std::sync::Arc;
+
+use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 use tracing::{info, warn};
 
+use super::kv::{Check, Cmp, Kv, Op, Txn, TxnAnswer};
 use super::messages::{LEADER_ELECTED, LEADER_LOST};
 use super::{keys, ClusterError};
 
@@ -31,13 +32,72 @@ const LEADER_RECHECK: Duration = Duration::from_secs(5);
 /// How long a leader that stepped down leaves the campaign to the others.
 const STEP_DOWN_HOLD: Duration = Duration::from_secs(3);
 
-/// How reopening a keepalive stream went.
-enum Reopen {
-    Open,
-    /// No member answered in time; try again on the next tick.
-    Failed,
-    /// etcd answered that the lease has expired.
-    LeaseGone,
+/// This daemon's lease while it lives: its keepalive stream and what the answers prove.
+struct HeldLease {
+    id: i64,
+    ttl: Duration,
+    keeper: etcd_client::LeaseKeeper,
+    responses: etcd_client::LeaseKeepAliveStream,
+    /// The one-member client the stream runs on, when it was reopened that way (the
+    /// stream lives as long as its client).
+    stream_client: Option<Client>,
+    /// No answer can come on the stream: reopen it on the next tick.
+    stream_broken: bool,
+    /// Every keepalive is sent on this tick (a third of the TTL).
+    keepalive: tokio::time::Interval,
+    /// When each keepalive not yet answered was sent, oldest first (a stream answers in
+    /// order; a reopened stream starts afresh).
+    unanswered: std::collections::VecDeque<Instant>,
+    /// When the last answer came.
+    answered: Instant,
+    /// The lease is ours until this deadline; every answered keepalive moves it on. A
+    /// leader past it stops acting without asking anyone. A follower only keeps its
+    /// lease alive: the lease ends when etcd says so, never on a local guess (giving it
+    /// up would drop this node's registration and raise a false peer-down alert).
+    deadline: Instant,
+}
+
+/// Something for the keepalive to handle.
+enum LeaseEvent {
+    /// Time to send the next keepalive.
+    Tick,
+    Answer(Result<Option<etcd_client::LeaseKeepAliveResponse>, etcd_client::Error>),
+}
+
+/// What handling a [`LeaseEvent`] did.
+enum Kept {
+    Sent,
+    /// etcd answered: the deadline moved on.
+    Answered,
+    /// The stream stalled or broke and was reopened (or will be on the next tick): a
+    /// watch may sit on the same silent member.
+    Reopened,
+    /// etcd said the lease is gone.
+    Gone,
+}
+
+impl HeldLease {
+    /// The next event; cancel-safe (for `select!`).
+    async fn next_event(&mut self) -> LeaseEvent {
+        tokio::select! {
+            _ = self.keepalive.tick() => LeaseEvent::Tick,
+            answer = self.responses.message(), if !self.stream_broken => LeaseEvent::Answer(answer),
+        }
+    }
+
+    /// Whether the deadline passed unconfirmed.
+    fn lapsed(&self) -> bool {
+        Instant::now() > self.deadline
+    }
+}
+
+/// How a follower's wait ended.
+enum Followed {
+    /// The leader key went or changed, the watch ended, or this lease's own key held:
+    /// campaign again.
+    CampaignAgain,
+    LeaseLost,
+    Shutdown,
 }
 
 /// What this daemon is in the cluster right now.
@@ -56,6 +116,8 @@ pub enum Role {
 
 pub struct Election {
     client: Client,
+    /// The same etcd, for the campaign and the leader's fenced writes.
+    kv: Arc<dyn Kv>,
     prefix: String,
     node: String,
     /// This daemon's API URL, registered under `<prefix>members/<node>` with its lease so
@@ -72,17 +134,11 @@ pub struct Election {
     /// client could hand the new stream to the same silent member, and at a 1 s lease
     /// there is no time for a second try.
     member_urls: Option<watch::Receiver<Vec<String>>>,
-    /// The one-member client the current keepalive stream runs on, when it was reopened
-    /// that way (the stream lives as long as its client).
-    keepalive_client: Option<Client>,
     /// Until when this daemon's lease surely lives in etcd, as this daemon can prove it:
     /// the send time of the last keepalive etcd answered, plus the TTL (etcd counts from
     /// its receipt, which is later). A node's supervisor fences its own standalone server
     /// once this has passed (supervise/node.rs); None while no lease is held.
     lease_until: watch::Sender<Option<Instant>>,
-    /// When each keepalive not yet answered was sent, oldest first (a stream answers in
-    /// order; a reopened stream starts afresh).
-    unanswered: std::collections::VecDeque<Instant>,
     /// Where the standalone server runs: a leader on that node steps down (see
     /// [`Election::with_placement`]).
     placement: Option<watch::Receiver<Option<super::placement::Placement>>>,
@@ -115,6 +171,7 @@ impl Election {
     ) -> Self {
         let (role, _) = watch::channel(Role::Unknown);
         Self {
+            kv: Arc::new(client.clone()),
             client,
             prefix,
             node,
@@ -124,9 +181,7 @@ impl Election {
             role,
             probe_endpoints: Default::default(),
             member_urls: None,
-            keepalive_client: None,
             lease_until: watch::channel(None).0,
-            unanswered: Default::default(),
             placement: None,
             hold_campaign_until: None,
         }
@@ -145,28 +200,23 @@ impl Election {
 
     /// Whether this leader should step down now (see [`Election::with_placement`]).
     async fn should_step_down(&self, ttl: Duration) -> bool {
-        let runs_server = self
+        let server_node = self
             .placement
             .as_ref()
-            .is_some_and(|p| p.borrow().as_ref().is_some_and(|p| p.node == self.node));
-        if !runs_server {
+            .and_then(|p| p.borrow().as_ref().map(|p| p.node.clone()));
+        if server_node.as_deref() != Some(self.node.as_str()) {
             return false;
         }
-        let mut client = self.client.clone();
         let members = keys::members(&self.prefix);
-        let read = tokio::time::timeout(
-            ttl / 2,
-            client.get(
-                members,
-                Some(
-                    etcd_client::GetOptions::new()
-                        .with_prefix()
-                        .with_keys_only(),
-                ),
-            ),
-        )
-        .await;
-        matches!(read, Ok(Ok(answer)) if answer.kvs().iter().any(|kv| kv.key() != keys::member(&self.prefix, &self.node).as_bytes()))
+        let read = tokio::time::timeout(ttl / 2, self.kv.get_prefix(&members)).await;
+        let Ok(Ok(registered)) = read else {
+            return false;
+        };
+        let registered: Vec<&str> = registered
+            .iter()
+            .filter_map(|e| e.key.strip_prefix(&members))
+            .collect();
+        step_down(server_node.as_deref(), &self.node, &registered)
     }
 
     /// Publishes until when the lease surely lives on `until` (see the field).
@@ -175,19 +225,36 @@ impl Election {
         self
     }
 
-    /// Sends one keepalive on `keeper`, noting when.
-    async fn send_keepalive(
-        &mut self,
-        keeper: &mut etcd_client::LeaseKeeper,
-    ) -> Result<(), etcd_client::Error> {
-        self.unanswered.push_back(Instant::now());
-        keeper.keep_alive().await
+    /// Sends one keepalive, noting when.
+    async fn send_keepalive(lease: &mut HeldLease) -> Result<(), etcd_client::Error> {
+        lease.unanswered.push_back(Instant::now());
+        lease.keeper.keep_alive().await
     }
 
-    /// A keepalive was answered: the lease lives until its send time plus `ttl`.
-    fn keepalive_answered(&mut self, ttl: Duration) {
-        if let Some(sent) = self.unanswered.pop_front() {
-            self.confirm_lease(sent + ttl);
+    /// Handles one keepalive event: send on the tick (or reopen a stalled or broken
+    /// stream), move the deadline on an answer. One handler for leader and follower.
+    async fn keep(&mut self, lease: &mut HeldLease, event: LeaseEvent) -> Kept {
+        match event {
+            LeaseEvent::Tick => {
+                // Unanswered for half the TTL: the stream sits on a member that stopped
+                // answering; open another.
+                let stalled = lease.answered.elapsed() > lease.ttl / 2;
+                if lease.stream_broken || stalled || Self::send_keepalive(lease).await.is_err() {
+                    return self.reopen_keepalive(lease).await;
+                }
+                Kept::Sent
+            }
+            LeaseEvent::Answer(Ok(Some(answer))) if answer.ttl() > 0 => {
+                lease.answered = Instant::now();
+                lease.deadline = lease.answered + lease.ttl;
+                // The lease lives until the answered keepalive's send time plus the TTL.
+                if let Some(sent) = lease.unanswered.pop_front() {
+                    self.confirm_lease(sent + lease.ttl);
+                }
+                Kept::Answered
+            }
+            LeaseEvent::Answer(Ok(Some(_))) => Kept::Gone,
+            LeaseEvent::Answer(Ok(None) | Err(_)) => self.reopen_keepalive(lease).await,
         }
     }
 
@@ -279,310 +346,246 @@ impl Election {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<End, ClusterError> {
-        let asked = Instant::now();
-        let lease = self.client.lease_grant(self.ttl_secs, None).await?;
-        let lease_id = lease.id();
-        let ttl = Duration::from_secs(lease.ttl().max(1) as u64);
-        self.unanswered.clear();
-        self.lease_until.send_replace(Some(asked + ttl));
-        self.record_lease(lease_id)?;
-        let member = keys::member(&self.prefix, &self.node);
-        let options = PutOptions::new().with_lease(lease_id);
-        self.client
-            .put(member, self.api_url.clone(), Some(options))
-            .await?;
-        let (mut keeper, mut responses) = self.client.lease_keep_alive(lease_id).await?;
-        // The lease is ours until this deadline; every answered keepalive moves it on.
-        // A leader past it stops acting without asking anyone. A follower only keeps its
-        // lease alive: the lease ends when etcd says so, never on a local guess (giving it
-        // up would drop this node's registration and raise a false peer-down alert).
-        let mut deadline = Instant::now() + ttl;
-        let mut keepalive = tokio::time::interval(ttl / 3);
-
+        let mut lease = self.grant_lease().await?;
         let end = loop {
-            // Campaign: create the leader key if there is none (only read it while the
-            // campaign is held after stepping down: create_revision is never negative).
             let key = self.leader_key();
             let held = self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
-            let campaign = if held {
-                CompareOp::Less
-            } else {
-                CompareOp::Equal
-            };
-            let txn = Txn::new()
-                .when([Compare::create_revision(key.clone(), campaign, 0)])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    self.node.clone(),
-                    Some(PutOptions::new().with_lease(lease_id)),
-                )])
-                .or_else([TxnOp::get(key.clone(), None)]);
-            let response = self.client.txn(txn).await?;
-            let revision = response.header().map_or(0, |h| h.revision());
-            let seen = response.op_responses().into_iter().find_map(|op| match op {
-                TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
-                    (
-                        kv.value_str().unwrap_or("").to_owned(),
-                        kv.create_revision(),
-                        kv.lease(),
-                    )
-                }),
-                _ => None,
-            });
-            // The key is still bound to this lease after a lapse: no one else led in
-            // between, so this daemon leads on under the same term (fencing token), once
-            // a keepalive answered again (the deadline is ahead).
-            let own_key = seen
-                .as_ref()
-                .is_some_and(|(_, _, lease)| *lease == lease_id);
-            let resumed = seen
-                .as_ref()
-                .filter(|_| own_key && Instant::now() < deadline)
-                .map(|(_, term, _)| *term);
-            if response.succeeded() || resumed.is_some() {
-                let term = resumed.unwrap_or(revision);
-                if resumed.is_some() {
-                    info!(message_id = LEADER_ELECTED, term, node = %self.node, "the lease held: leading again under the same term");
-                } else {
-                    info!(message_id = LEADER_ELECTED, term, node = %self.node, "became the leader");
+            let answer = campaign(self.kv.as_ref(), &key, &self.node, lease.id, held).await?;
+            match outcome(&answer, lease.id, !lease.lapsed()) {
+                Outcome::Lead { term, resumed } => {
+                    if resumed {
+                        info!(message_id = LEADER_ELECTED, term, node = %self.node, "the lease held: leading again under the same term");
+                    } else {
+                        info!(message_id = LEADER_ELECTED, term, node = %self.node, "became the leader");
+                    }
+                    self.role.send_replace(Role::Leader { term });
+                    let end = self.lead(term, &mut lease, shutdown).await?;
+                    self.role.send_replace(Role::Follower { leader: None });
+                    match end {
+                        // Keep the lease; the next campaign finds out whether it held.
+                        End::Lapsed => continue,
+                        // Keep the lease and the registration; let another daemon win first.
+                        End::SteppedDown => {
+                            self.hold_campaign_until = Some(Instant::now() + STEP_DOWN_HOLD);
+                            continue;
+                        }
+                        end => break end,
+                    }
                 }
-                self.role.send_replace(Role::Leader { term });
-                let end = self
-                    .lead(
+                Outcome::Follow {
+                    leader,
+                    term,
+                    own_key,
+                } => {
+                    let following = Following {
+                        role: Role::Follower { leader },
                         term,
-                        &mut keeper,
-                        &mut responses,
-                        &mut deadline,
-                        &mut keepalive,
-                        ttl,
-                        shutdown,
-                    )
-                    .await?;
-                let reason = match end {
-                    End::Shutdown => "resigned",
-                    End::LeaseLost => "lease lost",
-                    End::Lapsed => "lease unconfirmed",
-                    End::Fenced => "fenced",
-                    End::SteppedDown => {
-                        "stepped down: this node runs the standalone server, and another daemon can lead"
-                    }
-                };
-                info!(
-                    message_id = LEADER_LOST,
-                    term, reason, "stopped being the leader"
-                );
-                self.role.send_replace(Role::Follower { leader: None });
-                if let End::Shutdown | End::SteppedDown = end {
-                    // Guarded: delete the key only if it is still this term's.
-                    let resign = Txn::new()
-                        .when([Compare::create_revision(
-                            key.clone(),
-                            CompareOp::Equal,
-                            term,
-                        )])
-                        .and_then([TxnOp::delete(key.clone(), None)]);
-                    let _ = self.client.txn(resign).await;
-                }
-                if let End::Lapsed = end {
-                    // Keep the lease; the next campaign finds out whether it held.
-                    continue;
-                }
-                if let End::SteppedDown = end {
-                    // Keep the lease and the registration; let another daemon win first.
-                    self.hold_campaign_until = Some(Instant::now() + STEP_DOWN_HOLD);
-                    continue;
-                }
-                break end;
-            }
-            let leader_term = seen.as_ref().map_or(0, |(_, term, _)| *term);
-            let following = Role::Follower {
-                leader: seen.map(|(name, _, _)| name),
-            };
-            self.role.send_replace(following.clone());
-            // Past the deadline with no answer, this daemon cannot tell who leads: it says
-            // so (Unknown) until etcd answers again, rather than name a stale leader.
-            let mut unsure = false;
-            // Follow: wait for the key to go (from the revision the campaign saw, so a
-            // delete in between is not missed), keeping the lease alive meanwhile.
-            let options = WatchOptions::new().with_start_revision(revision + 1);
-            let mut events = self.client.watch(key.clone(), Some(options)).await?;
-            // A watch or keepalive stream can sit on a member that froze (its TCP port
-            // still accepts): keepalives unanswered for half the TTL reopen the stream
-            // elsewhere, and the leader key is read again now and then.
-            let mut answered = Instant::now();
-            let mut stream_broken = false;
-            let mut recheck = tokio::time::interval(LEADER_RECHECK);
-            recheck.reset();
-            let campaign_again = loop {
-                tokio::select! {
-                    message = events.message() => {
-                        // A broken or cancelled watch: campaign again (which reads the key
-                        // and watches anew), keeping the lease.
-                        let Ok(Some(message)) = message else { break true };
-                        if message.canceled() {
-                            break true;
-                        }
-                        if message.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                            break true;
-                        }
-                    }
-                    _ = keepalive.tick() => {
-                        if !unsure && Instant::now() > deadline {
-                            unsure = true;
-                            self.role.send_replace(Role::Unknown);
-                        }
-                        let stalled = answered.elapsed() > ttl / 2;
-                        if stream_broken || stalled || self.send_keepalive(&mut keeper).await.is_err() {
-                            match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
-                                Reopen::Open => stream_broken = false,
-                                Reopen::Failed => stream_broken = true,
-                                Reopen::LeaseGone => break false,
-                            }
-                            // The watch may sit on the same silent member.
-                            recheck.reset_immediately();
-                        }
-                    }
-                    message = responses.message(), if !stream_broken => {
-                        match message {
-                            Ok(Some(r)) if r.ttl() > 0 => {
-                                answered = Instant::now();
-                                deadline = answered + ttl;
-                                self.keepalive_answered(ttl);
-                                // The key is this lease's (a lapsed leader's): it held, so
-                                // lead again.
-                                if own_key {
-                                    break true;
-                                }
-                                if unsure {
-                                    unsure = false;
-                                    self.role.send_replace(following.clone());
-                                }
-                            }
-                            Ok(Some(_)) => break false,
-                            Ok(None) | Err(_) => match self.reopen_keepalive(&mut keeper, &mut responses, ttl).await {
-                                Reopen::Open => stream_broken = false,
-                                Reopen::Failed => stream_broken = true,
-                                Reopen::LeaseGone => break false,
-                            },
-                        }
-                    }
-                    _ = recheck.tick() => {
-                        let read = tokio::time::timeout(ttl, self.client.get(key.clone(), None)).await;
-                        // Vacant, or taken by another term while the watch was silent:
-                        // campaign again, which also names the new leader.
-                        if let Ok(Ok(answer)) = read {
-                            if answer.kvs().first().is_none_or(|kv| kv.create_revision() != leader_term) {
-                                break true;
-                            }
-                        }
-                    }
-                    _ = shutdown.changed() => {
-                        let _ = self.client.lease_revoke(lease_id).await;
-                        let _ = std::fs::remove_file(&self.lease_file);
-                        return Ok(End::Shutdown);
+                        own_key,
+                        from_revision: answer.revision + 1,
+                    };
+                    match self.follow(&mut lease, following, shutdown).await? {
+                        Followed::CampaignAgain => continue,
+                        Followed::LeaseLost => break End::LeaseLost,
+                        Followed::Shutdown => break End::Shutdown,
                     }
                 }
-            };
-            if !campaign_again {
-                break End::LeaseLost;
             }
         };
-        let _ = self.client.lease_revoke(lease_id).await;
+        let _ = self.client.lease_revoke(lease.id).await;
         let _ = std::fs::remove_file(&self.lease_file);
         Ok(end)
     }
 
-    /// Acts as the leader until the lease ends, a guarded write fails, or shutdown.
-    #[allow(clippy::too_many_arguments)]
+    /// Grants a lease, records its id (for the next run to revoke after a crash),
+    /// registers this daemon under it and opens its keepalive stream.
+    async fn grant_lease(&mut self) -> Result<HeldLease, ClusterError> {
+        let asked = Instant::now();
+        let granted = self.client.lease_grant(self.ttl_secs, None).await?;
+        let id = granted.id();
+        let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
+        self.lease_until.send_replace(Some(asked + ttl));
+        self.record_lease(id)?;
+        let member = keys::member(&self.prefix, &self.node);
+        let options = PutOptions::new().with_lease(id);
+        self.client
+            .put(member, self.api_url.clone(), Some(options))
+            .await?;
+        let (keeper, responses) = self.client.lease_keep_alive(id).await?;
+        Ok(HeldLease {
+            id,
+            ttl,
+            keeper,
+            responses,
+            stream_client: None,
+            stream_broken: false,
+            keepalive: tokio::time::interval(ttl / 3),
+            unanswered: Default::default(),
+            answered: Instant::now(),
+            deadline: Instant::now() + ttl,
+        })
+    }
+
+    /// Follows the leader the campaign saw until the key goes or changes (campaign
+    /// again), keeping the lease alive meanwhile.
+    async fn follow(
+        &mut self,
+        lease: &mut HeldLease,
+        following: Following,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Followed, ClusterError> {
+        let key = self.leader_key();
+        self.role.send_replace(following.role.clone());
+        // Past the deadline with no answer, this daemon cannot tell who leads: it says
+        // so (Unknown) until etcd answers again, rather than name a stale leader.
+        let mut unsure = false;
+        // From the revision after the campaign's, so that a delete in between is not missed.
+        let options = WatchOptions::new().with_start_revision(following.from_revision);
+        let mut events = self.client.watch(key.clone(), Some(options)).await?;
+        // A watch can sit on a member that froze (its TCP port still accepts): the
+        // leader key is read again now and then, and at once when the keepalive stalls.
+        let mut recheck = tokio::time::interval(LEADER_RECHECK);
+        recheck.reset();
+        loop {
+            tokio::select! {
+                message = events.message() => {
+                    // A broken or cancelled watch: campaign again (which reads the key
+                    // and watches anew), keeping the lease.
+                    let Ok(Some(message)) = message else { return Ok(Followed::CampaignAgain) };
+                    if message.canceled()
+                        || message.events().iter().any(|e| e.event_type() == EventType::Delete)
+                    {
+                        return Ok(Followed::CampaignAgain);
+                    }
+                }
+                event = lease.next_event() => {
+                    if matches!(event, LeaseEvent::Tick) && !unsure && lease.lapsed() {
+                        unsure = true;
+                        self.role.send_replace(Role::Unknown);
+                    }
+                    match self.keep(lease, event).await {
+                        Kept::Sent => {}
+                        Kept::Gone => return Ok(Followed::LeaseLost),
+                        Kept::Reopened => recheck.reset_immediately(),
+                        // The key is this lease's (a lapsed leader's): it held, so lead
+                        // again.
+                        Kept::Answered if following.own_key => return Ok(Followed::CampaignAgain),
+                        Kept::Answered => {
+                            if unsure {
+                                unsure = false;
+                                self.role.send_replace(following.role.clone());
+                            }
+                        }
+                    }
+                }
+                _ = recheck.tick() => {
+                    let read = tokio::time::timeout(lease.ttl, self.kv.get(&key)).await;
+                    // Vacant, or taken by another term while the watch was silent:
+                    // campaign again, which also names the new leader.
+                    if let Ok(Ok(leader)) = read {
+                        if leader.is_none_or(|l| l.create_revision != following.term) {
+                            return Ok(Followed::CampaignAgain);
+                        }
+                    }
+                }
+                _ = shutdown.changed() => return Ok(Followed::Shutdown),
+            }
+        }
+    }
+
+    /// Acts as the leader of `term` until the lease ends, a guarded write fails, it steps
+    /// down, or shutdown; then says so, and resigns (a guarded delete) when it stops or
+    /// steps down.
     async fn lead(
         &mut self,
         term: i64,
-        keeper: &mut etcd_client::LeaseKeeper,
-        responses: &mut etcd_client::LeaseKeepAliveStream,
-        deadline: &mut Instant,
-        keepalive: &mut tokio::time::Interval,
-        ttl: Duration,
+        lease: &mut HeldLease,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<End, ClusterError> {
+        let end = self.act(term, lease, shutdown).await;
+        let reason = match end {
+            End::Shutdown => "resigned",
+            End::LeaseLost => "lease lost",
+            End::Lapsed => "lease unconfirmed",
+            End::Fenced => "fenced",
+            End::SteppedDown => {
+                "stepped down: this node runs the standalone server, and another daemon can lead"
+            }
+        };
+        info!(
+            message_id = LEADER_LOST,
+            term, reason, "stopped being the leader"
+        );
+        if let End::Shutdown | End::SteppedDown = end {
+            let key = self.leader_key();
+            let resign = Txn {
+                when: vec![Check::create_revision(key.clone(), Cmp::Equal, term)],
+                then: vec![Op::delete(key)],
+                otherwise: vec![],
+            };
+            let _ = self.kv.txn(resign).await;
+        }
+        Ok(end)
+    }
+
+    /// The leader's loop: one fenced write a second (the acting record), the keepalive,
+    /// the step-down check.
+    async fn act(
+        &mut self,
+        term: i64,
+        lease: &mut HeldLease,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End {
         // An etcd error here (a member went away under a request or the keepalive
         // stream) is not the end of leadership: the lease deadline is. Until it passes,
         // retry, and reopen the keepalive stream (it goes to another member).
+        let ttl = lease.ttl;
         let mut act = tokio::time::interval(Duration::from_secs(1));
-        let mut stream_broken = false;
-        let mut answered = Instant::now();
         // Dropped (and so aborted) with leadership; a late write would be fenced anyway.
         let mut acting = tokio::task::JoinSet::new();
         loop {
             tokio::select! {
                 _ = act.tick() => {
-                    if Instant::now() > *deadline {
-                        return Ok(End::Lapsed);
+                    if lease.lapsed() {
+                        return End::Lapsed;
                     }
                     if self.should_step_down(ttl).await {
-                        return Ok(End::SteppedDown);
+                        return End::SteppedDown;
                     }
                     // One write at a time, beside this loop and bounded: a write that
                     // sits on a silent member must hold up neither the keepalives nor
                     // the next write past the lease deadline.
                     if acting.is_empty() {
                         let value = format!("{} {term}", self.node);
-                        let put = self.fenced_put(term, keys::leader_acting(&self.prefix), value);
+                        let put = fenced_write(self.kv.clone(), self.leader_key(), term, keys::leader_acting(&self.prefix), value);
                         acting.spawn(tokio::time::timeout(ttl / 2, put));
                     }
                 }
                 Some(written) = acting.join_next(), if !acting.is_empty() => {
                     match written {
                         Ok(Ok(Ok(true))) => {}
-                        Ok(Ok(Ok(false))) => return Ok(End::Fenced),
+                        Ok(Ok(Ok(false))) => return End::Fenced,
                         Ok(Ok(Err(e))) => warn!("leader: acting write failed, retrying within the lease: {e}"),
                         Ok(Err(_)) => warn!("leader: acting write unanswered for {:?}, retrying within the lease", ttl / 2),
                         Err(e) => warn!("leader: acting write did not finish: {e}"),
                     }
                 }
-                _ = keepalive.tick() => {
-                    if Instant::now() > *deadline {
-                        return Ok(End::Lapsed);
+                event = lease.next_event() => {
+                    if matches!(event, LeaseEvent::Tick) && lease.lapsed() {
+                        return End::Lapsed;
                     }
-                    // Unanswered for half the TTL: the stream sits on a member that
-                    // stopped answering; open another.
-                    let stalled = answered.elapsed() > ttl / 2;
-                    if stream_broken || stalled || self.send_keepalive(keeper).await.is_err() {
-                        match self.reopen_keepalive(keeper, responses, ttl).await {
-                            Reopen::Open => stream_broken = false,
-                            Reopen::Failed => stream_broken = true,
-                            Reopen::LeaseGone => return Ok(End::LeaseLost),
-                        }
+                    if let Kept::Gone = self.keep(lease, event).await {
+                        return End::LeaseLost;
                     }
                 }
-                message = responses.message(), if !stream_broken => {
-                    match message {
-                        Ok(Some(r)) if r.ttl() > 0 => {
-                            answered = Instant::now();
-                            *deadline = answered + ttl;
-                            self.keepalive_answered(ttl);
-                        }
-                        Ok(Some(_)) => return Ok(End::LeaseLost),
-                        Ok(None) | Err(_) => match self.reopen_keepalive(keeper, responses, ttl).await {
-                            Reopen::Open => stream_broken = false,
-                            Reopen::Failed => stream_broken = true,
-                            Reopen::LeaseGone => return Ok(End::LeaseLost),
-                        },
-                    }
-                }
-                _ = shutdown.changed() => return Ok(End::Shutdown),
+                _ = shutdown.changed() => return End::Shutdown,
             }
         }
     }
 
-    /// Opens a new keepalive stream for the lease the current one was for.
-    async fn reopen_keepalive(
-        &mut self,
-        keeper: &mut etcd_client::LeaseKeeper,
-        responses: &mut etcd_client::LeaseKeepAliveStream,
-        ttl: Duration,
-    ) -> Reopen {
+    /// Opens a new keepalive stream for the lease, on every etcd member at once.
+    async fn reopen_keepalive(&mut self, lease: &mut HeldLease) -> Kept {
         self.probe_endpoints.notify_one();
-        let id = keeper.id();
+        let (id, ttl) = (lease.id, lease.ttl);
         let urls = self
             .member_urls
             .as_ref()
@@ -608,56 +611,283 @@ impl Election {
         });
         let opened =
             match tokio::time::timeout(ttl / 3, futures_util::future::select_ok(attempts)).await {
-                Ok(Ok(((client, streams), _))) => {
-                    self.keepalive_client = Some(client);
-                    Ok(streams)
-                }
+                Ok(Ok(((client, streams), _))) => Ok((client, streams)),
                 // etcd's answer to a keepalive of an expired lease.
                 Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
                     warn!("lease keepalive: etcd says the lease is gone");
-                    return Reopen::LeaseGone;
+                    return Kept::Gone;
                 }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err(format!("no answer within {:?}", ttl / 3)),
             };
         match opened {
-            Ok((new_keeper, new_responses)) => {
-                *keeper = new_keeper;
-                *responses = new_responses;
+            Ok((client, (keeper, responses))) => {
+                lease.stream_client = Some(client);
+                lease.keeper = keeper;
+                lease.responses = responses;
                 // The opening answer renewed the lease; the old stream's sends are moot.
-                self.unanswered.clear();
+                lease.unanswered.clear();
                 self.confirm_lease(asked + ttl);
                 // Renew at once: the broken stream may have eaten the last answer.
-                if self.send_keepalive(keeper).await.is_ok() {
-                    Reopen::Open
-                } else {
-                    Reopen::Failed
-                }
+                lease.stream_broken = Self::send_keepalive(lease).await.is_err();
             }
             Err(e) => {
                 warn!("lease keepalive stream lost, reopening: {e}");
-                Reopen::Failed
+                lease.stream_broken = true;
             }
         }
+        Kept::Reopened
+    }
+}
+
+/// What a follower follows: the campaign's view of the leader key.
+struct Following {
+    role: Role,
+    /// The leader key's term (create revision) when the campaign saw it; 0: vacant.
+    term: i64,
+    /// The key is this daemon's own lease's (a lapsed leader's).
+    own_key: bool,
+    /// Watch the key from here.
+    from_revision: i64,
+}
+
+/// What a campaign found: won, or the leader key as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CampaignAnswer {
+    pub won: bool,
+    /// The store's revision after the campaign (a follower watches from the next one).
+    pub revision: i64,
+    /// The leader key: this campaign's own when won.
+    pub leader: Option<super::kv::Entry>,
+}
+
+/// One campaign of `node` holding `lease`: create the leader key, bound to the lease, if
+/// there is none, in one transaction; the key's create revision is the term. While
+/// `held` (after stepping down) the key is only read: create_revision is never < 0.
+pub async fn campaign(
+    kv: &dyn Kv,
+    leader_key: &str,
+    node: &str,
+    lease: i64,
+    held: bool,
+) -> Result<CampaignAnswer, ClusterError> {
+    let vacant = if held { Cmp::Less } else { Cmp::Equal };
+    let txn = Txn {
+        when: vec![Check::create_revision(leader_key, vacant, 0)],
+        then: vec![
+            Op::put_with_lease(leader_key, node, lease),
+            Op::get(leader_key),
+        ],
+        otherwise: vec![Op::get(leader_key)],
+    };
+    let TxnAnswer {
+        succeeded,
+        revision,
+        got,
+    } = kv.txn(txn).await?;
+    Ok(CampaignAnswer {
+        won: succeeded,
+        revision,
+        leader: got.into_iter().flatten().next(),
+    })
+}
+
+/// What this daemon does after a campaign.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Lead under `term`; `resumed` when the term is an earlier one of this same lease.
+    Lead { term: i64, resumed: bool },
+    /// Follow `leader` (None: vacant, while the campaign is held) of `term`; `own_key`
+    /// when the key is still this lease's but the lease is not confirmed yet.
+    Follow {
+        leader: Option<String>,
+        term: i64,
+        own_key: bool,
+    },
+}
+
+/// The decision after a campaign (pure). A key still bound to this daemon's lease after
+/// a lapse means no one else led in between: it leads on under the same term (fencing
+/// token), once the lease is confirmed again (a keepalive answered: `lease_confirmed`).
+pub fn outcome(answer: &CampaignAnswer, lease: i64, lease_confirmed: bool) -> Outcome {
+    let term = answer.leader.as_ref().map_or(0, |l| l.create_revision);
+    if answer.won {
+        return Outcome::Lead {
+            term,
+            resumed: false,
+        };
+    }
+    let own_key = answer.leader.as_ref().is_some_and(|l| l.lease == lease);
+    if own_key && lease_confirmed {
+        return Outcome::Lead {
+            term,
+            resumed: true,
+        };
+    }
+    Outcome::Follow {
+        leader: answer.leader.as_ref().map(|l| l.value_str().to_owned()),
+        term,
+        own_key,
+    }
+}
+
+/// Whether a leader on `me` steps down (pure): its node runs the standalone server
+/// (`server_node`) and another daemon is registered to take over.
+pub fn step_down(server_node: Option<&str>, me: &str, registered: &[&str]) -> bool {
+    server_node == Some(me) && registered.iter().any(|node| *node != me)
+}
+
+/// A write of the leader of `term`: applied only while `term` still holds the leader key.
+/// Resolves to false when fenced.
+pub fn fenced_write(
+    kv: Arc<dyn Kv>,
+    leader_key: String,
+    term: i64,
+    key: String,
+    value: String,
+) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
+    let txn = Txn {
+        when: vec![Check::create_revision(leader_key, Cmp::Equal, term)],
+        then: vec![Op::put(key, value)],
+        otherwise: vec![],
+    };
+    async move { Ok(kv.txn(txn).await?.succeeded) }
+}
+
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use crate::cluster::kv::MemoryKv;
+
+    const KEY: &str = "/t/leader";
+
+    #[tokio::test]
+    async fn the_first_campaign_leads_and_the_next_follows_it() {
+        let kv = MemoryKv::new();
+        let (a, b) = (kv.grant_lease(), kv.grant_lease());
+        let first = campaign(&kv, KEY, "a", a, false).await.unwrap();
+        let Outcome::Lead { term, resumed } = outcome(&first, a, true) else {
+            panic!("a leads: {first:?}");
+        };
+        assert!(!resumed);
+        assert_eq!(
+            term, first.revision,
+            "the term is the key's create revision"
+        );
+        let second = campaign(&kv, KEY, "b", b, false).await.unwrap();
+        assert_eq!(
+            outcome(&second, b, true),
+            Outcome::Follow {
+                leader: Some("a".into()),
+                term,
+                own_key: false
+            }
+        );
+        assert_eq!(kv.get(KEY).await.unwrap().unwrap().value_str(), "a");
     }
 
-    /// A write of the leader's: applied only while `term` still holds the leader key.
-    /// Returns false when fenced.
-    fn fenced_put(
-        &self,
-        term: i64,
-        key: String,
-        value: String,
-    ) -> impl std::future::Future<Output = Result<bool, ClusterError>> + Send + 'static {
-        let mut client = self.client.clone();
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.leader_key(),
-                CompareOp::Equal,
+    #[tokio::test]
+    async fn a_deposed_leader_s_writes_are_refused_once_another_term_holds_the_key() {
+        let kv = MemoryKv::new();
+        let (a, b) = (kv.grant_lease(), kv.grant_lease());
+        let shared: Arc<dyn Kv> = Arc::new(kv.clone());
+        let write = |term: i64, value: &str| {
+            fenced_write(
+                shared.clone(),
+                KEY.into(),
                 term,
-            )])
-            .and_then([TxnOp::put(key, value, None)]);
-        async move { Ok(client.txn(txn).await?.succeeded()) }
+                "/t/x".into(),
+                value.into(),
+            )
+        };
+        let term_a = campaign(&kv, KEY, "a", a, false).await.unwrap().revision;
+        assert!(write(term_a, "a1").await.unwrap());
+
+        // a's lease runs out (frozen, cut off): b campaigns and wins a newer term.
+        kv.expire_lease(a);
+        assert!(!write(term_a, "a2").await.unwrap(), "no leader key: fenced");
+        let won = campaign(&kv, KEY, "b", b, false).await.unwrap();
+        let Outcome::Lead { term: term_b, .. } = outcome(&won, b, true) else {
+            panic!("b leads: {won:?}");
+        };
+        assert!(term_b > term_a);
+        assert!(
+            !write(term_a, "a3").await.unwrap(),
+            "a's term is superseded: fenced"
+        );
+        assert_eq!(kv.get("/t/x").await.unwrap().unwrap().value_str(), "a1");
+        assert!(write(term_b, "b1").await.unwrap());
+        assert_eq!(kv.get("/t/x").await.unwrap().unwrap().value_str(), "b1");
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_leader_resumes_its_term_only_while_its_key_is_bound_to_its_lease() {
+        let kv = MemoryKv::new();
+        let (a, b) = (kv.grant_lease(), kv.grant_lease());
+        let term_a = campaign(&kv, KEY, "a", a, false).await.unwrap().revision;
+
+        // The leader's deadline passed unconfirmed; its next campaign finds its own key.
+        let again = campaign(&kv, KEY, "a", a, false).await.unwrap();
+        assert_eq!(
+            outcome(&again, a, false),
+            Outcome::Follow {
+                leader: Some("a".into()),
+                term: term_a,
+                own_key: true
+            },
+            "not while the lease is unconfirmed"
+        );
+        assert_eq!(
+            outcome(&again, a, true),
+            Outcome::Lead {
+                term: term_a,
+                resumed: true
+            },
+            "the lease held: the same term"
+        );
+
+        // Had the lease run out, another daemon leads and a follows it.
+        kv.expire_lease(a);
+        let a2 = kv.grant_lease();
+        let term_b = campaign(&kv, KEY, "b", b, false).await.unwrap().revision;
+        let late = campaign(&kv, KEY, "a", a2, false).await.unwrap();
+        assert_eq!(
+            outcome(&late, a2, true),
+            Outcome::Follow {
+                leader: Some("b".into()),
+                term: term_b,
+                own_key: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_held_campaign_leaves_a_vacant_key_to_the_others() {
+        let kv = MemoryKv::new();
+        let (a, b) = (kv.grant_lease(), kv.grant_lease());
+        let held = campaign(&kv, KEY, "a", a, true).await.unwrap();
+        assert_eq!(
+            outcome(&held, a, true),
+            Outcome::Follow {
+                leader: None,
+                term: 0,
+                own_key: false
+            }
+        );
+        assert!(kv.get(KEY).await.unwrap().is_none());
+        let other = campaign(&kv, KEY, "b", b, false).await.unwrap();
+        assert!(other.won);
+    }
+
+    #[test]
+    fn a_leader_steps_down_only_from_the_server_s_node_and_only_to_another_daemon() {
+        assert!(step_down(Some("h1"), "h1", &["h1", "h2"]));
+        assert!(!step_down(Some("h1"), "h1", &["h1"]), "no one to take over");
+        assert!(
+            !step_down(Some("h2"), "h1", &["h1", "h2"]),
+            "server elsewhere"
+        );
+        assert!(!step_down(None, "h1", &["h1", "h2"]), "no server placed");
     }
 }
 
@@ -714,15 +944,16 @@ mod tests {
     #[ignore = "needs etcd-server: scripts/test-all.sh runs it"]
     async fn a_write_with_a_superseded_term_is_refused_by_etcd() {
         let (_etcd, mut client) = etcd().await;
-        let state = tempfile::TempDir::new().unwrap();
-        let election = Election::new(
-            client.clone(),
-            "/t/".into(),
-            "a".into(),
-            "https://127.0.0.1:1".into(),
-            2,
-            state.path(),
-        );
+        let kv: Arc<dyn Kv> = Arc::new(client.clone());
+        let write = |term: i64, value: &str| {
+            fenced_write(
+                kv.clone(),
+                "/t/leader".into(),
+                term,
+                "/t/x".into(),
+                value.into(),
+            )
+        };
         let term = client
             .put("/t/leader", "a", None)
             .await
@@ -730,10 +961,7 @@ mod tests {
             .header()
             .unwrap()
             .revision();
-        assert!(election
-            .fenced_put(term, "/t/x".into(), "1".into())
-            .await
-            .unwrap());
+        assert!(write(term, "1").await.unwrap());
 
         // Another daemon's term: the key is deleted and created again.
         client.delete("/t/leader", None).await.unwrap();
@@ -745,14 +973,10 @@ mod tests {
             .unwrap()
             .revision();
         assert!(newer > term);
-        assert!(
-            !election
-                .fenced_put(term, "/t/x".into(), "2".into())
-                .await
-                .unwrap(),
-            "fenced"
-        );
-        let value = client.get("/t/x", None).await.unwrap();
+        assert!(!write(term, "2").await.unwrap(), "fenced");
+        let value = etcd_client::Client::get(&mut client, "/t/x", None)
+            .await
+            .unwrap();
         assert_eq!(
             value.kvs()[0].value_str().unwrap(),
             "1",
@@ -761,9 +985,6 @@ mod tests {
 
         // And with no leader key at all.
         client.delete("/t/leader", None).await.unwrap();
-        assert!(!election
-            .fenced_put(newer, "/t/x".into(), "3".into())
-            .await
-            .unwrap());
+        assert!(!write(newer, "3").await.unwrap());
     }
 }

@@ -10,9 +10,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
+use super::kv::{Changes, Check, Cmp, Kv, Op, Txn};
 use super::{keys, ClusterError};
 
 /// What a job does: the one wire type of a job, in the body of `POST /v1/jobs` (which the
@@ -40,17 +42,16 @@ fn drill_resource() -> String {
 
 /// What one step of a job changes: committed with the job's progress in one transaction
 /// guarded by the leader's term, the job record's revision and `compares`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct StepEffects {
-    pub compares: Vec<Compare>,
-    pub ops: Vec<TxnOp>,
+    pub compares: Vec<Check>,
+    pub ops: Vec<Op>,
     /// What the step did, for the job's log.
     pub log: String,
 }
 
 /// One step of one job, as the engine hands it to its kind.
 pub struct StepContext<'a> {
-    pub client: &'a Client,
     pub prefix: &'a str,
     pub id: &'a str,
     pub kind: &'a JobKind,
@@ -62,8 +63,6 @@ pub struct StepContext<'a> {
 /// catalog of kinds (crate::job_kinds); a step must be idempotent (a step that ran but
 /// did not commit runs again under the next leader).
 pub trait JobSteps: Send + Sync {
-    /// How many steps a job of `kind` has.
-    fn count(&self, kind: &JobKind) -> u32;
     /// Runs one step: what it changes, or why the job fails.
     fn run<'a>(
         &'a self,
@@ -214,13 +213,13 @@ fn now_ms() -> u64 {
 /// Job records and locks of one cluster.
 #[derive(Clone)]
 pub struct JobStore {
-    client: Client,
+    kv: Arc<dyn Kv>,
     prefix: String,
 }
 
 impl JobStore {
-    pub fn new(client: Client, prefix: String) -> Self {
-        Self { client, prefix }
+    pub fn new(kv: Arc<dyn Kv>, prefix: String) -> Self {
+        Self { kv, prefix }
     }
 
     fn job_key(&self, id: &str) -> String {
@@ -270,24 +269,22 @@ impl JobStore {
                 log: vec![],
             };
             let key = self.job_key(&id);
-            let txn = Txn::new()
-                .when([
-                    Compare::create_revision(lock.clone(), CompareOp::Equal, 0),
-                    Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-                ])
-                .and_then([
-                    TxnOp::put(key, encode(&job)?, None),
-                    TxnOp::put(lock.clone(), id.clone(), None),
-                ])
-                .or_else([TxnOp::get(lock.clone(), None)]);
-            let response = self.client.txn(txn).await?;
-            if response.succeeded() {
+            let txn = Txn {
+                when: vec![Check::absent(lock.clone()), Check::absent(key.clone())],
+                then: vec![
+                    Op::put(key, encode(&job)?),
+                    Op::put(lock.clone(), id.clone()),
+                ],
+                otherwise: vec![Op::get(lock.clone())],
+            };
+            let response = self.kv.txn(txn).await?;
+            if response.succeeded {
                 return Ok(job);
             }
-            if let Some(holder) = first_value(&response.op_responses()) {
+            if let Some(holder) = response.first_got() {
                 return Err(JobError::Locked {
                     resource: resource.to_owned(),
-                    holder,
+                    holder: holder.value_str().to_owned(),
                 });
             }
         }
@@ -296,43 +293,35 @@ impl JobStore {
 
     /// A job and its record's revision.
     pub async fn get(&mut self, id: &str) -> Result<(Job, i64), JobError> {
-        let response = self.client.get(self.job_key(id), None).await?;
-        let kv = response
-            .kvs()
-            .first()
+        let entry = self
+            .kv
+            .get(&self.job_key(id))
+            .await?
             .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
-        let job = serde_json::from_slice(kv.value()).map_err(|error| JobError::Corrupt {
+        let job = serde_json::from_slice(&entry.value).map_err(|error| JobError::Corrupt {
             id: id.to_owned(),
             error,
         })?;
-        Ok((job, kv.mod_revision()))
+        Ok((job, entry.mod_revision))
     }
 
     /// Every job, oldest first.
     pub async fn list(&mut self) -> Result<Vec<Job>, JobError> {
         let prefix = keys::jobs(&self.prefix);
-        let response = self
-            .client
-            .get(prefix, Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut jobs: Vec<Job> = response
-            .kvs()
+        let mut jobs: Vec<Job> = self
+            .kv
+            .get_prefix(&prefix)
+            .await?
             .iter()
-            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .filter_map(|entry| serde_json::from_slice(&entry.value).ok())
             .collect();
         jobs.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(jobs)
     }
 
     /// A watch on the job records: the runner takes new jobs up when one is written.
-    pub async fn watch_jobs(&mut self) -> Result<etcd_client::WatchStream, JobError> {
-        let options = etcd_client::WatchOptions::new()
-            .with_prefix()
-            .with_filters([etcd_client::WatchFilterType::NoDelete]);
-        Ok(self
-            .client
-            .watch(keys::jobs(&self.prefix), Some(options))
-            .await?)
+    pub async fn watch_jobs(&mut self) -> Result<Changes, JobError> {
+        Ok(self.kv.watch_puts(&keys::jobs(&self.prefix)).await?)
     }
 
     /// Every live daemon (its registration goes with its lease): node -> API URL.
@@ -340,19 +329,22 @@ impl JobStore {
         &mut self,
     ) -> Result<std::collections::BTreeMap<String, String>, JobError> {
         let prefix = keys::members(&self.prefix);
-        Ok(super::read_prefix(&mut self.client, &prefix).await?)
+        Ok(self
+            .kv
+            .get_prefix(&prefix)
+            .await?
+            .iter()
+            .filter_map(|entry| {
+                let node = entry.key.strip_prefix(&prefix)?;
+                Some((node.to_owned(), entry.value_str().to_owned()))
+            })
+            .collect())
     }
 
     /// The API URL a daemon registered for itself (`<prefix>members/<node>`), while it lives.
     pub async fn member_api(&mut self, node: &str) -> Result<Option<String>, JobError> {
-        let response = self
-            .client
-            .get(keys::member(&self.prefix, node), None)
-            .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| kv.value_str().unwrap_or("").to_owned()))
+        let entry = self.kv.get(&keys::member(&self.prefix, node)).await?;
+        Ok(entry.map(|entry| entry.value_str().to_owned()))
     }
 
     /// Asks the runner to stop the job at its next step boundary.
@@ -364,29 +356,17 @@ impl JobStore {
             }
             job.cancel_requested = true;
             let key = self.job_key(id);
-            let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )])
-                .and_then([TxnOp::put(key, encode(&job)?, None)]);
-            if self.client.txn(txn).await?.succeeded() {
+            let txn = Txn {
+                when: vec![Check::mod_revision(key.clone(), Cmp::Equal, revision)],
+                then: vec![Op::put(key, encode(&job)?)],
+                otherwise: vec![],
+            };
+            if self.kv.txn(txn).await?.succeeded {
                 return Ok(job);
             }
             // The runner committed a step meanwhile: read again.
         }
     }
-}
-
-fn first_value(responses: &[TxnOpResponse]) -> Option<String> {
-    responses.iter().find_map(|op| match op {
-        TxnOpResponse::Get(get) => get
-            .kvs()
-            .first()
-            .map(|kv| kv.value_str().unwrap_or("").to_owned()),
-        _ => None,
-    })
 }
 
 /// Why a runner stopped working on a job.
@@ -412,11 +392,11 @@ pub async fn run_job(
         }
         let key = store.job_key(id);
         let guard = [
-            Compare::create_revision(leader_key.to_owned(), CompareOp::Equal, term),
-            Compare::mod_revision(key.clone(), CompareOp::Equal, revision),
+            Check::create_revision(leader_key, Cmp::Equal, term),
+            Check::mod_revision(key.clone(), Cmp::Equal, revision),
         ];
-        let mut effects: Vec<TxnOp> = Vec::new();
-        let mut compares: Vec<Compare> = Vec::new();
+        let mut effects: Vec<Op> = Vec::new();
+        let mut compares: Vec<Check> = Vec::new();
         if job.cancel_requested {
             job.state = JobState::Cancelled;
             job.log.push(format!(
@@ -432,7 +412,6 @@ pub async fn run_job(
             let mut failure = None;
             let ran = kinds
                 .run(StepContext {
-                    client: &store.client,
                     prefix: &store.prefix,
                     id,
                     kind: &job.kind,
@@ -469,26 +448,23 @@ pub async fn run_job(
         }
         job.owner_term = term;
         job.updated_unix_ms = now_ms();
-        let mut ops = vec![TxnOp::put(key.clone(), encode(&job)?, None)];
+        let mut ops = vec![Op::put(key.clone(), encode(&job)?)];
         ops.extend(effects);
         if job.state.is_final() {
-            ops.push(TxnOp::delete(store.lock_key(&job.resource), None));
+            ops.push(Op::delete(store.lock_key(&job.resource)));
         }
-        let txn = Txn::new()
-            .when(guard.into_iter().chain(compares).collect::<Vec<_>>())
-            .and_then(ops)
-            .or_else([TxnOp::get(leader_key.to_owned(), None)]);
-        let response = store.client.txn(txn).await?;
-        if !response.succeeded() {
+        let txn = Txn {
+            when: guard.into_iter().chain(compares).collect(),
+            then: ops,
+            otherwise: vec![Op::get(leader_key)],
+        };
+        let response = store.kv.txn(txn).await?;
+        if !response.succeeded {
             // Either another term holds the leader key (stop at once) or the record
             // changed under us (a cancel request): read it again.
-            let still_ours = response.op_responses().iter().any(|op| match op {
-                TxnOpResponse::Get(get) => get
-                    .kvs()
-                    .first()
-                    .is_some_and(|kv| kv.create_revision() == term),
-                _ => false,
-            });
+            let still_ours = response
+                .first_got()
+                .is_some_and(|leader| leader.create_revision == term);
             if !still_ours {
                 return Ok(Stop::Fenced);
             }
@@ -503,6 +479,224 @@ pub async fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::kv::MemoryKv;
+    use std::sync::Mutex;
+
+    const PREFIX: &str = "/t/";
+    const LEADER: &str = "/t/leader";
+
+    /// Makes `node` the leader under a new lease, as a won campaign does: its term.
+    async fn elect(kv: &MemoryKv, node: &str) -> (i64, i64) {
+        let lease = kv.grant_lease();
+        let won = crate::cluster::election::campaign(kv, LEADER, node, lease, false)
+            .await
+            .unwrap();
+        assert!(won.won, "{node} leads");
+        (lease, won.revision)
+    }
+
+    /// Steps that each record `effects/<step>` = the term that ran it, count how often
+    /// each step ran, and can lose the leader in the middle of one step: the leader's
+    /// lease runs out and `next` leads before the step's effects are committed.
+    #[derive(Default)]
+    struct Recorder {
+        runs: Mutex<Vec<u32>>,
+        lose_leader: Mutex<Option<(u32, MemoryKv, i64)>>,
+        next_term: Mutex<Option<i64>>,
+        fail_at: Option<u32>,
+    }
+
+    impl JobSteps for Recorder {
+        fn run<'a>(
+            &'a self,
+            step: StepContext<'a>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<StepEffects, String>> + Send + 'a>,
+        > {
+            Box::pin(async move {
+                self.runs.lock().unwrap().push(step.step);
+                if self.fail_at == Some(step.step) {
+                    return Err("the step failed".into());
+                }
+                let lose = self.lose_leader.lock().unwrap().take();
+                match lose {
+                    Some((at, kv, lease)) if at == step.step => {
+                        kv.expire_lease(lease);
+                        let (_, term) = elect(&kv, "b").await;
+                        *self.next_term.lock().unwrap() = Some(term);
+                    }
+                    other => *self.lose_leader.lock().unwrap() = other,
+                }
+                Ok(StepEffects {
+                    ops: vec![Op::put(
+                        format!("{PREFIX}effects/{}", step.step),
+                        step.term.to_string(),
+                    )],
+                    log: String::new(),
+                    ..Default::default()
+                })
+            })
+        }
+    }
+
+    fn drill(resource: &str) -> JobKind {
+        JobKind::Drill {
+            steps: 4,
+            sleep_ms: 0,
+            resource: resource.into(),
+        }
+    }
+
+    fn store(kv: &MemoryKv) -> JobStore {
+        JobStore::new(Arc::new(kv.clone()), PREFIX.into())
+    }
+
+    async fn effects(kv: &MemoryKv) -> Vec<String> {
+        kv.get_prefix(&format!("{PREFIX}effects/"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.value_str().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_locked_resource_refuses_a_second_job_until_the_first_ends() {
+        let kv = MemoryKv::new();
+        let mut jobs = store(&kv);
+        let first = jobs.submit(drill("r"), 4, "r").await.unwrap();
+        match jobs.submit(drill("r"), 4, "r").await {
+            Err(JobError::Locked { resource, holder }) => {
+                assert_eq!(
+                    (resource.as_str(), holder.as_str()),
+                    ("r", first.id.as_str())
+                );
+            }
+            other => panic!("refused while locked: {other:?}"),
+        }
+        jobs.submit(drill("s"), 4, "s")
+            .await
+            .expect("another resource is free");
+        assert_eq!(
+            jobs.list().await.unwrap().len(),
+            2,
+            "the refusal wrote nothing"
+        );
+
+        let (_, term) = elect(&kv, "a").await;
+        let stop = run_job(&mut jobs, &Recorder::default(), LEADER, term, &first.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Finished(JobState::Succeeded));
+        assert!(
+            kv.get(&keys::lock(PREFIX, "r")).await.unwrap().is_none(),
+            "lock released"
+        );
+        jobs.submit(drill("r"), 4, "r").await.expect("free again");
+    }
+
+    #[tokio::test]
+    async fn a_job_resumes_under_the_next_leader_from_its_last_committed_step() {
+        let kv = MemoryKv::new();
+        let mut jobs = store(&kv);
+        let job = jobs.submit(drill("r"), 4, "r").await.unwrap();
+        let (lease_a, term_a) = elect(&kv, "a").await;
+        let steps = Recorder::default();
+        // a loses leadership while running step 2 (the third): its commit must be refused.
+        *steps.lose_leader.lock().unwrap() = Some((2, kv.clone(), lease_a));
+
+        let stop = run_job(&mut jobs, &steps, LEADER, term_a, &job.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Fenced);
+        let (record, _) = jobs.get(&job.id).await.unwrap();
+        assert_eq!((record.done_steps, record.owner_term), (2, term_a));
+        assert_eq!(effects(&kv).await, [term_a.to_string(), term_a.to_string()]);
+
+        let term_b = steps.next_term.lock().unwrap().expect("b leads");
+        let stop = run_job(&mut jobs, &steps, LEADER, term_b, &job.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Finished(JobState::Succeeded));
+        // Steps 0 and 1 are a's, 2 and 3 b's; each recorded once. Step 2 ran twice (a's
+        // run was never committed), the others once.
+        let (a, b) = (term_a.to_string(), term_b.to_string());
+        assert_eq!(effects(&kv).await, [a.clone(), a.clone(), b.clone(), b]);
+        assert_eq!(*steps.runs.lock().unwrap(), [0, 1, 2, 2, 3]);
+        let (record, _) = jobs.get(&job.id).await.unwrap();
+        assert_eq!((record.done_steps, record.owner_term), (4, term_b));
+        assert!(
+            kv.get(&keys::lock(PREFIX, "r")).await.unwrap().is_none(),
+            "lock released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deposed_leader_records_nothing_of_a_job() {
+        let kv = MemoryKv::new();
+        let mut jobs = store(&kv);
+        let job = jobs.submit(drill("r"), 4, "r").await.unwrap();
+        let (lease_a, term_a) = elect(&kv, "a").await;
+        kv.expire_lease(lease_a);
+        let (_, _term_b) = elect(&kv, "b").await;
+        let steps = Recorder::default();
+        let stop = run_job(&mut jobs, &steps, LEADER, term_a, &job.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Fenced);
+        assert!(effects(&kv).await.is_empty());
+        let (record, _) = jobs.get(&job.id).await.unwrap();
+        assert_eq!((record.state, record.done_steps), (JobState::Queued, 0));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_job_stops_at_the_next_step_and_a_failed_one_releases_its_lock() {
+        let kv = MemoryKv::new();
+        let mut jobs = store(&kv);
+        let (_, term) = elect(&kv, "a").await;
+        let job = jobs.submit(drill("r"), 4, "r").await.unwrap();
+        jobs.request_cancel(&job.id).await.unwrap();
+        let steps = Recorder::default();
+        let stop = run_job(&mut jobs, &steps, LEADER, term, &job.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Finished(JobState::Cancelled));
+        assert!(steps.runs.lock().unwrap().is_empty());
+        assert!(matches!(
+            jobs.request_cancel(&job.id).await,
+            Err(JobError::Ended(_))
+        ));
+
+        let failing = Recorder {
+            fail_at: Some(1),
+            ..Default::default()
+        };
+        let job = jobs.submit(drill("r"), 4, "r").await.unwrap();
+        let stop = run_job(&mut jobs, &failing, LEADER, term, &job.id)
+            .await
+            .unwrap();
+        assert_eq!(stop, Stop::Finished(JobState::Failed));
+        let (record, _) = jobs.get(&job.id).await.unwrap();
+        assert_eq!(record.done_steps, 1);
+        assert!(record
+            .log
+            .last()
+            .unwrap()
+            .contains("step 2 of 4 failed: the step failed"));
+        assert!(
+            kv.get(&keys::lock(PREFIX, "r")).await.unwrap().is_none(),
+            "lock released"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_runner_is_woken_by_a_job_written() {
+        let kv = MemoryKv::new();
+        let mut jobs = store(&kv);
+        let mut changes = jobs.watch_jobs().await.unwrap();
+        jobs.submit(drill("r"), 4, "r").await.unwrap();
+        assert!(changes.next().await);
+    }
 
     #[test]
     fn a_job_state_s_name_is_its_wire_name() {

@@ -6,6 +6,7 @@ mod channel;
 pub mod election;
 pub mod jobs;
 pub mod keys;
+pub mod kv;
 pub mod messages;
 pub mod placement;
 pub mod raft_leader;
@@ -21,6 +22,10 @@ use crate::config::FleetConfig;
 pub enum ClusterError {
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// The in-memory store's refusals (cluster::kv::MemoryKv, unit tests only).
+    #[cfg(test)]
+    #[error("store: {0}")]
+    Store(String),
     #[error("{}: {error}", path.display())]
     StateFile {
         path: std::path::PathBuf,

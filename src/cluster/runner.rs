@@ -104,9 +104,9 @@ async fn lead(mut store: JobStore, kinds: Arc<dyn JobSteps>, leader_key: &str, t
 
 /// True when a job record was written; false when the watch ended (or there is none,
 /// after waiting forever).
-async fn next_event(events: &mut Option<etcd_client::WatchStream>) -> bool {
+async fn next_event(events: &mut Option<super::kv::Changes>) -> bool {
     match events {
-        Some(stream) => matches!(stream.message().await, Ok(Some(m)) if !m.canceled()),
+        Some(changes) => changes.next().await,
         None => std::future::pending().await,
     }
 }

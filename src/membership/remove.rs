@@ -11,11 +11,12 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, TxnOp};
+use etcd_client::Client;
 
 use super::join::peer_url;
 use super::store::{cluster_config_text, MembershipStore};
 use crate::cluster::jobs::StepEffects;
+use crate::cluster::kv::{Check, Cmp, Op};
 use crate::config::model::{ObjectStorageKind, Role, ServiceMode};
 use crate::config::FleetConfig;
 
@@ -198,19 +199,14 @@ pub async fn step(
                 .unwrap_or_default();
             let key = store.config_key();
             Ok(StepEffects {
-                compares: vec![Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    revision,
-                )],
+                compares: vec![Check::mod_revision(key.clone(), Cmp::Equal, revision)],
                 ops: vec![
-                    TxnOp::put(
+                    Op::put(
                         key,
                         cluster_config_text(&config).map_err(|e| e.to_string())?,
-                        None,
                     ),
-                    TxnOp::put(store.revoked_key(node), cert, None),
-                    TxnOp::delete(store.cert_key(node), None),
+                    Op::put(store.revoked_key(node), cert),
+                    Op::delete(store.cert_key(node)),
                 ],
                 log: format!(
                     "removed {node} from the cluster configuration and revoked its certificate; its daemon stops its components, the load balancers drop it"

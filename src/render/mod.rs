@@ -42,6 +42,11 @@ pub enum RenderError {
         path: PathBuf,
         error: std::io::Error,
     },
+    #[error("{}: cannot encode the manifest: {error}", path.display())]
+    EncodeManifest {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
 }
 
 /// The rendered tree of one node, in memory.

@@ -51,8 +51,12 @@ impl Rendered {
                 }
             }
         }
-        let manifest =
-            serde_json::to_string_pretty(&self.manifest(node)).unwrap_or_default() + "\n";
+        let manifest = serde_json::to_string_pretty(&self.manifest(node)).map_err(|error| {
+            RenderError::EncodeManifest {
+                path: dir.join(MANIFEST),
+                error,
+            }
+        })? + "\n";
         write_atomically(&dir.join(MANIFEST), manifest.as_bytes())?;
         Ok(report)
     }

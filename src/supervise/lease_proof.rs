@@ -11,6 +11,13 @@
 //! only while that daemon process lives: a daemon killed or restarting proves nothing
 //! either way, and its server must run on (the leader keeps a server that answers).
 //!
+//! One exception: a follower that was itself stalled (its 0.1 s sleep took a second or
+//! more: the whole host was stopped or frozen) kills on a stale proof even when the
+//! daemon is gone by now. On such a thaw systemd's watchdog kills the daemon that was
+//! frozen past its limit within milliseconds, before the follower's thread is scheduled
+//! among the server's thawed threads, and the server would otherwise run on beside the
+//! one the leader started elsewhere until the restarted daemon kills it.
+//!
 //! The daemon writes it (its runtime directory); root reads a number from it. The worst
 //! a compromised daemon user can write is a kill of the server, which it could already
 //! do by stopping the unit.
@@ -64,14 +71,18 @@ pub fn decode(text: &str) -> Option<Proof> {
     words.next().is_none().then_some(Proof { pid, until_ns })
 }
 
-/// Whether the server must die now: the daemon that wrote `proof` still runs (`alive`)
-/// and its lease may have ended more than [`GRACE`] before `now_ns`.
-pub fn must_kill(proof: Option<Proof>, alive: bool, now_ns: u64) -> bool {
+/// A follower whose wake-ups are this far apart was stalled with its host.
+pub const STALL: Duration = Duration::from_secs(1);
+
+/// Whether the server must die now: its lease may have ended more than [`GRACE`] before
+/// `now_ns`, and the daemon that wrote `proof` still runs (`alive`) or the follower was
+/// `stalled` with its host (see the module's note).
+pub fn must_kill(proof: Option<Proof>, alive: bool, stalled: bool, now_ns: u64) -> bool {
     match proof {
         Some(Proof {
             until_ns: Some(until),
             ..
-        }) => alive && now_ns > until + GRACE.as_nanos() as u64,
+        }) => (alive || stalled) && now_ns > until + GRACE.as_nanos() as u64,
         _ => false,
     }
 }
@@ -161,16 +172,20 @@ mod tests {
             until_ns: Some(until),
         });
         let past_grace = until + GRACE.as_nanos() as u64 + 1;
-        assert!(must_kill(proof, true, past_grace));
+        assert!(must_kill(proof, true, false, past_grace));
         // Within the grace, or the daemon itself gone (restarting): it runs on.
-        assert!(!must_kill(proof, true, until + 1));
-        assert!(!must_kill(proof, false, past_grace));
+        assert!(!must_kill(proof, true, false, until + 1));
+        assert!(!must_kill(proof, false, false, past_grace));
+        // Unless the follower was stalled with its host (a thaw after a freeze): then a
+        // stale proof kills whether or not the daemon survived the thaw; a fresh one never.
+        assert!(must_kill(proof, false, true, past_grace));
+        assert!(!must_kill(proof, false, true, until + 1));
         // No lease held, or no file.
         let none = Some(Proof {
             pid: 7,
             until_ns: None,
         });
-        assert!(!must_kill(none, true, past_grace));
-        assert!(!must_kill(None, true, past_grace));
+        assert!(!must_kill(none, true, true, past_grace));
+        assert!(!must_kill(None, true, true, past_grace));
     }
 }

@@ -177,6 +177,7 @@ pub async fn run(mut inputs: Inputs) {
         converge_needed: true,
         next_converge: Instant::now(),
         standalone_blocker: None,
+        health_checked_at: None,
         placement: None,
         in_touch: false,
         out_of_touch_since: None,
@@ -316,6 +317,10 @@ enum StopHow {
     Kill,
 }
 
+/// A gap this long between two health checks (run every tick) means the daemon was
+/// stalled with its host.
+const HEALTH_CHECK_STALLED: Duration = Duration::from_secs(3);
+
 struct Supervisor {
     systemd: Systemd,
     watched: BTreeMap<Component, Watched>,
@@ -329,6 +334,8 @@ struct Supervisor {
     next_converge: Instant,
     /// Why the standalone server is not started here yet (the old one's session).
     standalone_blocker: Option<String>,
+    /// When the health check last ran (see [`HEALTH_CHECK_STALLED`]).
+    health_checked_at: Option<Instant>,
     /// The placement record as last read.
     placement: Option<Placement>,
     /// This daemon has been in touch with etcd since it started.
@@ -633,6 +640,15 @@ impl Supervisor {
                     .map_err(|e| format!("rendering as root failed: {e}"))?;
             }
             if let Some(id) = clean_first {
+                // A start under a new placement is a move, not a crash loop: the unit's
+                // start limit (5 in 300 s, for a server that keeps failing) must not count
+                // the moves before it, or a node refuses the server it was given.
+                if let Err(e) = systemd
+                    .reset_failed(&Component::Standalone.unit_name())
+                    .await
+                {
+                    warn!("resetting the standalone unit's start limit: {e}");
+                }
                 status.send_replace(format!(
                     "clearing the standalone server's local state: {CLEAR_STANDALONE_UNIT}"
                 ));
@@ -908,6 +924,18 @@ impl Supervisor {
         let wedged_after = Duration::from_secs(daemon.wedged_after_secs.into());
         let window = Duration::from_secs(daemon.restart_window_secs.into());
         let now = Instant::now();
+        // The daemon itself did not run (its host was frozen or stopped, and the
+        // components with it): their silence in that time proves nothing, and a thawed
+        // etcd must not be restarted for it. Count afresh.
+        if self
+            .health_checked_at
+            .is_some_and(|at| now - at >= HEALTH_CHECK_STALLED)
+        {
+            for watched in self.watched.values_mut() {
+                watched.answered_at = None;
+            }
+        }
+        self.health_checked_at = Some(now);
         let mut silent = Vec::new();
         for (component, watched) in &mut self.watched {
             let Some(probe) = watched.probe.clone().filter(|_| watched.active == "active") else {

@@ -108,9 +108,13 @@ fn read_applied(path: &Path) -> Manifest {
         .unwrap_or_default()
 }
 
+/// Records what was brought up; a failure is logged, not fatal: without the record the
+/// next round compares against an empty state and restarts what it cannot vouch for.
 fn write_applied(path: &Path, applied: &Manifest) {
-    let text = serde_json::to_string_pretty(applied).unwrap_or_default();
-    if let Err(e) = crate::host::write_file(path, text.as_bytes(), 0o644, None) {
+    let written = serde_json::to_string_pretty(applied)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| crate::host::write_file(path, text.as_bytes(), 0o644, None));
+    if let Err(e) = written {
         tracing::warn!("recording the applied state in {}: {e:#}", path.display());
     }
 }

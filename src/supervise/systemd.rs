@@ -170,6 +170,14 @@ impl Systemd {
             .map_err(|e| call_error(UnitAction::Kill, unit, e))
     }
 
+    /// `systemctl reset-failed`: clears the failed state and the start rate limit's count.
+    pub async fn reset_failed(&self, unit: &str) -> Result<(), SystemdError> {
+        // Through the unit's object, which loads it first (the manager's call refuses a
+        // unit that is not loaded yet).
+        let proxy = self.unit(unit).await?;
+        Ok(proxy.reset_failed().await?)
+    }
+
     /// The unit's state; a unit systemd does not know is "inactive".
     pub async fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {
         let proxy = self.unit(unit).await?;
