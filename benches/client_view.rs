@@ -196,7 +196,8 @@ fn timeline(hosts: &Hosts, of: &[String], since: &str) {
 }
 
 /// With MILVUS_FLEET_BENCH_TIMELINE set: the warnings and errors the server on `host`
-/// logged in the last two minutes (why an outlier's server took long to answer).
+/// logged in the last 60 s, which covers its start (why an outlier's server took long
+/// to answer), without the refused searches of its loading.
 fn server_log(hosts: &Hosts, host: &str) {
     if std::env::var_os("MILVUS_FLEET_BENCH_TIMELINE").is_none() {
         return;
@@ -205,8 +206,10 @@ fn server_log(hosts: &Hosts, host: &str) {
         "--- the server's log on {host} (warnings, errors):\n{}",
         hosts.sh_ok(
             host,
-            "journalctl -q -o short-precise --since=-120s -u milvus-fleet-standalone \
-             | grep ' mf-' | grep -E 'WARN|ERROR|panic' | cut -c1-400 | head -80"
+            "journalctl -q -o short-precise --since=-60s -u milvus-fleet-standalone \
+             | grep ' mf-' | grep -E 'WARN|ERROR|panic' \
+             | grep -vE 'search|shards|failed to get channels|Failed to execute task' \
+             | cut -c1-400 | head -80"
         )
     );
 }

@@ -76,6 +76,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         standalone_candidates: candidates_rx,
         placement: placement_tx,
         metrics: metrics.clone(),
+        health_http: crate::cluster::placement::health_client()?,
     };
     let mut cluster = ClusterLoops::default();
     cluster.follow(&settings, &channels).await;
@@ -97,6 +98,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             heartbeat: heartbeat.clone(),
             status: supervision_tx,
+            probe_http: crate::supervise::health::client()?,
         },
     ));
     let pki_dir = state_dir().join("pki");
@@ -209,6 +211,7 @@ async fn campaign(
         standalone_candidates,
         placement,
         metrics,
+        health_http,
     } = channels;
     let config = &settings.config;
     let urls = etcd_urls.borrow().clone();
@@ -287,7 +290,7 @@ async fn campaign(
             me: settings.node_name.clone(),
             candidates: standalone_candidates,
             health_port: config.milvus.metrics_port,
-            http: crate::cluster::placement::health_client(),
+            http: health_http,
         },
         election.subscribe(),
     );
@@ -424,6 +427,8 @@ struct ClusterChannels {
     standalone_candidates: tokio::sync::watch::Receiver<Vec<(String, String)>>,
     placement: tokio::sync::watch::Sender<Option<crate::cluster::placement::Placement>>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The leader's client for the standalone server's health endpoint.
+    health_http: reqwest::Client,
 }
 
 /// The running cluster loops, if this node is in a cluster.

@@ -115,3 +115,16 @@ pub fn now_unix() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// A client for the health endpoints of this cluster's components (plain HTTP on the
+/// nodes, no proxy), every request bounded by `timeout`.
+pub fn plain_http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest::Client> {
+    // reqwest is built without a default TLS provider and wants one even for plain HTTP.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .no_proxy()
+        .build()
+        .context("building the HTTP client for health endpoints")
+}

@@ -29,7 +29,7 @@ pub fn run(args: ProbeArgs) -> anyhow::Result<()> {
                 .wait_healthy(Duration::from_secs(seconds), args.main_pid)
                 .await
                 .map_err(|why| anyhow::anyhow!("not healthy: {why}")),
-            None => match probe.check(&client()).await {
+            None => match probe.check(&client()?).await {
                 Health::Healthy => Ok(()),
                 Health::Unhealthy(why) => anyhow::bail!("{probe} answers unhealthy: {why}"),
                 Health::NoAnswer(why) => anyhow::bail!("{probe} does not answer: {why}"),

@@ -486,16 +486,9 @@ async fn evaluate(
     Ok(recheck)
 }
 
-/// The leader's client for servers' health endpoints (plain HTTP, no proxy).
-pub fn health_client() -> reqwest::Client {
-    // reqwest is built without a default TLS provider and wants one even for plain HTTP.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(HEALTH_TIMEOUT)
-        .connect_timeout(HEALTH_TIMEOUT)
-        .no_proxy()
-        .build()
-        .unwrap_or_default()
+/// The leader's client for servers' health endpoints.
+pub fn health_client() -> anyhow::Result<reqwest::Client> {
+    crate::host::plain_http_client(HEALTH_TIMEOUT)
 }
 
 /// Whether the Milvus server on `address` answers its health endpoint in time. Any

@@ -60,16 +60,8 @@ impl std::fmt::Display for Probe {
 }
 
 /// A client for probes: short timeouts, no proxies from the environment.
-pub fn client() -> reqwest::Client {
-    // reqwest is built without a default TLS provider; probes are plain HTTP, but the
-    // client still wants one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(PROBE_TIMEOUT)
-        .connect_timeout(PROBE_TIMEOUT)
-        .no_proxy()
-        .build()
-        .unwrap_or_default()
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    crate::host::plain_http_client(PROBE_TIMEOUT)
 }
 
 impl Probe {
@@ -109,7 +101,7 @@ impl Probe {
         timeout: Duration,
         main_pid: Option<u32>,
     ) -> Result<(), String> {
-        let client = client();
+        let client = client().map_err(|e| format!("{e:#}"))?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Some(pid) = main_pid {

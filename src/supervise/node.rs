@@ -46,7 +46,7 @@ use super::reconcile::{
     converge, lb_placement_entry, needs_clean_state, placement_id, standalone_wanted,
     StandaloneWanted, CLEAR_STANDALONE_UNIT, JOB_TIMEOUT,
 };
-use super::systemd::{Systemd, SystemdError, UnitAction};
+use super::systemd::{ActiveState, Systemd, SystemdError, UnitAction};
 use crate::cluster::election::Role;
 use crate::cluster::messages::{
     COMPONENT_FAILED, COMPONENT_GAVE_UP, COMPONENT_WEDGED, STANDALONE_STARTED,
@@ -111,13 +111,15 @@ pub struct Inputs {
     pub heartbeat: Arc<Heartbeat>,
     /// What supervision is doing, for the daemon's STATUS= line.
     pub status: watch::Sender<String>,
+    /// The components' health probes' client (supervise::health::client).
+    pub probe_http: reqwest::Client,
 }
 
 /// What the supervisor knows of one component.
 struct Watched {
     unit: String,
     probe: Option<Probe>,
-    active: String,
+    active: ActiveState,
     /// When its probe last answered in this activation (None while the unit is not
     /// active): "wedged" counts from the last answer, not from the first missed probe,
     /// which a probe timing out would report seconds late.
@@ -189,11 +191,11 @@ pub async fn run(mut inputs: Inputs) {
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
     };
-    let (events_tx, mut events) = mpsc::channel::<(String, String)>(64);
+    let (events_tx, mut events) = mpsc::channel::<(String, ActiveState)>(64);
     let mut followed: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let probe_client = super::health::client();
+    let probe_client = inputs.probe_http.clone();
     loop {
         // The moment this daemon's lease may have ended (plus the grace), once per lease
         // end: the kill happens there, not on the next tick.
@@ -261,7 +263,7 @@ pub async fn run(mut inputs: Inputs) {
                 }
                 supervisor.point_load_balancer(&settings).await;
             }
-            Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, &active),
+            Some((unit, active)) = events.recv() => supervisor.unit_changed(&unit, active),
         }
     }
 }
@@ -366,7 +368,7 @@ impl Supervisor {
     async fn track(
         &mut self,
         settings: &Settings,
-        events: &mpsc::Sender<(String, String)>,
+        events: &mpsc::Sender<(String, ActiveState)>,
         followed: &mut BTreeMap<String, JoinHandle<()>>,
     ) {
         let plan = NodePlan::for_node(&settings.config, &settings.node_name);
@@ -389,7 +391,7 @@ impl Supervisor {
             let watched = self.watched.entry(component).or_insert_with(|| Watched {
                 unit: unit.clone(),
                 probe: None,
-                active: String::new(),
+                active: ActiveState::Inactive,
                 answered_at: None,
                 probing: None,
                 silence: String::new(),
@@ -410,7 +412,7 @@ impl Supervisor {
     }
 
     /// A task that forwards the unit's ActiveState (now, then on every change).
-    fn follow(&self, unit: String, events: mpsc::Sender<(String, String)>) -> JoinHandle<()> {
+    fn follow(&self, unit: String, events: mpsc::Sender<(String, ActiveState)>) -> JoinHandle<()> {
         let systemd = self.systemd.clone();
         tokio::spawn(async move {
             let Ok(proxy) = systemd.unit(&unit).await else {
@@ -418,11 +420,17 @@ impl Supervisor {
             };
             let mut changes = proxy.receive_active_state_changed().await;
             if let Ok(active) = proxy.active_state().await {
-                let _ = events.send((unit.clone(), active)).await;
+                let _ = events
+                    .send((unit.clone(), ActiveState::named(&active)))
+                    .await;
             }
             while let Some(change) = changes.next().await {
                 if let Ok(active) = change.get().await {
-                    if events.send((unit.clone(), active)).await.is_err() {
+                    if events
+                        .send((unit.clone(), ActiveState::named(&active)))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -430,19 +438,19 @@ impl Supervisor {
         })
     }
 
-    fn unit_changed(&mut self, unit: &str, active: &str) {
+    fn unit_changed(&mut self, unit: &str, active: ActiveState) {
         let Some(watched) = self.watched.values_mut().find(|w| w.unit == unit) else {
             return;
         };
         if watched.active != active {
-            info!(unit, state = active, "{unit}: {active}");
+            info!(unit, state = active.as_str(), "{unit}: {active}");
         }
-        watched.active = active.to_owned();
+        watched.active = active;
         match active {
-            "failed" => {
+            ActiveState::Failed => {
                 watched.failed_since.get_or_insert_with(Instant::now);
             }
-            "active" => {
+            ActiveState::Active => {
                 watched.failed_since = None;
                 watched.failed_alerted = false;
             }
@@ -866,7 +874,7 @@ impl Supervisor {
         let running = self
             .watched
             .get(&Component::Lb)
-            .is_some_and(|w| w.active == "active");
+            .is_some_and(|w| w.active == ActiveState::Active);
         if !running {
             return;
         }
@@ -906,7 +914,7 @@ impl Supervisor {
         let running = self
             .watched
             .get(&Component::Standalone)
-            .is_some_and(|w| w.active == "activating");
+            .is_some_and(|w| w.active == ActiveState::Activating);
         if out_of_touch && running && !stop_in_flight {
             self.stop_standalone(
                 settings,
@@ -938,7 +946,11 @@ impl Supervisor {
         self.health_checked_at = Some(now);
         let mut silent = Vec::new();
         for (component, watched) in &mut self.watched {
-            let Some(probe) = watched.probe.clone().filter(|_| watched.active == "active") else {
+            let Some(probe) = watched
+                .probe
+                .clone()
+                .filter(|_| watched.active == ActiveState::Active)
+            else {
                 // Not running: a restarted unit starts counting afresh.
                 watched.answered_at = None;
                 if let Some(probing) = watched.probing.take() {

@@ -162,7 +162,7 @@ pub async fn converge(
                     )
                 }
             }
-        } else if state.active == "failed" && state.result == "start-limit-hit" {
+        } else if state.gave_up() {
             // systemd gave up on it; starting it again here would make the flapping
             // this limit exists to stop. `systemctl reset-failed` arms it again.
             report.failed.push(unit);

@@ -69,18 +69,75 @@ impl std::fmt::Display for UnitAction {
     }
 }
 
+/// A unit's ActiveState, as systemd names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveState {
+    Active,
+    Reloading,
+    Inactive,
+    Failed,
+    Activating,
+    Deactivating,
+    /// A state this systemd has that the list above lacks (maintenance, refreshing).
+    Other,
+}
+
+impl ActiveState {
+    const NAMES: [(ActiveState, &'static str); 6] = [
+        (ActiveState::Active, "active"),
+        (ActiveState::Reloading, "reloading"),
+        (ActiveState::Inactive, "inactive"),
+        (ActiveState::Failed, "failed"),
+        (ActiveState::Activating, "activating"),
+        (ActiveState::Deactivating, "deactivating"),
+    ];
+
+    /// From systemd's name.
+    pub fn named(name: &str) -> Self {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map_or(ActiveState::Other, |(state, _)| *state)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(state, _)| *state == self)
+            .map_or("other", |(_, name)| name)
+    }
+
+    /// Started and not stopping: active, reloading or activating.
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            ActiveState::Active | ActiveState::Reloading | ActiveState::Activating
+        )
+    }
+}
+
+impl std::fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A unit's state as systemd reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitState {
-    /// active, reloading, inactive, failed, activating, deactivating.
-    pub active: String,
+    pub active: ActiveState,
     /// The service's Result= (success, exit-code, start-limit-hit, ...).
     pub result: String,
 }
 
 impl UnitState {
     pub fn is_running(&self) -> bool {
-        matches!(self.active.as_str(), "active" | "reloading" | "activating")
+        self.active.is_running()
+    }
+
+    /// systemd gave up restarting it (its start limit).
+    pub fn gave_up(&self) -> bool {
+        self.active == ActiveState::Failed && self.result == "start-limit-hit"
     }
 }
 
@@ -181,7 +238,7 @@ impl Systemd {
     /// The unit's state; a unit systemd does not know is "inactive".
     pub async fn state(&self, unit: &str) -> Result<UnitState, SystemdError> {
         let proxy = self.unit(unit).await?;
-        let active = proxy.active_state().await?;
+        let active = ActiveState::named(&proxy.active_state().await?);
         let result = match self.service(unit).await {
             Ok(service) => service.result().await.unwrap_or_default(),
             Err(_) => String::new(),
@@ -266,5 +323,21 @@ fn call_error(action: UnitAction, unit: &str, error: zbus::Error) -> SystemdErro
             }
         }
         _ => SystemdError::Bus(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ActiveState;
+
+    #[test]
+    fn active_states_round_trip_and_unknown_ones_are_other() {
+        for (state, name) in ActiveState::NAMES {
+            assert_eq!(ActiveState::named(name), state);
+            assert_eq!(state.as_str(), name);
+        }
+        assert_eq!(ActiveState::named("maintenance"), ActiveState::Other);
+        assert!(ActiveState::Activating.is_running());
+        assert!(!ActiveState::Deactivating.is_running());
     }
 }
