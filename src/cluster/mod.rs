@@ -151,10 +151,16 @@ pub async fn vouch_while_reachable(
             continue;
         }
         let asked = tokio::time::Instant::now();
+        // Only a lease still proven when asked: one long lapsed (the whole host was frozen
+        // and has just thawed; etcd has let the lease go) is not brought back, or the
+        // server's follower would see a fresh proof and let the thawed server run on.
+        if until <= asked {
+            continue;
+        }
         let answered = answering(&remote).await.len();
         if reachable_majority(answered, remote.len()) {
             lease_until.send_if_modified(|held| match held {
-                Some(held) if *held < asked + VOUCH_FOR => {
+                Some(held) if *held > asked && *held < asked + VOUCH_FOR => {
                     *held = asked + VOUCH_FOR;
                     true
                 }

@@ -42,7 +42,9 @@ pub const GONE_AFTER: Duration = Duration::from_secs(1);
 /// How long the leader waits for a server's health endpoint before it counts the server
 /// as not answering. A live server answers in milliseconds, loaded or not.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a node reads the placement record besides watching it (one small read).
+/// How often a node reads the placement record besides watching it (one small read),
+/// and the leader looks again besides its watches: a watch that sits on a frozen or
+/// cut-off etcd member never fires (the leader placed a frozen node's server 10 s late).
 const REREAD_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed health check stands for a node whose daemon stays gone.
 const SILENCE_HOLDS: Duration = Duration::from_secs(2);
@@ -297,7 +299,7 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
                 event = session_events.message() => if !matches!(event, Ok(Some(_))) { break },
                 event = placement_events.message() => if !matches!(event, Ok(Some(_))) { break },
                 _ = lead.candidates.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                _ = tokio::time::sleep(REREAD_EVERY) => {}
                 _ = tokio::time::sleep_until(recheck.unwrap_or_else(Instant::now)), if recheck.is_some() => {}
             }
         }
