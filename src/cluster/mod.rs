@@ -159,15 +159,25 @@ pub async fn vouch_while_reachable(
         }
         let answered = answering(&remote).await.len();
         if reachable_majority(answered, remote.len()) {
-            lease_until.send_if_modified(|held| match held {
-                Some(held) if *held > asked && *held < asked + VOUCH_FOR => {
-                    *held = asked + VOUCH_FOR;
+            lease_until.send_if_modified(|held| match vouched(*held, asked) {
+                Some(until) => {
+                    *held = Some(until);
                     true
                 }
-                _ => false,
+                None => false,
             });
         }
     }
+}
+
+/// The lease's new proven end when a majority answered a vouch asked at `asked`: only for
+/// a lease still proven then and ending within a vouch (pure).
+fn vouched<T>(held: Option<T>, asked: T) -> Option<T>
+where
+    T: Copy + Ord + std::ops::Add<std::time::Duration, Output = T>,
+{
+    let held = held?;
+    (held > asked && held < asked + VOUCH_FOR).then_some(asked + VOUCH_FOR)
 }
 
 /// Whether `answered` of the `remote` members (those on other hosts), with this host's
@@ -279,7 +289,23 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::reachable_majority;
+    use super::{reachable_majority, vouched, VOUCH_FOR};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_vouch_extends_only_a_lease_still_proven_and_lapsing() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        // Lapsing within a vouch: extended to a vouch from the asking.
+        assert_eq!(vouched(Some(now + ms(200)), now), Some(now + VOUCH_FOR));
+        // Proven for longer: nothing to do.
+        assert_eq!(vouched(Some(now + VOUCH_FOR + ms(1)), now), None);
+        // Lapsed already (a host that thawed after a freeze): never brought back.
+        assert_eq!(vouched(Some(now), now + ms(1)), None);
+        assert_eq!(vouched(Some(now), now + Duration::from_secs(10)), None);
+        // No lease held.
+        assert_eq!(vouched::<Instant>(None, now), None);
+    }
 
     #[test]
     fn a_node_is_cut_off_unless_a_majority_with_its_own_member_answers() {
