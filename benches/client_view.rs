@@ -175,7 +175,8 @@ fn the_server(what: &str) -> String {
 }
 
 /// With MILVUS_FLEET_BENCH_TIMELINE set: what the daemons and systemd of `hosts` logged
-/// since `since` (epoch seconds), the server's own log left out.
+/// since `since` (epoch seconds), the server's own log left out but for its follower's
+/// kills.
 fn timeline(hosts: &Hosts, of: &[String], since: &str) {
     if std::env::var_os("MILVUS_FLEET_BENCH_TIMELINE").is_none() {
         return;
@@ -188,7 +189,8 @@ fn timeline(hosts: &Hosts, of: &[String], since: &str) {
                 host,
                 &format!(
                     "journalctl -q -o short-precise --since=@{since} -u milvus-fleet \
-                     -u milvus-fleet-standalone -u milvus-fleet-lb | grep -v ' mf-' | head -40"
+                     -u milvus-fleet-standalone -u milvus-fleet-lb \
+                     | awk '!/ mf-/ || /killing container/' | head -40"
                 )
             )
         );

@@ -438,8 +438,13 @@ fn main() {
     };
 
     // A storage node that does not lead, killed: one peer-down alert on the leader, and
-    // the leadership stays where it is.
-    let leader = leader_seen_by(compute[0]).expect("a leader");
+    // the leadership stays where it is. Right after the reboot the status may name no
+    // leader for a moment (the rebooted node may have led): wait for one.
+    let mut leader = String::new();
+    wait_until("a leader after the reboot", Duration::from_secs(30), || {
+        leader = leader_seen_by(compute[0]).unwrap_or_default();
+        !leader.is_empty()
+    });
     let victim = names[..STORAGE]
         .iter()
         .find(|h| **h != leader)

@@ -26,6 +26,11 @@ pub enum ClusterError {
     #[cfg(test)]
     #[error("store: {0}")]
     Store(String),
+    #[error("etcd: no answer within {within:?} reading {what}")]
+    Unanswered {
+        what: &'static str,
+        within: std::time::Duration,
+    },
     #[error("{}: {error}", path.display())]
     StateFile {
         path: std::path::PathBuf,
@@ -259,6 +264,18 @@ pub async fn read_prefix(
             Some((name, kv.value_str().unwrap_or("").to_owned()))
         })
         .collect())
+}
+
+/// `read`, failed with [`ClusterError::Unanswered`] when etcd gives no answer `within`:
+/// a request that went to a member just frozen or cut off waits for ever otherwise.
+pub async fn bounded<T>(
+    what: &'static str,
+    within: Duration,
+    read: impl std::future::Future<Output = Result<T, ClusterError>>,
+) -> Result<T, ClusterError> {
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| ClusterError::Unanswered { what, within })?
 }
 
 /// Runs `read` again while it fails with an error `transient` accepts, for up to

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::election::Role;
-use super::{keys, read_prefix, ClusterError};
+use super::{bounded, keys, read_prefix, ClusterError};
 
 /// How long a node's daemon registration must stay gone before its node may count as
 /// lost (a restarted daemon registers again within a second), and before its server is
@@ -49,7 +49,11 @@ const REREAD_EVERY: Duration = Duration::from_secs(1);
 /// How long a failed health check stands for a node whose daemon stays gone.
 const SILENCE_HOLDS: Duration = Duration::from_secs(2);
 /// Bound on one look at etcd and the servers (its health check included).
-const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
+const EVALUATE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on each of its reads, and on opening its watches: a request the client sent to a
+/// member just cut off or frozen waits for ever, and the next try goes to one that answers
+/// (a cut cost 5 s here, the old whole bound, in one run of ten).
+const READ_BOUND: Duration = Duration::from_secs(1);
 /// How long the placed node may run no server (no Milvus session of it) while its
 /// daemon is up before the server moves: its server does not start there (systemd gave
 /// up on it, the image is missing). Longer than a slow start on a loaded machine.
@@ -259,19 +263,23 @@ async fn lead_term(lead: &mut PlacementLead, term: i64) {
             let _ = lead.candidates.changed().await;
             continue;
         }
-        let watches = (
-            lead.client
-                .watch(members.clone(), Some(WatchOptions::new().with_prefix()))
-                .await,
-            lead.client
-                .watch(
-                    keys::MILVUS_SESSIONS,
-                    Some(WatchOptions::new().with_prefix()),
-                )
-                .await,
-            lead.client.watch(key.clone(), None).await,
-        );
-        let (Ok(mut member_events), Ok(mut session_events), Ok(mut placement_events)) = watches
+        let mut client = lead.client.clone();
+        let opened = tokio::time::timeout(READ_BOUND, async {
+            (
+                client
+                    .watch(members.clone(), Some(WatchOptions::new().with_prefix()))
+                    .await,
+                client
+                    .watch(
+                        keys::MILVUS_SESSIONS,
+                        Some(WatchOptions::new().with_prefix()),
+                    )
+                    .await,
+                client.watch(key.clone(), None).await,
+            )
+        })
+        .await;
+        let Ok((Ok(mut member_events), Ok(mut session_events), Ok(mut placement_events))) = opened
         else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -336,7 +344,13 @@ async fn evaluate(
         return Ok(None);
     }
     let now = Instant::now();
-    let registered = read_prefix(&mut lead.client, &keys::members(&lead.prefix)).await?;
+    let members = keys::members(&lead.prefix);
+    let registered = bounded(
+        "the registered daemons",
+        READ_BOUND,
+        read_prefix(&mut lead.client, &members),
+    )
+    .await?;
     let mut alive = BTreeSet::new();
     let mut recheck = None::<Instant>;
     let registered: BTreeSet<String> = candidates
@@ -355,8 +369,18 @@ async fn evaluate(
             gone_since.entry(node.clone()).or_insert(now);
         }
     }
-    let serving = read_serving(&mut lead.client).await?;
-    let current = read_placement(&mut lead.client, key).await?;
+    let serving = bounded(
+        "the Milvus sessions",
+        READ_BOUND,
+        read_serving(&mut lead.client),
+    )
+    .await?;
+    let current = bounded(
+        "the placement",
+        READ_BOUND,
+        read_placement(&mut lead.client, key),
+    )
+    .await?;
     let mut stalled = BTreeSet::new();
     if let Some(placed) = &current {
         let address = candidates

@@ -260,6 +260,11 @@ pub async fn run(mut inputs: Inputs) {
                 // here is a second of failed searches.
                 if supervisor.operation.is_none() && supervisor.restart.is_none() {
                     supervisor.maybe_converge(&settings).await;
+                } else if supervisor.placement.as_ref().is_some_and(|p| p.node == settings.node_name) {
+                    info!(
+                        "the standalone server is placed on this node: starting it once the {} in progress ends",
+                        if supervisor.restart.is_some() { "wedged component's restart" } else { "converge" }
+                    );
                 }
                 supervisor.point_load_balancer(&settings).await;
             }
