@@ -4,7 +4,8 @@
 //! a command uses. The bottom layer: it imports nothing of milvus-fleet.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -57,34 +58,154 @@ pub fn pki_dir() -> PathBuf {
 /// Writes `bytes` to `path` through a temporary file and a rename, with `mode`, owned by
 /// `owner` (a user name) when given. The temporary file has the final mode from the
 /// start, so a secret is never readable by others, not even for a moment.
+///
+/// Root writes into directories the daemon's user controls (its state directory), so no
+/// step follows a symlink a non-root user planted: the parent directory is opened one
+/// component at a time without following symlinks (a symlink owned by root is followed,
+/// so a host whose /var/lib is a link works), the temporary file is created with
+/// O_EXCL|O_NOFOLLOW in that directory, its mode and owner are set on the open file, and
+/// the rename happens inside the same directory.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: Option<&str>) -> anyhow::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
+    use std::os::unix::ffi::OsStrExt;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = parent.join(format!(".{name}.tmp"));
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
+    let dir = open_dir_no_follow(parent)?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file name", path.display()))?;
+    let tmp_name = {
+        let mut n = std::ffi::OsString::from(".");
+        n.push(name);
+        n.push(".tmp");
+        n
+    };
+    let c_name = std::ffi::CString::new(name.as_bytes()).context("a NUL in a file name")?;
+    let c_tmp = std::ffi::CString::new(tmp_name.as_bytes()).context("a NUL in a file name")?;
+    let tmp = parent.join(&tmp_name);
+    // SAFETY: unlinkat on a directory fd we own and a NUL-terminated name; a missing file
+    // is fine.
+    unsafe {
+        libc::unlinkat(dir.as_raw_fd(), c_tmp.as_ptr(), 0);
+    }
+    // SAFETY: openat on our directory fd with a NUL-terminated name; the fd it returns is
+    // owned by the File below.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c_tmp.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("creating {}", tmp.display()));
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    // The umask may have narrowed the mode; set it exactly.
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+    // The umask may have narrowed the mode; set it exactly, on the open file.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", tmp.display()))?;
     if let Some(user) = owner {
-        chown(&tmp, user)?;
+        let (uid, gid) = user_ids(user).with_context(|| format!("no system user {user}"))?;
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to {user}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    // SAFETY: renameat within our directory fd, NUL-terminated names.
+    let renamed = unsafe {
+        libc::renameat(
+            dir.as_raw_fd(),
+            c_tmp.as_ptr(),
+            dir.as_raw_fd(),
+            c_name.as_ptr(),
+        )
+    };
+    if renamed != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
 }
 
-/// Gives `path` to `user` (and its primary group).
-pub fn chown(path: &Path, user: &str) -> anyhow::Result<()> {
+/// Opens directory `dir` one component at a time, refusing a symlink on the way unless
+/// root owns it (see [`write_file`]).
+pub fn open_dir_no_follow(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Component;
+    let refuse = |what: &str| anyhow::anyhow!("{}: {what}", dir.display());
+    let open_at =
+        |at: libc::c_int, name: &std::ffi::CStr, follow: bool| -> std::io::Result<std::fs::File> {
+            let flags = libc::O_RDONLY
+                | libc::O_DIRECTORY
+                | libc::O_CLOEXEC
+                | if follow { 0 } else { libc::O_NOFOLLOW };
+            // SAFETY: openat with a NUL-terminated name; the fd is owned by the File.
+            let fd = unsafe { libc::openat(at, name.as_ptr(), flags) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor nothing else owns.
+            Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+        };
+    let start = if dir.is_absolute() { c"/" } else { c"." };
+    let mut current = open_at(libc::AT_FDCWD, start, true)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    for component in dir.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::RootDir | Component::CurDir => continue,
+            Component::ParentDir => std::ffi::OsStr::new(".."),
+            Component::Prefix(_) => return Err(refuse("not a Unix path")),
+        };
+        let c_name = std::ffi::CString::new(name.as_bytes()).context("a NUL in a path")?;
+        current = match open_at(current.as_raw_fd(), &c_name, false) {
+            Ok(next) => next,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ELOOP)
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                // A symlink: followed only when root owns it.
+                let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+                // SAFETY: fstatat writes one stat we own; the name is NUL-terminated.
+                let r = unsafe {
+                    libc::fstatat(
+                        current.as_raw_fd(),
+                        c_name.as_ptr(),
+                        &mut stat,
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
+                };
+                if r != 0 || (stat.st_mode & libc::S_IFMT) != libc::S_IFLNK || stat.st_uid != 0 {
+                    return Err(refuse(&format!(
+                        "{:?} is a symlink root does not own, or no directory: not followed",
+                        name
+                    )));
+                }
+                open_at(current.as_raw_fd(), &c_name, true)
+                    .with_context(|| format!("opening {}", dir.display()))?
+            }
+            Err(e) => return Err(e).with_context(|| format!("opening {}", dir.display())),
+        };
+    }
+    Ok(current)
+}
+
+/// Creates directory `path` (and its parents) and gives it `mode` and `user` (and its
+/// primary group), on the open directory: a symlink planted in its place is refused, not
+/// followed (see [`write_file`]).
+pub fn make_dir(path: &Path, mode: u32, user: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let dir = open_dir_no_follow(path)?;
+    dir.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     let (uid, gid) = user_ids(user).with_context(|| format!("no system user {user}"))?;
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+    std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))
         .with_context(|| format!("giving {} to {user}", path.display()))
 }
 
@@ -127,4 +248,49 @@ pub fn plain_http_client(timeout: std::time::Duration) -> anyhow::Result<reqwest
         .no_proxy()
         .build()
         .context("building the HTTP client for health endpoints")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_write_follows_no_symlink_a_non_root_user_planted() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, "untouched").unwrap();
+        // A planted temporary file: removed, never written through.
+        std::os::unix::fs::symlink(&target, dir.path().join(".f.tmp")).unwrap();
+        write_file(&dir.path().join("f"), b"new", 0o600, None).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("f")).unwrap(),
+            "new"
+        );
+        let meta = std::fs::symlink_metadata(dir.path().join("f")).unwrap();
+        assert!(meta.is_file());
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+
+        // A directory on the way that is a symlink: followed only when root owns it.
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        if is_root() {
+            write_file(&link.join("g"), b"x", 0o644, None).unwrap();
+            assert!(real.join("g").is_file());
+            std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+        }
+        let refused = write_file(&link.join("h"), b"x", 0o644, None).unwrap_err();
+        assert!(
+            format!("{refused:#}").contains("not followed"),
+            "{refused:#}"
+        );
+        assert!(!real.join("h").exists());
+    }
 }

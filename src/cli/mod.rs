@@ -26,7 +26,8 @@ use crate::config::{ConfigError, ConfigPaths};
     propagate_version = true,
     after_help = "Exit status: 0 success, 1 failure, 2 usage error, 3 invalid configuration.\n\
                   Configuration: /etc/milvus-fleet/fleet.toml, then *.toml drop-ins from \
-                  /usr/lib, /run and /etc/milvus-fleet/fleet.d (later wins)."
+                  /usr/lib and /etc/milvus-fleet/fleet.d (later wins); run as root, only \
+                  files and directories root alone can change."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -48,7 +49,7 @@ pub struct ConfigArgs {
     )]
     pub config: PathBuf,
     /// Drop-in directory, lowest precedence first (repeat it); replaces the system
-    /// directories /usr/lib, /run and /etc/milvus-fleet/fleet.d.
+    /// directories /usr/lib and /etc/milvus-fleet/fleet.d.
     #[arg(long = "dropin-dir", global = true, value_name = "DIR")]
     pub dropin_dirs: Vec<PathBuf>,
     /// Read no drop-in directories, only the main file.

@@ -3,7 +3,8 @@
 //! daemon starts that unit before the server starts here under a new placement: another
 //! node ran the server meanwhile, and a node-local message log (rocksmq) left from this
 //! node's earlier run would be replayed over what the other node wrote. Segments and
-//! indexes live in the object storage, so nothing here is needed by a fresh start.
+//! indexes live in the object storage, so nothing here is needed by a fresh start. It
+//! also resets the server unit's start limit (a move is no crash loop).
 
 use std::path::Path;
 
@@ -31,6 +32,13 @@ pub fn run(paths: &ConfigPaths) -> anyhow::Result<()> {
     let runtime = crate::host::runtime()?;
     let state = runtime.block_on(async {
         let systemd = Systemd::system().await?;
+        // A start under a new placement is a move, not a crash loop: the unit's start
+        // limit (5 in 300 s, for a server that keeps failing) must not count the moves
+        // before it, or a node refuses the server it was given. Root resets it here; the
+        // daemon's polkit rule grants no reset-failed.
+        if let Err(e) = systemd.reset_failed(&unit).await {
+            eprintln!("resetting the start limit of {unit}: {e}");
+        }
         systemd.state(&unit).await
     });
     match state {

@@ -11,6 +11,9 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// A file or directory root would read that a user other than root could change.
+    #[error("{}: {why}: root reads only configuration that root alone can change", path.display())]
+    Untrusted { path: PathBuf, why: String },
     /// Syntax errors, wrong types and unknown keys, found while reading one file.
     #[error("{location}: {message}")]
     Parse { location: Location, message: String },

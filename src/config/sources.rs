@@ -31,19 +31,21 @@ impl ConfigPaths {
         Self {
             cluster: Some(crate::host::cluster_file()),
             main: PathBuf::from("/etc/milvus-fleet/fleet.toml"),
-            dropin_dirs: [
-                "/usr/lib/milvus-fleet/fleet.d",
-                "/run/milvus-fleet/fleet.d",
-                "/etc/milvus-fleet/fleet.d",
-            ]
-            .into_iter()
-            .map(PathBuf::from)
-            .collect(),
+            // No directory under /run/milvus-fleet: that is the daemon's runtime
+            // directory, and what root reads must not be the daemon user's to change.
+            dropin_dirs: ["/usr/lib/milvus-fleet/fleet.d", "/etc/milvus-fleet/fleet.d"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
 
-    /// The files to read, in merge order.
+    /// The files to read, in merge order. Run as root, every one of them (but the cluster
+    /// file, whose values root guards key by key: membership::apply::HOST_SETTINGS) and
+    /// every drop-in directory must be root's alone: see [`check_root_owned`].
     pub fn files(&self) -> Result<Vec<PathBuf>, ConfigError> {
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
         let mut by_name: BTreeMap<OsString, PathBuf> = BTreeMap::new();
         for dir in &self.dropin_dirs {
             let entries = match std::fs::read_dir(dir) {
@@ -51,6 +53,9 @@ impl ConfigPaths {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(read_error(dir, source)),
             };
+            if as_root {
+                check_root_owned(dir)?;
+            }
             for entry in entries {
                 let path = entry.map_err(|source| read_error(dir, source))?.path();
                 if path.extension().is_some_and(|ext| ext == "toml") {
@@ -66,10 +71,42 @@ impl ConfigPaths {
             .filter(|p| p.is_file())
             .cloned()
             .collect();
-        files.push(self.main.clone());
-        files.extend(by_name.into_values().filter(|p| !is_masked(p)));
+        let own: Vec<PathBuf> = std::iter::once(self.main.clone())
+            .chain(by_name.into_values().filter(|p| !is_masked(p)))
+            .collect();
+        if as_root {
+            for file in &own {
+                // A missing main file is reported when it is read.
+                if file.exists() {
+                    check_root_owned(file)?;
+                }
+            }
+        }
+        files.extend(own);
         Ok(files)
     }
+}
+
+/// Refuses `path` (followed, if a link) unless root owns it and neither its group nor
+/// others may write it: a file the daemon's user (or anyone else) could change must not
+/// steer what root renders and runs.
+pub fn check_root_owned(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|source| read_error(path, source))?;
+    let why = if meta.uid() != 0 {
+        format!("owned by uid {}, not root", meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "writable by its group or others (mode {:o})",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::Untrusted {
+        path: path.to_owned(),
+        why,
+    })
 }
 
 fn is_masked(path: &Path) -> bool {
@@ -217,6 +254,42 @@ fn merge_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn root_refuses_a_file_or_directory_another_user_can_change() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let dir = tempfile::TempDir::new().unwrap();
+        let file = dir.path().join("50-x.toml");
+        std::fs::write(&file, "").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if as_root {
+            check_root_owned(&file).unwrap();
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = check_root_owned(&file).unwrap_err().to_string();
+        assert!(
+            e.contains("writable by its group or others (mode 666)"),
+            "{e}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        if as_root {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+        }
+        let e = check_root_owned(&file).unwrap_err().to_string();
+        assert!(e.contains("not root: root reads only configuration"), "{e}");
+        // And the merge stops there, run as root: naming the file.
+        if as_root {
+            let paths = ConfigPaths {
+                cluster: None,
+                main: dir.path().join("missing.toml"),
+                dropin_dirs: vec![dir.path().to_owned()],
+            };
+            let e = paths.files().unwrap_err().to_string();
+            assert!(e.starts_with(&file.display().to_string()), "{e}");
+        }
+    }
 
     #[test]
     fn line_column_is_one_based() {

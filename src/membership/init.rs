@@ -316,9 +316,7 @@ fn votes(roles: &[Role]) -> bool {
 /// The certificates, owned by the daemon's user; keys 0600.
 fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<()> {
     let dir = local::pki_dir();
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    local::chown(&dir, DAEMON_USER)?;
+    crate::host::make_dir(&dir, 0o700, DAEMON_USER)?;
     let user = Some(DAEMON_USER);
     write_file(&dir.join("ca.crt"), ca_cert.as_bytes(), 0o644, user)?;
     if let Some(key) = ca_key {

@@ -180,12 +180,6 @@ pub fn thaw(socket: &Path, container: &str) -> Result<usize, ContainerError> {
     Ok(pids.len())
 }
 
-/// The signal that asks a follower to kill its container at once (SIGKILL, no grace):
-/// the daemon sends it through systemd (`KillUnit`) to a standalone server it must fence
-/// (see supervise/node.rs). It grants the daemon nothing it could not do by stopping the
-/// unit, only without the graceful stop's seconds.
-pub const KILL_REQUEST: i32 = libc::SIGUSR2;
-
 /// Kills `container` at once (SIGKILL). A container that is gone or no longer runs is
 /// what was asked for.
 pub fn kill(socket: &Path, container: &str) -> Result<(), ContainerError> {
@@ -204,14 +198,16 @@ pub fn kill(socket: &Path, container: &str) -> Result<(), ContainerError> {
 }
 
 /// Follows `container` until it stops: its log to stdout/stderr, then its exit status
-/// (what the caller exits with). On [`KILL_REQUEST`] it kills the container and, once
-/// it is gone, returns 0: the stop was asked for, so `Restart=on-failure` must not undo it.
+/// (what the caller exits with). With `lease_proof`, it also kills the container when the
+/// daemon cannot prove its lease or asks for the kill (supervise/lease_proof.rs); once a
+/// container the daemon asked to kill is gone it returns 0: the stop was asked for, so
+/// `Restart=on-failure` must not undo it.
 pub fn follow(
     socket: &Path,
     container: &str,
     lease_proof: Option<&Path>,
 ) -> Result<i64, ContainerError> {
-    let killed = watch_kill_request(socket, container);
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(path) = lease_proof {
         watch_lease_proof(socket, container, path, killed.clone());
     }
@@ -226,7 +222,7 @@ pub fn follow(
     });
     let status = wait(socket, container)?;
     if killed.load(std::sync::atomic::Ordering::SeqCst) {
-        eprintln!("killed container {container} on the daemon's request (fenced: its server may run elsewhere now)");
+        eprintln!("killed container {container} (fenced: its server may run elsewhere now)");
         return Ok(0);
     }
     // The log ends with the container; let the last lines reach the journal, briefly.
@@ -240,9 +236,9 @@ pub fn follow(
 }
 
 /// Starts a thread that kills `container` the moment the node daemon cannot prove its
-/// lease (supervise/lease_proof.rs): kill(2) of the container's init, which ends every
-/// process of its PID namespace, with no engine round trip; the engine's kill after it
-/// in case the pid was not known.
+/// lease, or asks for the kill (supervise/lease_proof.rs): kill(2) of the container's
+/// init, which ends every process of its PID namespace, with no engine round trip; the
+/// engine's kill after it in case the pid was not known.
 fn watch_lease_proof(
     socket: &Path,
     container: &str,
@@ -256,6 +252,8 @@ fn watch_lease_proof(
         .and_then(|pid| i32::try_from(pid).ok())
         .filter(|pid| *pid > 1);
     let (socket, container, path) = (socket.to_owned(), container.to_owned(), path.to_owned());
+    let request = path.with_file_name(lease_proof::KILL_REQUEST_NAME);
+    let me = std::process::id();
     std::thread::spawn(move || {
         // Ahead of the server's threads when the host thaws and all of them wake at once
         // (root may raise a thread's priority; failing that, it runs at the default).
@@ -265,7 +263,7 @@ fn watch_lease_proof(
             libc::setpriority(libc::PRIO_PROCESS, tid, -10);
         }
         let mut woke = lease_proof::monotonic_ns();
-        loop {
+        let why = loop {
             // A short sleep: after a freeze it has long passed, so the thread runs at
             // once when the host thaws, as the server does.
             std::thread::sleep(Duration::from_millis(100));
@@ -275,9 +273,14 @@ fn watch_lease_proof(
             let proof = lease_proof::read(&path);
             let alive = proof.is_some_and(|p| lease_proof::daemon_alive(p.pid));
             if lease_proof::must_kill(proof, alive, stalled, now) {
-                break;
+                break "the node daemon cannot prove its etcd lease, so the server may run elsewhere now";
             }
-        }
+            let asked = std::fs::read_to_string(&request)
+                .is_ok_and(|text| lease_proof::kill_requested(&text, me));
+            if asked {
+                break "the node daemon asked for it (the server is fenced: it may run elsewhere now)";
+            }
+        };
         killed.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(pid) = init_pid {
             // SAFETY: kill(2) with a plain pid and signal touches no memory of ours.
@@ -285,43 +288,11 @@ fn watch_lease_proof(
                 libc::kill(pid, libc::SIGKILL);
             }
         }
-        eprintln!(
-            "killing container {container}: the node daemon cannot prove its etcd lease, so the server may run elsewhere now"
-        );
+        eprintln!("killing container {container}: {why}");
         if let Err(e) = kill(&socket, &container) {
             eprintln!("killing container {container}: {e}");
         }
     });
-}
-
-/// Blocks [`KILL_REQUEST`] in this thread (and so in the threads it starts) and starts
-/// one that waits for it and kills `container`. The flag says the kill was asked for.
-fn watch_kill_request(
-    socket: &Path,
-    container: &str,
-) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
-    let killed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // SAFETY: plain libc calls on a sigset_t that lives on this stack frame.
-    let set = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, KILL_REQUEST);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    let (socket, container, flag) = (socket.to_owned(), container.to_owned(), killed.clone());
-    std::thread::spawn(move || {
-        let mut signal = 0;
-        // SAFETY: sigwait reads the set and writes one int.
-        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
-            return;
-        }
-        flag.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = kill(&socket, &container) {
-            eprintln!("killing container {container} on the daemon's request: {e}");
-        }
-    });
-    killed
 }
 
 #[cfg(test)]

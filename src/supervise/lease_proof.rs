@@ -18,9 +18,15 @@
 //! among the server's thawed threads, and the server would otherwise run on beside the
 //! one the leader started elsewhere until the restarted daemon kills it.
 //!
-//! The daemon writes it (its runtime directory); root reads a number from it. The worst
-//! a compromised daemon user can write is a kill of the server, which it could already
-//! do by stopping the unit.
+//! Beside it, the kill request ([`KILL_REQUEST_NAME`], in the same directory): the pid of
+//! the follower the daemon asks to kill its server at once (a server it must fence, with
+//! no graceful stop's seconds). A pid names one run of the unit, so a request left behind
+//! kills no later server. It replaces a signal through systemd's KillUnit, which the
+//! daemon's polkit rule does not grant.
+//!
+//! The daemon writes both (its runtime directory); root reads a number from each. The
+//! worst a compromised daemon user can write is a kill of the server, which it could
+//! already do by stopping the unit.
 
 use std::path::Path;
 use std::time::Duration;
@@ -114,6 +120,24 @@ pub async fn publish(mut lease_until: tokio::sync::watch::Receiver<Option<tokio:
     }
 }
 
+/// The kill request's file name, beside the lease proof.
+pub const KILL_REQUEST_NAME: &str = "kill-request";
+
+/// Asks the follower whose pid is `follower` to kill its server now.
+pub fn request_kill(follower: u32) -> anyhow::Result<()> {
+    crate::host::write_file(
+        &Path::new(LEASE_PROOF_FILE).with_file_name(KILL_REQUEST_NAME),
+        format!("{follower}\n").as_bytes(),
+        0o644,
+        None,
+    )
+}
+
+/// Whether the kill request `text` asks follower `me` to kill (pure).
+pub fn kill_requested(text: &str, me: u32) -> bool {
+    text.trim().parse::<u32>().is_ok_and(|pid| pid == me)
+}
+
 /// Reads the proof; a missing or garbled file proves nothing (and kills nothing).
 pub fn read(path: &Path) -> Option<Proof> {
     decode(&std::fs::read_to_string(path).ok()?)
@@ -154,6 +178,15 @@ mod tests {
         );
         for garbage in ["", "42", "x 5", "42 5 6", "42 -1"] {
             assert_eq!(decode(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn a_kill_request_names_one_follower() {
+        assert!(kill_requested("4242\n", 4242));
+        assert!(!kill_requested("4242\n", 4243));
+        for garbage in ["", "x", "4242 1", "-4242"] {
+            assert!(!kill_requested(garbage, 4242), "{garbage:?}");
         }
     }
 

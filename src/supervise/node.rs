@@ -1,5 +1,5 @@
 //! The node supervisor: this daemon keeps its own node's components right over D-Bus,
-//! as its unprivileged user (the package's polkit rule grants it `milvus-fleet-*` units).
+//! as its unprivileged user (the package's polkit rule grants it start, stop, restart and reload of its units).
 //!
 //! - Converge: when the configuration changes (and at start), it asks root to render
 //!   (starts milvus-fleet-apply.service and waits for the job), then brings the units
@@ -40,7 +40,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::container;
 use super::health::{Health, Probe};
 use super::reconcile::{
     converge, lb_placement_entry, needs_clean_state, placement_id, standalone_wanted,
@@ -653,15 +652,6 @@ impl Supervisor {
                     .map_err(|e| format!("rendering as root failed: {e}"))?;
             }
             if let Some(id) = clean_first {
-                // A start under a new placement is a move, not a crash loop: the unit's
-                // start limit (5 in 300 s, for a server that keeps failing) must not count
-                // the moves before it, or a node refuses the server it was given.
-                if let Err(e) = systemd
-                    .reset_failed(&Component::Standalone.unit_name())
-                    .await
-                {
-                    warn!("resetting the standalone unit's start limit: {e}");
-                }
                 status.send_replace(format!(
                     "clearing the standalone server's local state: {CLEAR_STANDALONE_UNIT}"
                 ));
@@ -817,10 +807,17 @@ impl Supervisor {
                 let systemd = self.systemd.clone();
                 let task = tokio::spawn(async move {
                     if how == StopHow::Kill {
-                        // The unit's follower kills the container (it is root and owns
-                        // it); the stop job then finds it gone and cannot restart it.
-                        if let Err(e) = systemd.signal_main(&unit, container::KILL_REQUEST).await {
-                            error!("asking {unit} to kill its container: {e}");
+                        // The unit's follower (its main process, root) kills the
+                        // container within its 0.1 s poll, also while the stop job below
+                        // runs; the stop then finds it gone and cannot restart it.
+                        match systemd.main_pid(&unit).await {
+                            Ok(Some(follower)) => {
+                                if let Err(e) = super::lease_proof::request_kill(follower) {
+                                    error!("asking {unit} to kill its container: {e:#}");
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(e) => error!("asking {unit} to kill its container: {e}"),
                         }
                     }
                     if let Err(e) = systemd.run(UnitAction::Stop, &unit, JOB_TIMEOUT).await {

@@ -177,7 +177,7 @@ pub async fn converge(
                 UnitAction::Start => report.started.push(unit),
                 UnitAction::Restart | UnitAction::RestartAlone => report.restarted.push(unit),
                 UnitAction::Reload => report.reloaded.push(unit),
-                UnitAction::Stop | UnitAction::Kill => report.stopped.push(unit),
+                UnitAction::Stop => report.stopped.push(unit),
             }
         } else {
             report.unchanged.push(unit);
@@ -234,6 +234,38 @@ fn record(applied: &mut Manifest, manifest: &Manifest, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The units the daemon may manage through polkit: every component's, the root
+    /// render and the standalone state clear.
+    fn managed_units() -> std::collections::BTreeSet<String> {
+        crate::render::components::COMPONENTS
+            .iter()
+            .map(|spec| spec.component.unit_name())
+            .chain([
+                super::super::node::RENDER_UNIT.to_owned(),
+                CLEAR_STANDALONE_UNIT.to_owned(),
+            ])
+            .collect()
+    }
+
+    #[test]
+    fn the_polkit_rule_names_exactly_the_units_the_daemon_manages() {
+        let rule = include_str!("../../systemd/milvus-fleet.rules");
+        let list = rule
+            .split_once("var MILVUS_FLEET_UNITS = [")
+            .and_then(|(_, rest)| rest.split_once("];"))
+            .expect("the rule's unit list")
+            .0;
+        let listed: std::collections::BTreeSet<String> = list
+            .split(',')
+            .map(|item| item.trim().trim_matches('"').to_owned())
+            .filter(|item| !item.is_empty())
+            .collect();
+        assert_eq!(listed, managed_units());
+        assert!(
+            rule.contains(r#"var MILVUS_FLEET_VERBS = ["start", "stop", "restart", "reload"];"#)
+        );
+    }
 
     #[test]
     fn the_load_balancer_is_pointed_only_at_a_compute_node_it_knows() {

@@ -53,8 +53,6 @@ pub enum UnitAction {
     /// (a server cut off from a frozen etcd can take its whole stop timeout).
     RestartAlone,
     Reload,
-    /// A signal to the unit's processes (`KillUnit`): not a job, see [`Systemd::signal_main`].
-    Kill,
 }
 
 impl std::fmt::Display for UnitAction {
@@ -64,7 +62,6 @@ impl std::fmt::Display for UnitAction {
             UnitAction::Stop => "stop",
             UnitAction::Restart | UnitAction::RestartAlone => "restart",
             UnitAction::Reload => "reload",
-            UnitAction::Kill => "kill",
         })
     }
 }
@@ -182,13 +179,6 @@ impl Systemd {
                 self.manager.restart_unit(name, mode).await
             }
             UnitAction::Reload => self.manager.reload_unit(name, mode).await,
-            UnitAction::Kill => {
-                return Err(SystemdError::Call {
-                    action,
-                    unit: unit.to_owned(),
-                    message: "a kill is no job: use Systemd::signal_main".into(),
-                })
-            }
         };
         let job = call.map_err(|e| call_error(action, unit, e))?;
         let wait = async {
@@ -218,13 +208,10 @@ impl Systemd {
         }
     }
 
-    /// Sends `signal` to the unit's main process (`KillUnit`, whom "main"); returns once
-    /// systemd sent it.
-    pub async fn signal_main(&self, unit: &str, signal: i32) -> Result<(), SystemdError> {
-        self.manager
-            .kill_unit(unit.to_owned(), "main".to_owned(), signal)
-            .await
-            .map_err(|e| call_error(UnitAction::Kill, unit, e))
+    /// The service's main process (None while it has none): a property anyone may read.
+    pub async fn main_pid(&self, unit: &str) -> Result<Option<u32>, SystemdError> {
+        let pid = self.service(unit).await?.main_pid().await?;
+        Ok((pid > 0).then_some(pid))
     }
 
     /// `systemctl reset-failed`: clears the failed state and the start rate limit's count.

@@ -1,0 +1,205 @@
+//! The trust boundary on real systemd hosts (issue 18), attacked as an attacker would:
+//! h1 is a member (storage: etcd under milvus-fleet's units).
+//!
+//! - As the daemon's user: systemd refuses a kill, a set-property, a reset-failed, a
+//!   clean of a fleet unit, a transient unit named like one, and any other unit; it
+//!   grants a restart of a fleet unit (what the daemon needs).
+//! - As the daemon's user: a configuration drop-in in every directory it can write
+//!   changes nothing root renders or runs; root's render still works, and refuses a
+//!   drop-in in its own directory that another user could change.
+
+mod support;
+
+use std::time::Duration;
+
+use support::dataplane::{images, install_package, prepare_hosts, wait_active, wait_until};
+use support::{deb_path, Hosts};
+
+const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
+
+const FLEET_TOML: &str = r#"[cluster]
+name = "security-test"
+
+[object_storage]
+kind = "s3"
+endpoint = "192.0.2.1:9000"
+bucket = "milvus-test"
+
+[images]
+etcd = "local/etcd:test"
+nginx = "local/nginx:test"
+milvus = "local/milvus:test"
+"#;
+
+/// Runs `command` on `host` as the daemon's user; its output, whatever the outcome.
+fn as_daemon_user(hosts: &Hosts, host: &str, command: &str) -> std::process::Output {
+    hosts.sh(
+        host,
+        &format!(
+            "setpriv --reuid=milvus-fleet --regid=milvus-fleet --init-groups -- sh -c '{command}' 2>&1"
+        ),
+    )
+}
+
+#[test]
+#[ignore = "needs root, systemd-nspawn, the built .deb and a Docker engine: scripts/test-all.sh runs it"]
+fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
+    let deb = deb_path();
+    let images = images();
+    let hosts = Hosts::up_with(
+        "mfsec",
+        "172.31.90",
+        1,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    prepare_hosts(&hosts, &deb, PKG, &images, |_| vec!["etcd"]);
+    install_package(&hosts, "h1", PKG);
+    hosts.write_file("h1", "/etc/milvus-fleet/fleet.toml", FLEET_TOML, "0644");
+    hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet init --name h1 --address {} --roles storage >/dev/null",
+            hosts.address("h1")
+        ),
+    );
+    wait_until("h1's daemon to lead", Duration::from_secs(60), || {
+        hosts
+            .sh("h1", "milvus-fleet status --json")
+            .stdout
+            .windows(8)
+            .any(|w| w == b"\"leader\"")
+    });
+    wait_active(&hosts, "h1", "milvus-fleet-etcd", Duration::from_secs(120));
+
+    // The daemon's user through polkit: exactly start, stop, restart and reload of the
+    // units milvus-fleet renders.
+    let etcd_started = |hosts: &Hosts| {
+        hosts.sh_ok(
+            "h1",
+            "systemctl show -p ExecMainStartTimestampMonotonic --value milvus-fleet-etcd.service",
+        )
+    };
+    let started_before = etcd_started(&hosts);
+    for (attack, command) in [
+        ("kill", "systemctl kill milvus-fleet-etcd.service"),
+        (
+            "set-property",
+            "systemctl set-property --runtime milvus-fleet-etcd.service CPUWeight=1",
+        ),
+        (
+            "reset-failed",
+            "systemctl reset-failed milvus-fleet-etcd.service",
+        ),
+        (
+            "clean",
+            "systemctl clean --what=state milvus-fleet-etcd.service",
+        ),
+        (
+            "transient unit",
+            "systemd-run --unit=milvus-fleet-x /bin/true",
+        ),
+        (
+            "another unit",
+            "systemctl start systemd-tmpfiles-clean.service",
+        ),
+        ("another unit", "systemctl stop dbus.service"),
+    ] {
+        let out = as_daemon_user(&hosts, "h1", command);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !out.status.success(),
+            "{attack}: `{command}` was allowed: {said}"
+        );
+        assert!(
+            said.contains("Access denied") || said.contains("authentication required"),
+            "{attack}: `{command}` failed for another reason: {said}"
+        );
+    }
+    assert_eq!(
+        etcd_started(&hosts),
+        started_before,
+        "an attack reached the etcd unit"
+    );
+    let out = as_daemon_user(
+        &hosts,
+        "h1",
+        "systemctl show -p CPUWeight --value milvus-fleet-etcd.service",
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).trim().eq("1"),
+        "set-property took effect"
+    );
+    let out = as_daemon_user(&hosts, "h1", "systemctl restart milvus-fleet-etcd.service");
+    assert!(
+        out.status.success(),
+        "the daemon's own restart was refused: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_ne!(etcd_started(&hosts), started_before);
+    wait_active(&hosts, "h1", "milvus-fleet-etcd", Duration::from_secs(120));
+
+    // As the daemon's user: a drop-in that would swap the etcd image, in every directory
+    // that user can write (and a fleet.d below each).
+    let rendered = |hosts: &Hosts| {
+        hosts.sh_ok(
+            "h1",
+            "cd /var/lib/milvus-fleet-rendered && find . -type f | sort | xargs sha256sum; \
+             sha256sum /etc/systemd/system/milvus-fleet-*",
+        )
+    };
+    let rendered_before = rendered(&hosts);
+    let evil = "[images]\netcd = \"local/evil:test\"\n";
+    hosts.write_file("h1", "/tmp/evil.toml", evil, "0644");
+    let planted = as_daemon_user(
+        &hosts,
+        "h1",
+        "find / \\( -path /proc -o -path /sys \\) -prune -o -type d -writable -print | \
+         while read -r d; do mkdir -p \"$d/fleet.d\" 2>/dev/null; \
+         cp /tmp/evil.toml \"$d/fleet.d/50-evil.toml\" 2>/dev/null && echo \"$d/fleet.d\"; \
+         cp /tmp/evil.toml \"$d/50-evil.toml\" 2>/dev/null; done",
+    );
+    let planted = String::from_utf8_lossy(&planted.stdout).into_owned();
+    for expected in [
+        "/run/milvus-fleet/fleet.d",
+        "/var/lib/milvus-fleet/fleet.d",
+        "/tmp/fleet.d",
+    ] {
+        assert!(
+            planted.lines().any(|l| l == expected),
+            "no drop-in planted in {expected}: {planted}"
+        );
+    }
+    hosts.sh_ok("h1", "systemctl start milvus-fleet-apply.service");
+    assert_eq!(
+        rendered(&hosts),
+        rendered_before,
+        "a planted drop-in changed what root rendered"
+    );
+    let leaked = hosts.sh(
+        "h1",
+        "grep -rl evil /var/lib/milvus-fleet-rendered /etc/systemd/system/milvus-fleet-*",
+    );
+    assert!(
+        leaked.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&leaked.stdout)
+    );
+
+    // Root's own drop-in directory, but a file another user may write: refused, named.
+    hosts.write_file("h1", "/etc/milvus-fleet/fleet.d/60-loose.toml", "", "0666");
+    let out = hosts.sh("h1", "milvus-fleet apply --render-only 2>&1");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a world-writable drop-in was read: {said}"
+    );
+    assert!(
+        said.contains("/etc/milvus-fleet/fleet.d/60-loose.toml: writable by its group or others"),
+        "{said}"
+    );
+    hosts.sh_ok("h1", "rm /etc/milvus-fleet/fleet.d/60-loose.toml");
+    assert_eq!(rendered(&hosts), rendered_before);
+}
