@@ -66,71 +66,100 @@ pub fn pki_dir() -> PathBuf {
 /// O_EXCL|O_NOFOLLOW in that directory, its mode and owner are set on the open file, and
 /// the rename happens inside the same directory.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: Option<&str>) -> anyhow::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let dir = open_dir_no_follow(parent)?;
+    let dir = OpenDir {
+        file: open_dir_no_follow(parent)?,
+        path: parent.to_owned(),
+    };
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file name", path.display()))?;
-    let tmp_name = {
-        let mut n = std::ffi::OsString::from(".");
-        n.push(name);
-        n.push(".tmp");
-        n
-    };
-    let c_name = std::ffi::CString::new(name.as_bytes()).context("a NUL in a file name")?;
-    let c_tmp = std::ffi::CString::new(tmp_name.as_bytes()).context("a NUL in a file name")?;
-    let tmp = parent.join(&tmp_name);
-    // SAFETY: unlinkat on a directory fd we own and a NUL-terminated name; a missing file
-    // is fine.
-    unsafe {
-        libc::unlinkat(dir.as_raw_fd(), c_tmp.as_ptr(), 0);
+    dir.write(name, bytes, mode, owner, true)
+}
+
+/// A directory opened once (see [`open_dir_no_follow`]), to write files into by name: a
+/// file rewritten several times a second (the lease proof) pays for the walk once.
+pub struct OpenDir {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl OpenDir {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            file: open_dir_no_follow(path)?,
+            path: path.to_owned(),
+        })
     }
-    // SAFETY: openat on our directory fd with a NUL-terminated name; the fd it returns is
-    // owned by the File below.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c_tmp.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("creating {}", tmp.display()));
+
+    /// [`write_file`] of `name` in this directory; `durable`: fsync before the rename (a
+    /// runtime file on tmpfs needs none).
+    pub fn write(
+        &self,
+        name: &std::ffi::OsStr,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<&str>,
+        durable: bool,
+    ) -> anyhow::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp_name = {
+            let mut n = std::ffi::OsString::from(".");
+            n.push(name);
+            n.push(".tmp");
+            n
+        };
+        let c_name = std::ffi::CString::new(name.as_bytes()).context("a NUL in a file name")?;
+        let c_tmp = std::ffi::CString::new(tmp_name.as_bytes()).context("a NUL in a file name")?;
+        let tmp = self.path.join(&tmp_name);
+        let dir = self.file.as_raw_fd();
+        // SAFETY: unlinkat on a directory fd we own and a NUL-terminated name; a missing
+        // file is fine.
+        unsafe {
+            libc::unlinkat(dir, c_tmp.as_ptr(), 0);
+        }
+        // SAFETY: openat on our directory fd with a NUL-terminated name; the fd it
+        // returns is owned by the File below.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c_tmp.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("creating {}", tmp.display()));
+        }
+        // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+        let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+        file.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        if durable {
+            file.sync_all()
+                .with_context(|| format!("writing {}", tmp.display()))?;
+        }
+        // The umask may have narrowed the mode; set it exactly, on the open file.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        if let Some(user) = owner {
+            let (uid, gid) = user_ids(user).with_context(|| format!("no system user {user}"))?;
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .with_context(|| format!("giving {} to {user}", tmp.display()))?;
+        }
+        // SAFETY: renameat within our directory fd, NUL-terminated names.
+        if unsafe { libc::renameat(dir, c_tmp.as_ptr(), dir, c_name.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("writing {}", self.path.join(name).display()));
+        }
+        Ok(())
     }
-    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    // The umask may have narrowed the mode; set it exactly, on the open file.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
-    if let Some(user) = owner {
-        let (uid, gid) = user_ids(user).with_context(|| format!("no system user {user}"))?;
-        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-            .with_context(|| format!("giving {} to {user}", tmp.display()))?;
-    }
-    // SAFETY: renameat within our directory fd, NUL-terminated names.
-    let renamed = unsafe {
-        libc::renameat(
-            dir.as_raw_fd(),
-            c_tmp.as_ptr(),
-            dir.as_raw_fd(),
-            c_name.as_ptr(),
-        )
-    };
-    if renamed != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
 }
 
 /// Opens directory `dir` one component at a time, refusing a symlink on the way unless
