@@ -1,5 +1,6 @@
 //! The trust boundary on real systemd hosts (issue 18), attacked as an attacker would:
-//! h1 is a member (storage: etcd under milvus-fleet's units).
+//! h1 is a member (storage and compute in the standalone-ha topology, the real Milvus
+//! server, the site's S3 on the same host).
 //!
 //! - As the daemon's user: systemd refuses a kill, a set-property, a reset-failed, a
 //!   clean of a fleet unit, a transient unit named like one, and any other unit; it
@@ -12,24 +13,33 @@ mod support;
 
 use std::time::Duration;
 
-use support::dataplane::{images, install_package, prepare_hosts, wait_active, wait_until};
+use support::dataplane::{
+    images, install_package, prepare_hosts, start_site_s3, wait_active, wait_until,
+    write_credentials,
+};
 use support::{deb_path, Hosts};
 
 const PKG: &str = "/var/cache/milvus-fleet/milvus-fleet.deb";
 
-const FLEET_TOML: &str = r#"[cluster]
+fn fleet_toml(hosts: &Hosts) -> String {
+    format!(
+        r#"[cluster]
 name = "security-test"
+topology = "standalone-ha"
 
 [object_storage]
 kind = "s3"
-endpoint = "192.0.2.1:9000"
+endpoint = "{h1}:9000"
 bucket = "milvus-test"
 
 [images]
 etcd = "local/etcd:test"
 nginx = "local/nginx:test"
 milvus = "local/milvus:test"
-"#;
+"#,
+        h1 = hosts.address("h1"),
+    )
+}
 
 /// Runs `command` on `host` as the daemon's user; its output, whatever the outcome.
 fn as_daemon_user(hosts: &Hosts, host: &str, command: &str) -> std::process::Output {
@@ -55,13 +65,22 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
             ("FLEET_HOSTS_DOCKER", "1"),
         ],
     );
-    prepare_hosts(&hosts, &deb, PKG, &images, |_| vec!["etcd"]);
+    prepare_hosts(&hosts, &deb, PKG, &images, |_| {
+        vec!["etcd", "nginx", "milvus", "seaweedfs"]
+    });
     install_package(&hosts, "h1", PKG);
-    hosts.write_file("h1", "/etc/milvus-fleet/fleet.toml", FLEET_TOML, "0644");
+    start_site_s3(&hosts, "h1");
+    hosts.write_file(
+        "h1",
+        "/etc/milvus-fleet/fleet.toml",
+        &fleet_toml(&hosts),
+        "0644",
+    );
+    write_credentials(&hosts, "h1");
     hosts.sh_ok(
         "h1",
         &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage >/dev/null",
+            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
             hosts.address("h1")
         ),
     );
@@ -73,6 +92,13 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
             .any(|w| w == b"\"leader\"")
     });
     wait_active(&hosts, "h1", "milvus-fleet-etcd", Duration::from_secs(120));
+    // The daemon starts the server once it leads, through polkit like everything else.
+    wait_active(
+        &hosts,
+        "h1",
+        "milvus-fleet-standalone",
+        Duration::from_secs(300),
+    );
 
     // The daemon's user through polkit: exactly start, stop, restart and reload of the
     // units milvus-fleet renders.
@@ -132,14 +158,24 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
         !String::from_utf8_lossy(&out.stdout).trim().eq("1"),
         "set-property took effect"
     );
-    let out = as_daemon_user(&hosts, "h1", "systemctl restart milvus-fleet-etcd.service");
+    let lb_started = hosts.sh_ok(
+        "h1",
+        "systemctl show -p ExecMainStartTimestampMonotonic --value milvus-fleet-lb.service",
+    );
+    let out = as_daemon_user(&hosts, "h1", "systemctl restart milvus-fleet-lb.service");
     assert!(
         out.status.success(),
         "the daemon's own restart was refused: {}",
         String::from_utf8_lossy(&out.stdout)
     );
-    assert_ne!(etcd_started(&hosts), started_before);
-    wait_active(&hosts, "h1", "milvus-fleet-etcd", Duration::from_secs(120));
+    wait_active(&hosts, "h1", "milvus-fleet-lb", Duration::from_secs(120));
+    assert_ne!(
+        hosts.sh_ok(
+            "h1",
+            "systemctl show -p ExecMainStartTimestampMonotonic --value milvus-fleet-lb.service",
+        ),
+        lb_started
+    );
 
     // As the daemon's user: a drop-in that would swap the etcd image, in every directory
     // that user can write (and a fleet.d below each).
