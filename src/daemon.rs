@@ -125,6 +125,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         },
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
+        join_limit: crate::api::limits::join_bucket(),
     };
     // Listeners are bound before READY, so a started daemon answers at once.
     let _listeners = listen(&settings, crate::api::routers(api), revoked_rx).await?;
@@ -519,13 +520,10 @@ async fn listen(
             .server_config()
             .context("loading the node's TLS certificates")?;
         let port = settings.config.daemon.api_port;
-        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
-            .await
+        let listener = std::net::TcpListener::bind(("0.0.0.0", port))
             .with_context(|| format!("binding the API port {port}"))?;
         info!(port, "API listening (mutual TLS)");
-        tasks.push(tokio::spawn(crate::api::serve_tls(
-            listener, config, routers, revoked,
-        )));
+        crate::api::spawn_tls_server(listener, config, routers, revoked)?;
     }
     let runtime = crate::host::runtime_dir();
     if runtime.is_dir() {

@@ -23,6 +23,9 @@ pub enum ApiError {
     NoCluster,
     #[error("{0}")]
     Unavailable(String),
+    /// Over a route's rate (api/limits.rs): try again shortly.
+    #[error("{0}")]
+    TooMany(String),
     /// A request body axum refused (bad JSON, wrong type, too large), with its status.
     #[error("{1}")]
     Rejected(StatusCode, String),
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NoCluster | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Rejected(status, _) => *status,
         }
     }

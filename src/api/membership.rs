@@ -54,6 +54,16 @@ fn ca_pin(state: &ApiState) -> Result<String, ApiError> {
 }
 
 pub async fn join(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
+    let allowed = state
+        .join_limit
+        .lock()
+        .map(|mut bucket| bucket.take(tokio::time::Instant::now()))
+        .unwrap_or(false);
+    if !allowed {
+        return Err(ApiError::TooMany(
+            "too many join requests on this node: try again in a second".into(),
+        ));
+    }
     let request: JoinRequest = parse(&body)?;
     let signer = signer(&state)?;
     let mut store = store(&state)?;

@@ -6,6 +6,7 @@
 //! `POST /v1/jobs/{id}/cancel`, `GET /metrics` (Prometheus text).
 
 mod error;
+pub mod limits;
 mod membership;
 
 use std::path::{Path, PathBuf};
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub forwarder: Option<reqwest::Client>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
+    /// The join route's rate (limits.rs): it answers peers that hold no certificate.
+    pub join_limit: Arc<std::sync::Mutex<limits::Bucket>>,
 }
 
 /// The routes: `full` for the local socket and clients with a cluster certificate,
@@ -507,10 +510,42 @@ impl TlsFiles {
     }
 }
 
-/// Serves over TLS on `listener` until the task is dropped: a client with a cluster
-/// certificate gets every route, unless that certificate was revoked (its SHA-256 is
-/// in `revoked`); a client without one gets only the join route.
-pub async fn serve_tls(
+/// Serves the public port on a thread and a runtime of its own until the process ends:
+/// whatever arrives on the port (a flood of connections, handshakes that never finish)
+/// costs that thread, never the daemon's loop with its lease keepalives.
+pub fn spawn_tls_server(
+    listener: std::net::TcpListener,
+    config: rustls::ServerConfig,
+    routers: Routers,
+    revoked: watch::Receiver<std::collections::BTreeSet<String>>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    listener
+        .set_nonblocking(true)
+        .context("setting the API listener non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
+    std::thread::Builder::new()
+        .name("api-tls".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => serve_tls(listener, config, routers, revoked).await,
+                    Err(e) => tracing::error!("the API port cannot be served: {e}"),
+                }
+            })
+        })
+        .context("starting the API's thread")?;
+    Ok(())
+}
+
+/// Serves over TLS on `listener`: a client with a cluster certificate gets every route,
+/// unless that certificate was revoked (its SHA-256 is in `revoked`); a client without
+/// one gets only the join route. Bounded by [`limits`]: connection slots, the handshake
+/// and header timeouts, a connection's age.
+async fn serve_tls(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
     routers: Routers,
@@ -518,16 +553,29 @@ pub async fn serve_tls(
 ) {
     use sha2::{Digest, Sha256};
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits::MAX_CONNECTIONS));
     loop {
-        let Ok((stream, _peer)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            // Out of file descriptors, say: do not spin on it.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Every slot taken: this one is closed at once.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
             continue;
         };
         let acceptor = acceptor.clone();
         let (full, join_only) = (routers.full.clone(), routers.join_only.clone());
         let revoked = revoked.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // A certificate not from our CA fails here, before any route runs.
-            let Ok(tls) = acceptor.accept(stream).await else {
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(limits::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            else {
                 return;
             };
             let client_cert = tls
@@ -542,10 +590,22 @@ pub async fn serve_tls(
                 None => join_only,
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                    .await;
+            let mut builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits::HEADER_TIMEOUT);
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = tokio::time::sleep(limits::MAX_CONNECTION_AGE) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(limits::HEADER_TIMEOUT, connection).await;
+                }
+            }
         });
     }
 }

@@ -296,7 +296,8 @@ pub async fn request(
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))
         .unwrap_or_else(|| status.to_string());
-    if status.as_u16() == 503 {
+    // 503: etcd busy or another join in progress; 429: the node's join rate.
+    if matches!(status.as_u16(), 503 | 429) {
         Err(RequestError::Busy(message))
     } else {
         Err(RequestError::Refused(message))
