@@ -8,6 +8,8 @@
 //! - As the daemon's user: a configuration drop-in in every directory it can write
 //!   changes nothing root renders or runs; root's render still works, and refuses a
 //!   drop-in in its own directory that another user could change.
+//! - Every container runs with no new privileges and only its listed capabilities, read
+//!   from its main process; its logs are bounded.
 //! - From the hosts' bridge, without a certificate: 1,000 idle connections and 100 stalled
 //!   TLS handshakes held on the API port for 60 s change no leadership, and the local
 //!   status call keeps answering; the port closes what it cannot serve.
@@ -104,6 +106,35 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
         "milvus-fleet-standalone",
         Duration::from_secs(300),
     );
+
+    // What each container's main process actually runs with.
+    for (container, effective) in [
+        ("mf-etcd", "0000000000000000"),
+        ("mf-standalone", "0000000000000000"),
+        // CHOWN (0), SETGID (6), SETUID (7), DAC_READ_SEARCH (2).
+        ("mf-lb", "00000000000000c5"),
+    ] {
+        let status = hosts.sh_ok("h1", &format!("docker exec {container} cat /proc/1/status"));
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(field("CapEff:"), effective, "{container}: {status}");
+        assert_eq!(field("CapBnd:"), effective, "{container}'s bounding set");
+        assert_eq!(field("NoNewPrivs:"), "1", "{container}");
+        let logs = hosts.sh_ok(
+            "h1",
+            &format!("docker inspect -f '{{{{.HostConfig.LogConfig.Type}}}} {{{{.HostConfig.LogConfig.Config}}}}' {container}"),
+        );
+        assert!(
+            logs.contains("json-file") && logs.contains("max-size:20m"),
+            "{container}: {logs}"
+        );
+    }
 
     // The daemon's user through polkit: exactly start, stop, restart and reload of the
     // units milvus-fleet renders.

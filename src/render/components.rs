@@ -48,6 +48,9 @@ macro_rules! template {
 
 /// The unit template every component shares.
 pub const UNIT_TEMPLATE: Template = template!("unit.service");
+/// What every container runs under (no new privileges, its capabilities, bounded logs):
+/// included by each compose template.
+pub const CONTAINER_LIMITS_TEMPLATE: Template = template!("compose/container-limits.yaml");
 
 /// A settings file a component reads, rendered from the template of the same name.
 #[derive(Debug, Clone, Copy)]
@@ -108,6 +111,9 @@ pub struct ComponentSpec {
     /// Its metrics and /healthz port, as an offset from `milvus.metrics_port` (each
     /// Milvus role on a node has its own); None for what is not a Milvus role.
     pub metrics_offset: Option<u16>,
+    /// The Linux capabilities its container keeps; every other one is dropped
+    /// (templates/compose/container-limits.yaml).
+    pub capabilities: &'static [&'static str],
 }
 
 const ETCD_CONFIGS: &[ConfigFile] = &[
@@ -168,6 +174,7 @@ const fn milvus_role(
         probe: ProbeKind::MilvusHealthz,
         milvus_run,
         metrics_offset: Some(metrics_offset),
+        capabilities: &[],
     }
 }
 
@@ -190,6 +197,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         probe: ProbeKind::EtcdHealth,
         milvus_run: &[],
         metrics_offset: None,
+        capabilities: &[],
     },
     ComponentSpec {
         component: Component::Minio,
@@ -207,6 +215,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         probe: ProbeKind::MinioLive,
         milvus_run: &[],
         metrics_offset: None,
+        capabilities: &[],
     },
     ComponentSpec {
         component: Component::Pulsar,
@@ -224,6 +233,8 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         probe: ProbeKind::PulsarTcp,
         milvus_run: &[],
         metrics_offset: None,
+        // Unverified here (no Pulsar image): its own user needs no capability.
+        capabilities: &[],
     },
     ComponentSpec {
         component: Component::Lb,
@@ -240,6 +251,9 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         probe: ProbeKind::LbHealth,
         milvus_run: &[],
         metrics_offset: None,
+        // nginx: the root master reads the daemon's placement directory (0750, not
+        // root's), makes its temp directories its workers' and drops to their user.
+        capabilities: &["CHOWN", "SETGID", "SETUID", "DAC_READ_SEARCH"],
     },
     // One process holds every coordinator; with active-standby on, the copies on the
     // other compute nodes wait to take over.
@@ -335,7 +349,7 @@ impl Component {
 
 /// Every template the table names, and the unit template, once each.
 pub fn templates() -> Vec<Template> {
-    let mut all = vec![UNIT_TEMPLATE];
+    let mut all = vec![UNIT_TEMPLATE, CONTAINER_LIMITS_TEMPLATE];
     for spec in COMPONENTS {
         for template in std::iter::once(spec.compose).chain(spec.configs.iter().map(|c| c.template))
         {

@@ -171,6 +171,8 @@ pub struct ComponentView {
     /// The component's health probe (supervise::health::Probe), checked by the unit's
     /// ExecStartPost and by the daemon.
     pub probe: String,
+    /// The Linux capabilities its container keeps.
+    pub capabilities: Vec<&'static str>,
 }
 
 impl NodePlan {
@@ -375,6 +377,7 @@ impl NodePlan {
                 .fences_on_lease
                 .then_some(crate::host::LEASE_PROOF_FILE),
             probe: self.probe(component, metrics_base),
+            capabilities: spec.capabilities.to_vec(),
         }
     }
 
