@@ -346,11 +346,21 @@ impl Election {
         &mut self,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<End, ClusterError> {
-        let mut lease = self.grant_lease().await?;
+        // Every call here is bounded: one that reached etcd while its raft leader changed
+        // waits out etcd's request timeout (5 s and more) otherwise, and this daemon with
+        // it (a cut of the leader's host measured a 6 s stall and a 13.4 s gap). On a
+        // timeout the run loop begins again with a new lease; the old one ends by its TTL.
+        let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
+        let mut lease = super::bounded("granting a lease", ttl, self.grant_lease()).await?;
         let end = loop {
             let key = self.leader_key();
             let held = self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
-            let answer = campaign(self.kv.as_ref(), &key, &self.node, lease.id, held).await?;
+            let answer = super::bounded(
+                "the campaign",
+                ttl / 2,
+                campaign(self.kv.as_ref(), &key, &self.node, lease.id, held),
+            )
+            .await?;
             match outcome(&answer, lease.id, !lease.lapsed()) {
                 Outcome::Lead { term, resumed } => {
                     if resumed {
@@ -391,7 +401,7 @@ impl Election {
                 }
             }
         };
-        let _ = self.client.lease_revoke(lease.id).await;
+        let _ = tokio::time::timeout(ttl / 2, self.client.lease_revoke(lease.id)).await;
         let _ = std::fs::remove_file(&self.lease_file);
         Ok(end)
     }
@@ -522,7 +532,12 @@ impl Election {
                 then: vec![Op::delete(key)],
                 otherwise: vec![],
             };
-            let _ = self.kv.txn(resign).await;
+            // Bounded: a resign left unanswered ends with the lease anyway.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(self.ttl_secs.max(1) as u64),
+                self.kv.txn(resign),
+            )
+            .await;
         }
         Ok(end)
     }
