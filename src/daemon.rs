@@ -295,7 +295,15 @@ async fn campaign(
         },
         election.subscribe(),
     );
-    let placed = crate::cluster::placement::follow(client.clone(), prefix.clone(), placement);
+    // Only the standalone-ha topology has a placement to follow (a read a second).
+    let standalone_ha = config.cluster.topology == crate::config::model::Topology::StandaloneHa;
+    let placed = async {
+        if standalone_ha {
+            crate::cluster::placement::follow(client.clone(), prefix.clone(), placement).await
+        } else {
+            std::future::pending().await
+        }
+    };
     let store = MembershipStore::new(client.clone(), prefix.clone());
     members.send_replace(Some(store.clone()));
     let forward = async {
