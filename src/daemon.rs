@@ -112,17 +112,6 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         members: members_rx,
         pki_dir: pki_dir.clone(),
         credentials_file: credentials_file(&settings),
-        forwarder: {
-            let tls = crate::api::TlsFiles::in_dir(&pki_dir);
-            if tls.exist() {
-                Some(
-                    tls.client()
-                        .context("the API client for forwarding to the leader")?,
-                )
-            } else {
-                None
-            }
-        },
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
         join_limit: crate::api::limits::join_bucket(),
@@ -520,7 +509,11 @@ async fn listen(
     routers: crate::api::Routers,
     revoked: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let router = routers.full.clone();
+    // The local socket's callers are root or the milvus-fleet group: operators.
+    let router = routers
+        .full
+        .clone()
+        .layer(axum::Extension(crate::api::Caller::Operator));
     let mut tasks = Vec::new();
     let tls = crate::api::TlsFiles::in_dir(&state_dir().join("pki"));
     if tls.exist() {

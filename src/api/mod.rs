@@ -2,8 +2,9 @@
 //! and the same routes over a Unix socket under /run/milvus-fleet for the local CLI
 //! (guarded by the socket's mode and group).
 //!
-//! Routes: `GET /v1/status`, `GET /v1/jobs`, `GET /v1/jobs/{id}`, `POST /v1/jobs`,
-//! `POST /v1/jobs/{id}/cancel`, `GET /metrics` (Prometheus text).
+//! Every route and who may call it is one row of [`ROUTES`]: anyone (the join route and
+//! /metrics), any member (a node's or an operator's certificate), or an operator (an
+//! operator's certificate, or the local socket).
 
 mod error;
 pub mod limits;
@@ -49,53 +50,144 @@ pub struct ApiState {
     pub pki_dir: PathBuf,
     /// The object-storage credentials handed to a joining node over the verified channel.
     pub credentials_file: PathBuf,
-    /// An HTTPS client with this node's certificate: a follower forwards mutating calls
-    /// to the leader with it. None without TLS material (the call is then served here,
-    /// which is still safe: every mutation is an etcd transaction).
-    pub forwarder: Option<reqwest::Client>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// The join route's rate (limits.rs): it answers peers that hold no certificate.
     pub join_limit: Arc<std::sync::Mutex<limits::Bucket>>,
 }
 
-/// The routes: `full` for the local socket and clients with a cluster certificate,
-/// `join_only` for a client without one (a joining node).
+/// Who calls: what the connection proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// No certificate (a joining node, a metrics scraper, anyone on the network).
+    Anyone,
+    /// A node's certificate of this cluster.
+    Node,
+    /// An operator's certificate, or the local socket (root or the `milvus-fleet` group).
+    Operator,
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Need {
+    Anyone,
+    Member,
+    Operator,
+}
+
+impl Caller {
+    fn may(self, need: Need) -> bool {
+        match need {
+            Need::Anyone => true,
+            Need::Member => self != Caller::Anyone,
+            Need::Operator => self == Caller::Operator,
+        }
+    }
+}
+
+/// One route: its method and path, who may call it, and its handler.
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    need: Need,
+    handler: fn() -> axum::routing::MethodRouter<Arc<ApiState>>,
+}
+
+/// The routes, in one table: the routers and the authorization both read it.
+const ROUTES: &[Route] = &[
+    route("GET", "/v1/status", Need::Member, || get(status)),
+    route("POST", "/v1/join", Need::Anyone, || post(membership::join)),
+    route("GET", "/v1/tokens", Need::Operator, || {
+        get(membership::list_tokens)
+    }),
+    route("POST", "/v1/tokens", Need::Operator, || {
+        post(membership::create_token)
+    }),
+    route("POST", "/v1/tokens/rotate", Need::Operator, || {
+        post(membership::rotate_tokens)
+    }),
+    route("POST", "/v1/tokens/{id}/revoke", Need::Operator, || {
+        post(membership::revoke_token)
+    }),
+    route("GET", "/v1/jobs", Need::Member, || get(list_jobs)),
+    route("POST", "/v1/jobs", Need::Operator, || post(submit_job)),
+    route("GET", "/v1/jobs/{id}", Need::Member, || get(show_job)),
+    route("POST", "/v1/jobs/{id}/cancel", Need::Operator, || {
+        post(cancel_job)
+    }),
+    route("GET", "/metrics", Need::Anyone, || get(metrics)),
+];
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    need: Need,
+    handler: fn() -> axum::routing::MethodRouter<Arc<ApiState>>,
+) -> Route {
+    Route {
+        method,
+        path,
+        need,
+        handler,
+    }
+}
+
+/// Who may call `method` on the route `path` (its pattern); None: no such route.
+fn need_of(method: &str, path: &str) -> Option<Need> {
+    ROUTES
+        .iter()
+        .find(|r| r.method == method && r.path == path)
+        .map(|r| r.need)
+}
+
+/// The routers: `full` for a client with a cluster certificate and for the local socket,
+/// `public` (what [`Need::Anyone`] may call) for a client without one. Which caller it is
+/// comes with each request ([`Caller`], set by the listener).
 pub struct Routers {
     pub full: Router,
-    pub join_only: Router,
+    pub public: Router,
 }
 
 pub fn routers(state: ApiState) -> Routers {
-    let join_only = layers(
-        Router::new().route("/v1/join", post(membership::join)),
-        &state,
-    );
-    let full = layers(
-        Router::new()
-            .route("/v1/status", get(status))
-            .route("/v1/join", post(membership::join))
-            .route(
-                "/v1/tokens",
-                get(membership::list_tokens).post(membership::create_token),
-            )
-            .route("/v1/tokens/rotate", post(membership::rotate_tokens))
-            .route("/v1/tokens/{id}/revoke", post(membership::revoke_token))
-            .route("/v1/jobs", get(list_jobs).post(submit_job))
-            .route("/v1/jobs/{id}", get(show_job))
-            .route("/v1/jobs/{id}/cancel", post(cancel_job))
-            .route("/metrics", get(metrics)),
-        &state,
-    );
+    let build = |public_only: bool| {
+        let router = ROUTES
+            .iter()
+            .filter(|r| !public_only || r.need == Need::Anyone)
+            .fold(Router::new(), |router, r| {
+                router.route(r.path, (r.handler)())
+            });
+        layers(router, &state)
+    };
+    let (full, public) = (build(false), build(true));
     let state = Arc::new(state);
     Routers {
         full: full.with_state(state.clone()),
-        join_only: join_only.with_state(state),
+        public: public.with_state(state),
+    }
+}
+
+/// Refuses a call its caller may not make, with 403 and what it needs.
+async fn authorize(
+    caller: Option<axum::Extension<Caller>>,
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = caller.map_or(Caller::Anyone, |c| c.0);
+    let need = matched.and_then(|m| need_of(request.method().as_str(), m.as_str()));
+    match need {
+        Some(need) if !caller.may(need) => ApiError::Forbidden(match need {
+            Need::Operator => "this call needs an operator: root or the milvus-fleet group on a member's local socket, or an operator's certificate (`milvus-fleet pki issue --operator NAME`)".into(),
+            _ => "this call needs a certificate of this cluster".into(),
+        })
+        .into_response(),
+        _ => next.run(request).await,
     }
 }
 
 fn layers(router: Router<Arc<ApiState>>, state: &ApiState) -> Router<Arc<ApiState>> {
     router
+        .route_layer(axum::middleware::from_fn(authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::map_response_with_state(
             state.node.clone(),
@@ -124,7 +216,7 @@ async fn measure(
     response
 }
 
-/// Every answer says which daemon served it (a forwarded one keeps the leader's).
+/// Every answer says which daemon served it.
 async fn served_by(State(node): State<String>, mut response: Response) -> Response {
     if let Ok(value) = HeaderValue::from_str(&node) {
         response.headers_mut().entry(SERVED_BY).or_insert(value);
@@ -133,40 +225,6 @@ async fn served_by(State(node): State<String>, mut response: Response) -> Respon
 }
 
 pub const SERVED_BY: &str = "x-served-by";
-
-/// On a follower that knows its leader, sends the call to the leader and returns its answer.
-async fn forward(state: &ApiState, path: &str, body: &Bytes) -> Result<Option<Response>, ApiError> {
-    let Some(client) = &state.forwarder else {
-        return Ok(None);
-    };
-    let leader = match &*state.role.borrow() {
-        Role::Follower {
-            leader: Some(leader),
-        } => leader.clone(),
-        _ => return Ok(None),
-    };
-    let url = store(state)?.member_api(&leader).await?.ok_or_else(|| {
-        ApiError::Unavailable(format!("the leader {leader} has no API registered"))
-    })?;
-    let answer = client
-        .post(format!("{url}{path}"))
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("forwarding to the leader {leader}: {e}")))?;
-    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let served = answer.headers().get(SERVED_BY).cloned();
-    let bytes = answer
-        .bytes()
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("reading the leader {leader}'s answer: {e}")))?;
-    let mut response = (status, [("content-type", "application/json")], bytes).into_response();
-    if let Some(served) = served {
-        response.headers_mut().insert(SERVED_BY, served);
-    }
-    Ok(Some(response))
-}
 
 /// Parses a JSON body: 400 when it is not JSON, 422 when it is JSON of the wrong shape.
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -252,9 +310,6 @@ async fn show_job(
 }
 
 async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiError> {
-    if let Some(answer) = forward(&state, "/v1/jobs", &body).await? {
-        return Ok(answer);
-    }
     let kind: JobKind = parse(&body)?;
     if let JobKind::NodeRemove { node } = &kind {
         // Refused now, with the reason, rather than failing later in the job. The checks
@@ -285,11 +340,7 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
 async fn cancel_job(
     State(state): Shared,
     UrlPath(id): UrlPath<String>,
-    body: Bytes,
 ) -> Result<Response, ApiError> {
-    if let Some(answer) = forward(&state, &format!("/v1/jobs/{id}/cancel"), &body).await? {
-        return Ok(answer);
-    }
     Ok(Json(store(&state)?.request_cancel(&id).await?).into_response())
 }
 
@@ -446,21 +497,6 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// An HTTPS client that presents this node's certificate and trusts only the CA.
-    pub fn client(&self) -> anyhow::Result<reqwest::Client> {
-        use anyhow::Context;
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let read = |path: &Path| std::fs::read(path).with_context(|| format!("{}", path.display()));
-        let ca = reqwest::Certificate::from_pem(&read(&self.ca)?)?;
-        let identity =
-            reqwest::Identity::from_pem(&[read(&self.cert)?, read(&self.key)?].concat())?;
-        Ok(reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .identity(identity)
-            .timeout(std::time::Duration::from_secs(10))
-            .build()?)
-    }
-
     pub fn in_dir(dir: &Path) -> Self {
         Self {
             ca: dir.join("ca.crt"),
@@ -474,7 +510,7 @@ impl TlsFiles {
     }
 
     /// A server config that checks client certificates against the cluster CA. A client
-    /// without one gets only the join route (see [`serve_tls`]). The chain sent includes
+    /// without one gets only the public routes (see [`serve_tls`]). The chain sent includes
     /// the CA, so a joining node can check it against its token's pin.
     pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
         use anyhow::Context;
@@ -541,9 +577,9 @@ pub fn spawn_tls_server(
     Ok(())
 }
 
-/// Serves over TLS on `listener`: a client with a cluster certificate gets every route,
-/// unless that certificate was revoked (its SHA-256 is in `revoked`); a client without
-/// one gets only the join route. Bounded by [`limits`]: connection slots, the handshake
+/// Serves over TLS on `listener`: a client with a cluster certificate gets every route
+/// its role may call, unless that certificate was revoked (its SHA-256 is in `revoked`);
+/// a client without one gets the public routes. Bounded by [`limits`]: connection slots, the handshake
 /// and header timeouts, a connection's age.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
@@ -568,7 +604,7 @@ async fn serve_tls(
             continue;
         };
         let acceptor = acceptor.clone();
-        let (full, join_only) = (routers.full.clone(), routers.join_only.clone());
+        let (full, public) = (routers.full.clone(), routers.public.clone());
         let revoked = revoked.clone();
         tokio::spawn(async move {
             let _slot = slot;
@@ -583,11 +619,17 @@ async fn serve_tls(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|cert| crate::config::hex(&Sha256::digest(cert.as_ref())));
+                .map(|cert| {
+                    let hash = crate::config::hex(&Sha256::digest(cert.as_ref()));
+                    (hash, crate::pki::CertRole::of_der(cert.as_ref()))
+                });
             let router = match client_cert {
-                Some(hash) if revoked.borrow().contains(&hash) => return,
-                Some(_) => full,
-                None => join_only,
+                Some((hash, _)) if revoked.borrow().contains(&hash) => return,
+                Some((_, crate::pki::CertRole::Operator)) => {
+                    full.layer(axum::Extension(Caller::Operator))
+                }
+                Some((_, crate::pki::CertRole::Node)) => full.layer(axum::Extension(Caller::Node)),
+                None => public.layer(axum::Extension(Caller::Anyone)),
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
             let mut builder =

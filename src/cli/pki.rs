@@ -17,13 +17,22 @@ pub enum PkiCommand {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Issue a node certificate with a new key: DIR/node.crt and DIR/node.key (0600).
+    /// Issue a node certificate with a new key: DIR/node.crt and DIR/node.key (0600); or,
+    /// with --operator NAME, an operator's client certificate: DIR/operator.crt and
+    /// DIR/operator.key (0600), which the API lets mint tokens, remove nodes and run jobs.
     Issue {
         /// Directory with ca.crt and ca.key.
         #[arg(long, value_name = "DIR")]
         ca: PathBuf,
-        #[arg(long)]
-        node: String,
+        #[arg(
+            long,
+            required_unless_present = "operator",
+            conflicts_with = "operator"
+        )]
+        node: Option<String>,
+        /// Issue an operator's certificate for NAME instead of a node's.
+        #[arg(long, value_name = "NAME", conflicts_with = "addresses")]
+        operator: Option<String>,
         /// An address the node is reached at (repeat it).
         #[arg(long = "address", value_name = "ADDR")]
         addresses: Vec<String>,
@@ -70,18 +79,20 @@ pub fn run(command: PkiCommand) -> anyhow::Result<()> {
         PkiCommand::Issue {
             ca,
             node,
+            operator,
             addresses,
             days,
             out,
         } => {
             let ca = load_ca(&ca)?;
-            let issued = ca.issue_node(
-                &node,
-                &addresses,
-                std::time::Duration::from_secs(days * 24 * 3600),
-            )?;
-            write(&out.join("node.crt"), &issued.cert, 0o644)?;
-            write(&out.join("node.key"), &issued.key, 0o600)?;
+            let valid_for = std::time::Duration::from_secs(days * 24 * 3600);
+            let (issued, file) = match (node, operator) {
+                (_, Some(operator)) => (ca.issue_operator(&operator, valid_for)?, "operator"),
+                (Some(node), None) => (ca.issue_node(&node, &addresses, valid_for)?, "node"),
+                (None, None) => anyhow::bail!("name a --node or an --operator"),
+            };
+            write(&out.join(format!("{file}.crt")), &issued.cert, 0o644)?;
+            write(&out.join(format!("{file}.key")), &issued.key, 0o600)?;
         }
         PkiCommand::Csr { node, out } => {
             let (csr, key) = pki::node_csr(&node)?;

@@ -120,8 +120,8 @@ pub struct Election {
     kv: Arc<dyn Kv>,
     prefix: String,
     node: String,
-    /// This daemon's API URL, registered under `<prefix>members/<node>` with its lease so
-    /// that followers can forward to the leader and the entry goes with the daemon.
+    /// This daemon's API URL, registered under `<prefix>members/<node>` with its lease, so
+    /// that the entry goes with the daemon.
     api_url: String,
     ttl_secs: i64,
     lease_file: PathBuf,

@@ -341,12 +341,6 @@ impl JobStore {
             .collect())
     }
 
-    /// The API URL a daemon registered for itself (`<prefix>members/<node>`), while it lives.
-    pub async fn member_api(&mut self, node: &str) -> Result<Option<String>, JobError> {
-        let entry = self.kv.get(&keys::member(&self.prefix, node)).await?;
-        Ok(entry.map(|entry| entry.value_str().to_owned()))
-    }
-
     /// Asks the runner to stop the job at its next step boundary.
     pub async fn request_cancel(&mut self, id: &str) -> Result<Job, JobError> {
         loop {

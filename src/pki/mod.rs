@@ -31,6 +31,39 @@ pub enum PkiError {
     Mismatch,
 }
 
+/// What a certificate says its holder is (its subject's organizational unit): a node of
+/// the cluster, or an operator. A certificate without one (issued before roles) is a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertRole {
+    Node,
+    Operator,
+}
+
+impl CertRole {
+    fn unit(self) -> &'static str {
+        match self {
+            CertRole::Node => "milvus-fleet node",
+            CertRole::Operator => "milvus-fleet operator",
+        }
+    }
+
+    /// The role a client certificate (DER) carries: an operator only when it says so.
+    pub fn of_der(cert_der: &[u8]) -> CertRole {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+            return CertRole::Node;
+        };
+        let operator = cert
+            .subject()
+            .iter_organizational_unit()
+            .any(|unit| unit.as_str().ok() == Some(CertRole::Operator.unit()));
+        if operator {
+            CertRole::Operator
+        } else {
+            CertRole::Node
+        }
+    }
+}
+
 /// PEM-encoded certificate and private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pem {
@@ -108,6 +141,25 @@ impl Ca {
         })
     }
 
+    /// A client certificate and new key for operator `name`: it authenticates (client
+    /// auth only, no address) and says it is an operator's.
+    pub fn issue_operator(&self, name: &str, valid_for: Duration) -> Result<Pem, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = subject(name, CertRole::Operator);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + valid_for;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
     /// Signs a joining node's CSR. Only the public key is taken from the request; the
     /// name, addresses and usages are the cluster's decision.
     pub fn sign_csr(
@@ -170,6 +222,12 @@ fn name(common_name: &str) -> DistinguishedName {
     name
 }
 
+fn subject(common_name: &str, role: CertRole) -> DistinguishedName {
+    let mut subject = name(common_name);
+    subject.push(DnType::OrganizationalUnitName, role.unit());
+    subject
+}
+
 fn node_params(
     node: &str,
     addresses: &[String],
@@ -182,7 +240,7 @@ fn node_params(
     ];
     sans.extend(addresses.iter().cloned());
     let mut params = CertificateParams::new(sans)?;
-    params.distinguished_name = name(node);
+    params.distinguished_name = subject(node, CertRole::Node);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
@@ -220,6 +278,23 @@ mod tests {
         verifier
             .verify_client_cert(&cert, &[], UnixTime::now())
             .is_ok()
+    }
+
+    #[test]
+    fn a_certificate_says_whether_its_holder_is_an_operator() {
+        let ca = Ca::create("test").unwrap();
+        let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let node = ca.issue_node("n1", &[], NODE_VALIDITY).unwrap();
+        let operator = ca.issue_operator("alice", NODE_VALIDITY).unwrap();
+        assert_eq!(CertRole::of_der(&der(&node.cert)), CertRole::Node);
+        assert_eq!(CertRole::of_der(&der(&operator.cert)), CertRole::Operator);
+        assert!(accepted(&ca, &operator.cert));
+        // A node naming itself "operator" is still a node; garbage is no operator.
+        let named = ca
+            .issue_node("milvus-fleet operator", &[], NODE_VALIDITY)
+            .unwrap();
+        assert_eq!(CertRole::of_der(&der(&named.cert)), CertRole::Node);
+        assert_eq!(CertRole::of_der(b"not a certificate"), CertRole::Node);
     }
 
     #[test]
