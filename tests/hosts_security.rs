@@ -8,6 +8,9 @@
 //! - As the daemon's user: a configuration drop-in in every directory it can write
 //!   changes nothing root renders or runs; root's render still works, and refuses a
 //!   drop-in in its own directory that another user could change.
+//! - With the node's own certificate (a compromised node), from the bridge: minting a
+//!   token, submitting a job (a node removal) and cancelling one get 403; without a
+//!   certificate the same calls find no route; /metrics answers anyone.
 //! - Every container runs with no new privileges and only its listed capabilities, read
 //!   from its main process; its logs are bounded.
 //! - From the hosts' bridge, without a certificate: 1,000 idle connections and 100 stalled
@@ -328,4 +331,73 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
         term_before,
         "the leadership changed under the flood"
     );
+
+    // A compromised node's certificate, used from the bridge: it may read, not administer.
+    let keys = tempfile::TempDir::new().unwrap();
+    for file in ["ca.crt", "node.crt", "node.key"] {
+        let text = hosts.sh_ok("h1", &format!("cat /var/lib/milvus-fleet/pki/{file}"));
+        std::fs::write(keys.path().join(file), text).unwrap();
+    }
+    let call = |method: &str, path: &str, body: &str, with_cert: bool| -> (u16, String) {
+        let mut args = vec![
+            hosts.address("h1"),
+            "19500".into(),
+            method.into(),
+            path.into(),
+            body.into(),
+            keys.path().join("ca.crt").display().to_string(),
+        ];
+        if with_cert {
+            args.push(keys.path().join("node.crt").display().to_string());
+            args.push(keys.path().join("node.key").display().to_string());
+        }
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &hosts.switch_netns(), "python3"])
+            .arg(repo().join("tests/client/api_call.py"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{method} {path}: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (status, body) = said.split_once('\n').unwrap_or((&said, ""));
+        (status.trim().parse().unwrap(), body.trim().to_owned())
+    };
+    let token_ids = |hosts: &Hosts| -> Vec<String> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&hosts.sh_ok("h1", "milvus-fleet token list --json")).unwrap();
+        let mut ids: Vec<String> = listed
+            .as_array()
+            .map(|tokens| tokens.iter().map(|t| t["id"].to_string()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let tokens_before = token_ids(&hosts);
+    let (status, _) = call("GET", "/v1/status", "", true);
+    assert_eq!(status, 200, "a node may read the status");
+    for (method, path, body) in [
+        ("POST", "/v1/tokens", "{}"),
+        ("POST", "/v1/tokens/rotate", "{}"),
+        ("POST", "/v1/jobs", r#"{"type":"node-remove","node":"h1"}"#),
+        ("POST", "/v1/jobs/nope/cancel", "{}"),
+    ] {
+        let (status, said) = call(method, path, body, true);
+        assert_eq!(
+            status, 403,
+            "{method} {path} with a node's certificate: {said}"
+        );
+        assert!(said.contains("needs an operator"), "{said}");
+        let (status, said) = call(method, path, body, false);
+        assert_eq!(status, 404, "{method} {path} without a certificate: {said}");
+    }
+    let (status, metrics) = call("GET", "/metrics", "", false);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("milvus_fleet_leader 1"), "{metrics}");
+    assert_eq!(token_ids(&hosts), tokens_before, "a token was minted");
+    let jobs = hosts.sh_ok("h1", "milvus-fleet job list");
+    assert!(!jobs.contains("node-remove"), "{jobs}");
 }

@@ -340,6 +340,8 @@ async fn submit_job(State(state): Shared, body: Bytes) -> Result<Response, ApiEr
 async fn cancel_job(
     State(state): Shared,
     UrlPath(id): UrlPath<String>,
+    // Read, though unused: a request body left unread makes the socket reset the answer.
+    _body: Bytes,
 ) -> Result<Response, ApiError> {
     Ok(Json(store(&state)?.request_cancel(&id).await?).into_response())
 }
