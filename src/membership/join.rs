@@ -68,6 +68,17 @@ impl From<etcd_client::Error> for JoinError {
     }
 }
 
+/// Whether node `name` runs a component that reads the object-storage keys (a Milvus role,
+/// MinIO): only such a node is sent them; a witness, or a storage node beside an external
+/// S3, never holds them (pure).
+pub fn reads_object_storage_keys(config: &crate::config::model::FleetConfig, name: &str) -> bool {
+    crate::render::plan::NodePlan::for_node(config, name).is_some_and(|plan| {
+        plan.components
+            .iter()
+            .any(|component| component.spec().needs_credentials)
+    })
+}
+
 /// What the admitting member holds.
 pub struct Signer {
     pub ca: Ca,
@@ -176,7 +187,10 @@ pub async fn admit(
             node_cert,
             ca_key: storage.then(|| signer.ca.pem().key.clone()),
             etcd_initial_cluster,
-            object_storage_credentials: signer.object_storage_credentials.clone(),
+            object_storage_credentials: signer
+                .object_storage_credentials
+                .clone()
+                .filter(|_| reads_object_storage_keys(&config, &request.name)),
         });
     }
     Err(JoinError::Busy(
@@ -464,7 +478,36 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
 
 #[cfg(test)]
 mod tests {
-    use super::with_default_port;
+    use super::{reads_object_storage_keys, with_default_port};
+    use crate::config::model::{FleetConfig, NodeConfig, ObjectStorageKind, Role};
+
+    #[test]
+    fn only_nodes_that_run_milvus_or_minio_get_the_object_storage_keys() {
+        let node = |name: &str, address: &str, roles: &[Role]| NodeConfig {
+            name: name.into(),
+            address: address.into(),
+            roles: roles.to_vec(),
+        };
+        let mut config = FleetConfig {
+            nodes: vec![
+                node("c", "10.0.0.1", &[Role::Compute]),
+                node("s", "10.0.0.2", &[Role::Storage]),
+                node("w", "10.0.0.3", &[Role::Witness]),
+            ],
+            ..FleetConfig::default()
+        };
+        config.object_storage.kind = ObjectStorageKind::S3;
+        assert!(reads_object_storage_keys(&config, "c"));
+        assert!(
+            !reads_object_storage_keys(&config, "s"),
+            "etcd alone beside an external S3"
+        );
+        assert!(!reads_object_storage_keys(&config, "w"));
+        assert!(!reads_object_storage_keys(&config, "nobody"));
+        config.object_storage.kind = ObjectStorageKind::Minio;
+        assert!(reads_object_storage_keys(&config, "s"), "it runs MinIO");
+        assert!(!reads_object_storage_keys(&config, "w"));
+    }
 
     #[test]
     fn a_server_without_a_port_gets_the_api_port() {
