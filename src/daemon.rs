@@ -53,7 +53,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (lease_until_tx, lease_until_rx) = tokio::sync::watch::channel(None);
     let (jobs_tx, jobs_rx) = tokio::sync::watch::channel(None);
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
-    let (revoked_tx, revoked_rx) = tokio::sync::watch::channel(Default::default());
+    let (admission_tx, admission_rx) = tokio::sync::watch::channel(Default::default());
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(node_names(&settings));
     // The etcd members change as storage nodes join and leave: the long-lived clients
     // follow this list rather than the one they started with.
@@ -69,7 +69,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         lease_until: lease_until_tx,
         jobs: jobs_tx,
         members: members_tx,
-        revoked: revoked_tx,
+        admission: admission_tx,
         config_changed: config_changed_tx,
         nodes: nodes_rx.clone(),
         etcd_urls: etcd_urls_rx,
@@ -117,7 +117,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         join_limit: crate::api::limits::join_bucket(),
     };
     // Listeners are bound before READY, so a started daemon answers at once.
-    let _listeners = listen(&settings, crate::api::routers(api), revoked_rx).await?;
+    let _listeners = listen(&settings, crate::api::routers(api), admission_rx).await?;
 
     let status = status_line(&settings, &role.borrow(), &supervision.borrow());
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
@@ -194,7 +194,7 @@ async fn campaign(
         lease_until,
         jobs: jobs_store,
         members,
-        revoked,
+        admission,
         config_changed,
         nodes,
         etcd_urls,
@@ -342,7 +342,7 @@ async fn campaign(
         _ = peers => {}
         _ = place => {}
         _ = placed => {}
-        _ = sync_from_etcd(store, revoked, config_changed) => {}
+        _ = sync_from_etcd(store, admission, config_changed) => {}
     }
     role.send_replace(Role::Unknown);
     // Out of the election (a removed node, a stopping daemon): no lease to watch.
@@ -353,24 +353,30 @@ async fn campaign(
 
 /// Keeps the cluster file in step with the configuration in etcd (telling the main loop
 /// when it changed: it then has root render and converges), and the set of
-/// revoked certificates in step with `revoked/`. Follows both with etcd watches.
+/// certificates the API admits in step with `certs/` and `revoked/`. Follows them with
+/// etcd watches.
 async fn sync_from_etcd(
     mut store: MembershipStore,
-    revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+    admission: tokio::sync::watch::Sender<crate::api::Admission>,
     changed: tokio::sync::mpsc::Sender<()>,
 ) {
     use etcd_client::WatchOptions;
     let file = crate::host::cluster_file();
     loop {
         let config_watch = store.client.watch(store.config_key(), None).await;
-        let revoked_watch = store
-            .client
-            .watch(
-                store.revoked_key(""),
-                Some(WatchOptions::new().with_prefix()),
-            )
-            .await;
-        let (Ok(mut config_events), Ok(mut revoked_events)) = (config_watch, revoked_watch) else {
+        let prefix_watch = |key: String| {
+            let mut client = store.client.clone();
+            async move {
+                client
+                    .watch(key, Some(WatchOptions::new().with_prefix()))
+                    .await
+            }
+        };
+        let revoked_watch = prefix_watch(store.revoked_key("")).await;
+        let certs_watch = prefix_watch(store.cert_key("")).await;
+        let (Ok(mut config_events), Ok(mut revoked_events), Ok(mut certs_events)) =
+            (config_watch, revoked_watch, certs_watch)
+        else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
@@ -394,14 +400,29 @@ async fn sync_from_etcd(
                     break;
                 }
             }
-            if let Ok(certs) = store.revoked_certs().await {
-                revoked.send_replace(certs.into_values().filter(|c| !c.is_empty()).collect());
+            if let (Ok(current), Ok(revoked)) =
+                (store.node_certs().await, store.revoked_certs().await)
+            {
+                let hashes = |records: std::collections::BTreeMap<String, String>| {
+                    records.into_values().filter(|c| !c.is_empty()).collect()
+                };
+                admission.send_if_modified(|held| {
+                    let read = crate::api::Admission {
+                        loaded: true,
+                        node_certs: hashes(current),
+                        revoked: hashes(revoked),
+                    };
+                    let changed = *held != read;
+                    *held = read;
+                    changed
+                });
             }
             // A watch can sit on a member that no longer hears the cluster (this node's own
             // etcd right after its removal) and never fire: read again every few seconds.
             tokio::select! {
                 event = config_events.message() => if !matches!(event, Ok(Some(_))) { break },
                 event = revoked_events.message() => if !matches!(event, Ok(Some(_))) { break },
+                event = certs_events.message() => if !matches!(event, Ok(Some(_))) { break },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
@@ -417,7 +438,7 @@ struct ClusterChannels {
     lease_until: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     jobs: tokio::sync::watch::Sender<Option<crate::cluster::jobs::JobStore>>,
     members: tokio::sync::watch::Sender<Option<MembershipStore>>,
-    revoked: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
+    admission: tokio::sync::watch::Sender<crate::api::Admission>,
     config_changed: tokio::sync::mpsc::Sender<()>,
     nodes: tokio::sync::watch::Receiver<Vec<String>>,
     etcd_urls: tokio::sync::watch::Receiver<Vec<String>>,
@@ -507,7 +528,7 @@ fn credentials_file(settings: &Settings) -> std::path::PathBuf {
 async fn listen(
     settings: &Settings,
     routers: crate::api::Routers,
-    revoked: tokio::sync::watch::Receiver<std::collections::BTreeSet<String>>,
+    admission: tokio::sync::watch::Receiver<crate::api::Admission>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     // The local socket's callers are root or the milvus-fleet group: operators.
     let router = routers
@@ -524,7 +545,7 @@ async fn listen(
         let listener = std::net::TcpListener::bind(("0.0.0.0", port))
             .with_context(|| format!("binding the API port {port}"))?;
         info!(port, "API listening (mutual TLS)");
-        crate::api::spawn_tls_server(listener, config, routers, revoked)?;
+        crate::api::spawn_tls_server(listener, config, routers, admission)?;
     }
     let runtime = crate::host::runtime_dir();
     if runtime.is_dir() {

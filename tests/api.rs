@@ -158,11 +158,38 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     assert_eq!(status["node"], "n1");
     assert_eq!(status["role"], "leader");
 
+    // A node's certificate is admitted only while etcd records it as the node's current
+    // one (written at init and join): before, the connection is dropped.
+    let node_cert_hash = {
+        use sha2::Digest;
+        let pem = read(&other_node.join("node.crt"));
+        let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
+        support::cluster::hex(&sha2::Sha256::digest(&der.contents))
+    };
+    let unrecorded = https(&ca_cert, Some(identity(&other_node)))
+        .get(format!("{base}/v1/status"))
+        .send()
+        .await;
+    assert!(
+        unrecorded.is_err(),
+        "an unrecorded node certificate was let in: {unrecorded:?}"
+    );
+    etcd_client
+        .put("/milvus-fleet/elect/certs/n7", node_cert_hash.clone(), None)
+        .await
+        .unwrap();
+    let node_client = https(&ca_cert, Some(identity(&other_node)));
+    let start = Instant::now();
+    let status: Value = loop {
+        match node_client.get(format!("{base}/v1/status")).send().await {
+            Ok(answer) => break answer.json().await.unwrap(),
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(15), "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["node"], "n1");
     // A node's certificate may read, not administer: minting tokens, running jobs and
     // cancelling them need an operator.
-    let node_client = https(&ca_cert, Some(identity(&other_node)));
-    let status: Value = get_json(&node_client, format!("{base}/v1/status")).await;
-    assert_eq!(status["node"], "n1");
     for (method, path, body) in [
         ("POST", "/v1/tokens", "{}"),
         ("GET", "/v1/tokens", ""),
@@ -220,6 +247,27 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
         .await
         .unwrap();
     assert_eq!(scraped.status(), StatusCode::OK);
+    // Revoked (what a node removal writes): refused again, on a new connection.
+    etcd_client
+        .put("/milvus-fleet/elect/revoked/n7", node_cert_hash, None)
+        .await
+        .unwrap();
+    etcd_client
+        .delete("/milvus-fleet/elect/certs/n7", None)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let fresh = https(&ca_cert, Some(identity(&other_node)));
+        if fresh.get(format!("{base}/v1/status")).send().await.is_err() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the revoked certificate still works"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let answer = anonymous
         .post(format!("{base}/v1/join"))
         .header("content-type", "application/json")

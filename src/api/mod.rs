@@ -67,6 +67,31 @@ pub enum Caller {
     Operator,
 }
 
+/// Which client certificates the API admits, as etcd says: a node's only while it is the
+/// node's current one (`certs/<node>`, written at init and join, deleted at removal), any
+/// certificate not revoked (`revoked/<node>`), and none before etcd was read once: the
+/// check fails closed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    pub loaded: bool,
+    pub node_certs: std::collections::BTreeSet<String>,
+    pub revoked: std::collections::BTreeSet<String>,
+}
+
+impl Admission {
+    /// The caller a certificate of this CA with SHA-256 `hash` and `role` makes; None:
+    /// refused (pure).
+    pub fn caller(&self, hash: &str, role: crate::pki::CertRole) -> Option<Caller> {
+        if !self.loaded || self.revoked.contains(hash) {
+            return None;
+        }
+        match role {
+            crate::pki::CertRole::Node => self.node_certs.contains(hash).then_some(Caller::Node),
+            crate::pki::CertRole::Operator => Some(Caller::Operator),
+        }
+    }
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Need {
@@ -555,7 +580,7 @@ pub fn spawn_tls_server(
     listener: std::net::TcpListener,
     config: rustls::ServerConfig,
     routers: Routers,
-    revoked: watch::Receiver<std::collections::BTreeSet<String>>,
+    admission: watch::Receiver<Admission>,
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     listener
@@ -570,7 +595,7 @@ pub fn spawn_tls_server(
         .spawn(move || {
             runtime.block_on(async move {
                 match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => serve_tls(listener, config, routers, revoked).await,
+                    Ok(listener) => serve_tls(listener, config, routers, admission).await,
                     Err(e) => tracing::error!("the API port cannot be served: {e}"),
                 }
             })
@@ -579,15 +604,15 @@ pub fn spawn_tls_server(
     Ok(())
 }
 
-/// Serves over TLS on `listener`: a client with a cluster certificate gets every route
-/// its role may call, unless that certificate was revoked (its SHA-256 is in `revoked`);
-/// a client without one gets the public routes. Bounded by [`limits`]: connection slots, the handshake
+/// Serves over TLS on `listener`: a client with a certificate of the cluster CA that
+/// `admission` admits gets every route its role may call, one it does not admit is
+/// dropped; a client without one gets the public routes. Bounded by [`limits`]: connection slots, the handshake
 /// and header timeouts, a connection's age.
 async fn serve_tls(
     listener: tokio::net::TcpListener,
     config: rustls::ServerConfig,
     routers: Routers,
-    revoked: watch::Receiver<std::collections::BTreeSet<String>>,
+    admission: watch::Receiver<Admission>,
 ) {
     use sha2::{Digest, Sha256};
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -607,7 +632,7 @@ async fn serve_tls(
         };
         let acceptor = acceptor.clone();
         let (full, public) = (routers.full.clone(), routers.public.clone());
-        let revoked = revoked.clone();
+        let admission = admission.clone();
         tokio::spawn(async move {
             let _slot = slot;
             // A certificate not from our CA fails here, before any route runs.
@@ -626,11 +651,10 @@ async fn serve_tls(
                     (hash, crate::pki::CertRole::of_der(cert.as_ref()))
                 });
             let router = match client_cert {
-                Some((hash, _)) if revoked.borrow().contains(&hash) => return,
-                Some((_, crate::pki::CertRole::Operator)) => {
-                    full.layer(axum::Extension(Caller::Operator))
-                }
-                Some((_, crate::pki::CertRole::Node)) => full.layer(axum::Extension(Caller::Node)),
+                Some((hash, role)) => match admission.borrow().caller(&hash, role) {
+                    Some(caller) => full.layer(axum::Extension(caller)),
+                    None => return,
+                },
                 None => public.layer(axum::Extension(Caller::Anyone)),
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
@@ -651,5 +675,50 @@ async fn serve_tls(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CertRole;
+
+    #[test]
+    fn a_node_certificate_is_admitted_only_while_it_is_the_current_one() {
+        let mut admission = Admission::default();
+        // Nothing read from etcd yet: nothing is admitted.
+        assert_eq!(admission.caller("a", CertRole::Node), None);
+        assert_eq!(admission.caller("o", CertRole::Operator), None);
+        admission.loaded = true;
+        admission.node_certs.insert("a".into());
+        assert_eq!(admission.caller("a", CertRole::Node), Some(Caller::Node));
+        // Another certificate of the same CA for a node: not its current one.
+        assert_eq!(admission.caller("b", CertRole::Node), None);
+        assert_eq!(
+            admission.caller("o", CertRole::Operator),
+            Some(Caller::Operator)
+        );
+        admission.revoked.insert("a".into());
+        admission.revoked.insert("o".into());
+        assert_eq!(admission.caller("a", CertRole::Node), None);
+        assert_eq!(admission.caller("o", CertRole::Operator), None);
+    }
+
+    #[test]
+    fn every_route_names_who_may_call_it_and_callers_get_what_their_role_allows() {
+        assert_eq!(need_of("POST", "/v1/join"), Some(Need::Anyone));
+        assert_eq!(need_of("GET", "/v1/status"), Some(Need::Member));
+        assert_eq!(need_of("POST", "/v1/tokens"), Some(Need::Operator));
+        assert_eq!(need_of("DELETE", "/v1/tokens"), None);
+        for route in ROUTES {
+            assert!(Caller::Operator.may(route.need), "{}", route.path);
+            assert_eq!(
+                Caller::Node.may(route.need),
+                route.need != Need::Operator,
+                "{}",
+                route.path
+            );
+            assert_eq!(Caller::Anyone.may(route.need), route.need == Need::Anyone);
+        }
     }
 }

@@ -66,6 +66,11 @@ pub fn cert(prefix: &str, node: &str) -> String {
 }
 
 /// Every revoked certificate (a prefix).
+/// Every current node certificate's record (see [`cert`]).
+pub fn certs_all(prefix: &str) -> String {
+    format!("{prefix}certs/")
+}
+
 pub fn revoked_all(prefix: &str) -> String {
     format!("{prefix}revoked/")
 }

@@ -101,7 +101,11 @@ pub fn init(
     let token = runtime.block_on(async {
         let client = wait_for_etcd(&config.etcd_client_urls(), Duration::from_secs(120)).await?;
         let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
-        if !store.create_config(&config).await? {
+        let cert = crate::pki::cert_sha256(&node_pem.cert).context("this node's certificate")?;
+        if !store
+            .create_config(&config, (&config.nodes[0].name, &cert))
+            .await?
+        {
             let (stored, _, _) = store.config().await?;
             if stored
                 .nodes

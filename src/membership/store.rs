@@ -77,11 +77,21 @@ impl MembershipStore {
     }
 
     /// Stores the first cluster configuration; a second `init` finds it there.
-    pub async fn create_config(&mut self, config: &FleetConfig) -> Result<bool, StoreError> {
+    /// Stores a new cluster's configuration and its first node's certificate (the SHA-256
+    /// of `cert`: node certificates are admitted by their record); false when etcd holds
+    /// a configuration already.
+    pub async fn create_config(
+        &mut self,
+        config: &FleetConfig,
+        (node, cert): (&str, &str),
+    ) -> Result<bool, StoreError> {
         let key = self.config_key();
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, cluster_config_text(config)?, None)]);
+            .and_then([
+                TxnOp::put(key, cluster_config_text(config)?, None),
+                TxnOp::put(self.cert_key(node), cert, None),
+            ]);
         Ok(self.client.txn(txn).await?.succeeded())
     }
 
@@ -176,6 +186,12 @@ impl MembershipStore {
             }
         }
         Ok(revoked)
+    }
+
+    /// node -> SHA-256 of its current certificate.
+    pub async fn node_certs(&mut self) -> Result<BTreeMap<String, String>, StoreError> {
+        let prefix = keys::certs_all(&self.prefix);
+        Ok(crate::cluster::read_prefix(&mut self.client, &prefix).await?)
     }
 
     /// node -> SHA-256 of its revoked certificate.

@@ -303,3 +303,8 @@ pub fn cli(socket: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Lower-case hex of `bytes` (how the cluster names a certificate by its SHA-256).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
