@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::dataplane::{
-    client, client_python, client_result, images, install_package, prepare_hosts, start_site_s3,
-    wait_until, write_credentials, SearchView, Searching,
+    client, client_python, client_result, images, init_h1, install_package, prepare_hosts,
+    start_site_s3, wait_until, SearchView, Searching,
 };
 use support::{deb_path, repo, Hosts};
 
@@ -306,20 +306,7 @@ fn main() {
         }
     });
     start_site_s3(&hosts, "h4");
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/fleet.toml",
-        &fleet_toml(&hosts),
-        "0644",
-    );
-    write_credentials(&hosts, "h1");
-    hosts.sh_ok(
-        "h1",
-        &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
-            hosts.address("h1")
-        ),
-    );
+    init_h1(&hosts, &fleet_toml(&hosts));
     for host in ["h2", "h3"] {
         let token = hosts.sh_ok("h1", "milvus-fleet token create 2>/dev/null");
         hosts.write_file(host, "/root/token", token.trim(), "0600");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::dataplane::{
-    images, install_package, prepare_hosts, start_site_s3, wait_until, write_credentials,
+    images, init_h1, install_package, prepare_hosts, start_site_s3, wait_until,
 };
 use support::{deb_path, repo, Hosts};
 
@@ -136,21 +136,8 @@ fn main() {
     });
     eprintln!("{count} hosts up with the package: {:?}", started.elapsed());
 
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/fleet.toml",
-        &fleet_toml(&hosts),
-        "0644",
-    );
-    write_credentials(&hosts, "h1");
     start_site_s3(&hosts, "h1");
-    hosts.sh_ok(
-        "h1",
-        &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
-            hosts.address("h1")
-        ),
-    );
+    init_h1(&hosts, &fleet_toml(&hosts));
     wait_until("h1 in its own status", Duration::from_secs(60), || {
         all_up_in_status(&hosts, "h1", &names[..1])
     });

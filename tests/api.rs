@@ -30,6 +30,20 @@ fn pki(args: &[&str]) {
     );
 }
 
+/// `milvus-fleet pki issue` with the CA in `ca` of a `--node` or an `--operator` named
+/// `name`, into `out`.
+fn issue(ca: &Path, flag: &str, name: &str, out: &Path) {
+    pki(&[
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        flag,
+        name,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
@@ -99,37 +113,13 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     ]);
     let mut daemon = Daemon::prepare(dir.path(), "n1", &etcd.endpoints);
     let node_pki = daemon.state.join("pki");
-    pki(&[
-        "issue",
-        "--ca",
-        ca.to_str().unwrap(),
-        "--node",
-        "n1",
-        "--out",
-        node_pki.to_str().unwrap(),
-    ]);
+    issue(&ca, "--node", "n1", &node_pki);
     std::fs::copy(ca.join("ca.crt"), node_pki.join("ca.crt")).unwrap();
     let operator = dir.path().join("operator");
-    pki(&[
-        "issue",
-        "--ca",
-        ca.to_str().unwrap(),
-        "--operator",
-        "alice",
-        "--out",
-        operator.to_str().unwrap(),
-    ]);
+    issue(&ca, "--operator", "alice", &operator);
     // Another node's certificate: a member, not an operator.
     let other_node = dir.path().join("other-node");
-    pki(&[
-        "issue",
-        "--ca",
-        ca.to_str().unwrap(),
-        "--node",
-        "n7",
-        "--out",
-        other_node.to_str().unwrap(),
-    ]);
+    issue(&ca, "--node", "n7", &other_node);
     let other_ca = dir.path().join("other-ca");
     let stranger = dir.path().join("stranger");
     pki(&[
@@ -139,15 +129,7 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
         "--out",
         other_ca.to_str().unwrap(),
     ]);
-    pki(&[
-        "issue",
-        "--ca",
-        other_ca.to_str().unwrap(),
-        "--node",
-        "operator",
-        "--out",
-        stranger.to_str().unwrap(),
-    ]);
+    issue(&other_ca, "--node", "operator", &stranger);
     daemon.start();
     next_acting(&mut etcd_client, 0, Instant::now(), Duration::from_secs(15)).await;
 
@@ -430,15 +412,7 @@ async fn the_api_takes_only_cluster_certificates_and_answers_bad_input_with_4xx(
     // the leader): the job goes into etcd, and the leader runs it.
     let mut follower = Daemon::prepare(dir.path(), "n2", &etcd.endpoints);
     let follower_pki = follower.state.join("pki");
-    pki(&[
-        "issue",
-        "--ca",
-        ca.to_str().unwrap(),
-        "--node",
-        "n2",
-        "--out",
-        follower_pki.to_str().unwrap(),
-    ]);
+    issue(&ca, "--node", "n2", &follower_pki);
     std::fs::copy(ca.join("ca.crt"), follower_pki.join("ca.crt")).unwrap();
     follower.start();
     let follower_socket = follower.runtime.join("api.sock");

@@ -24,8 +24,7 @@ use std::time::Duration;
 use support::repo;
 
 use support::dataplane::{
-    images, install_package, prepare_hosts, start_site_s3, wait_active, wait_until,
-    write_credentials,
+    images, init_h1, install_package, prepare_hosts, start_site_s3, wait_active, wait_until,
 };
 use support::{deb_path, Hosts};
 
@@ -80,20 +79,7 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
     });
     install_package(&hosts, "h1", PKG);
     start_site_s3(&hosts, "h1");
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/fleet.toml",
-        &fleet_toml(&hosts),
-        "0644",
-    );
-    write_credentials(&hosts, "h1");
-    hosts.sh_ok(
-        "h1",
-        &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
-            hosts.address("h1")
-        ),
-    );
+    init_h1(&hosts, &fleet_toml(&hosts));
     wait_until("h1's daemon to lead", Duration::from_secs(60), || {
         hosts
             .sh("h1", "milvus-fleet status --json")

@@ -21,8 +21,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::dataplane::{
-    client, client_python, images, install_package, prepare_hosts, start_site_s3, wait_active,
-    wait_until, write_credentials, Searching,
+    client, client_python, images, init_h1, install_package, prepare_hosts, start_site_s3,
+    wait_active, wait_until, Searching,
 };
 use support::{deb_path, Hosts};
 
@@ -103,20 +103,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         install_package(&hosts, host, PKG);
     }
     start_site_s3(&hosts, "h3");
-    hosts.write_file(
-        "h1",
-        "/etc/milvus-fleet/fleet.toml",
-        &fleet_toml(&hosts),
-        "0644",
-    );
-    write_credentials(&hosts, "h1");
-    hosts.sh_ok(
-        "h1",
-        &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
-            hosts.address("h1")
-        ),
-    );
+    init_h1(&hosts, &fleet_toml(&hosts));
     wait_until("h1's daemon to lead", Duration::from_secs(30), || {
         role(&hosts, "h1") == "leader"
     });

@@ -245,3 +245,17 @@ pub fn prepare_hosts(
         }
     });
 }
+
+/// What an operator does on the first VM: the cluster's `fleet.toml`, the object-storage
+/// keys (0600), then `milvus-fleet init` of h1 as a storage and compute node.
+pub fn init_h1(hosts: &Hosts, fleet_toml: &str) {
+    hosts.write_file("h1", "/etc/milvus-fleet/fleet.toml", fleet_toml, "0644");
+    write_credentials(hosts, "h1");
+    hosts.sh_ok(
+        "h1",
+        &format!(
+            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
+            hosts.address("h1")
+        ),
+    );
+}
