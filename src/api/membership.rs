@@ -90,6 +90,9 @@ struct TokenRequest {
     uses: u32,
     #[serde(default = "all_roles")]
     roles: Vec<Role>,
+    /// Removed nodes the token lets back in.
+    #[serde(default)]
+    readmit: Vec<String>,
 }
 
 fn default_ttl() -> u64 {
@@ -124,7 +127,13 @@ async fn create(state: &ApiState, body: &Bytes) -> Result<serde_json::Value, Api
     let token = JoinToken::generate(&ca_pin(state)?)
         .map_err(|e| ApiError::Unavailable(format!("random source: {e}")))?;
     let record = store(state)?
-        .create_token(&token, request.roles, request.ttl_secs, request.uses)
+        .create_token(
+            &token,
+            request.roles,
+            request.ttl_secs,
+            request.uses,
+            request.readmit,
+        )
         .await?;
     info!(token = %record.id, roles = %role_list(&record.roles), uses = record.uses, expires_unix = record.expires_unix, "join token created");
     let mut body = describe(&record);

@@ -110,11 +110,19 @@ pub struct TokenSpec {
     /// The roles a node may join as with it (default: any). Comma-separated.
     #[arg(long, value_delimiter = ',')]
     role: Vec<RoleArg>,
+    /// A removed node this token lets back in (repeat it); without it a removed node's
+    /// name stays refused.
+    #[arg(long, value_name = "NODE")]
+    readmit: Vec<String>,
 }
 
 impl TokenSpec {
     fn body(&self) -> String {
-        let mut body = serde_json::json!({ "ttl_secs": self.ttl, "uses": self.uses });
+        let mut body = serde_json::json!({
+            "ttl_secs": self.ttl,
+            "uses": self.uses,
+            "readmit": self.readmit,
+        });
         if !self.role.is_empty() {
             let roles: Vec<Role> = self.role.iter().map(|r| (*r).into()).collect();
             body["roles"] = serde_json::to_value(roles).unwrap_or_default();

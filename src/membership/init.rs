@@ -132,6 +132,7 @@ pub fn init(
                 vec![Role::Storage, Role::Compute, Role::Witness],
                 token_ttl_secs,
                 token_uses,
+                vec![],
             )
             .await?;
         anyhow::Ok(token)

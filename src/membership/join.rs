@@ -95,6 +95,8 @@ pub async fn admit(
         return Err(JoinError::Invalid("roles: name at least one role".into()));
     }
     let (id, secret_hash) = split_credential(&request.credential)?;
+    let key_pin = crate::pki::pin_of_csr(&request.csr)
+        .map_err(|e| JoinError::Invalid(format!("csr: {e}")))?;
     // Up to a few rounds: another join or a token change between read and commit.
     for _ in 0..20 {
         let now = super::now_unix();
@@ -102,7 +104,22 @@ pub async fn admit(
             .token(&id)
             .await?
             .ok_or_else(|| TokenError::Unknown(id.clone()))?;
-        record.admit(&secret_hash, &request.name, &request.roles, now)?;
+        record.admit(&secret_hash, &request.name, &request.roles, now, &key_pin)?;
+        // A removed node stays out until an operator makes a token to re-admit it.
+        let removed = store
+            .client
+            .get(store.revoked_key(&request.name), None)
+            .await?
+            .kvs()
+            .first()
+            .map(|kv| kv.mod_revision());
+        if removed.is_some() && !record.readmit.contains(&request.name) {
+            return Err(TokenError::Removed {
+                id: record.id.clone(),
+                node: request.name.clone(),
+            }
+            .into());
+        }
 
         let (mut config, _, config_revision) = store.config().await?;
         let wanted = NodeConfig {
@@ -159,12 +176,19 @@ pub async fn admit(
         if !token.used_by.contains(&request.name) {
             token.used_by.push(request.name.clone());
         }
+        token.keys.insert(request.name.clone(), key_pin.clone());
         let token_key = store.token_key(&id);
         let config_key = store.config_key();
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(token_key.clone(), CompareOp::Equal, token_revision),
                 Compare::mod_revision(config_key.clone(), CompareOp::Equal, config_revision),
+                // Not removed meanwhile (0: no record).
+                Compare::mod_revision(
+                    store.revoked_key(&request.name),
+                    CompareOp::Equal,
+                    removed.unwrap_or(0),
+                ),
             ])
             .and_then([
                 TxnOp::put(

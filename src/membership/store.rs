@@ -101,6 +101,7 @@ impl MembershipStore {
         roles: Vec<Role>,
         ttl_secs: u64,
         uses: u32,
+        readmit: Vec<String>,
     ) -> Result<TokenRecord, StoreError> {
         let now = super::now_unix();
         let record = TokenRecord {
@@ -112,6 +113,8 @@ impl MembershipStore {
             uses,
             used_by: vec![],
             revoked: false,
+            keys: Default::default(),
+            readmit,
         };
         self.put_token(&record).await?;
         Ok(record)

@@ -44,6 +44,10 @@ pub enum TokenError {
     Revoked(String),
     #[error("join token {0}: the secret does not match")]
     WrongSecret(String),
+    #[error("join token {id}: used by {node} already; a token's use is final: a node joins again with a new token from an operator (`milvus-fleet token create`)")]
+    Spent { id: String, node: String },
+    #[error("node {node} was removed from this cluster; only a token made to re-admit it lets it back (`milvus-fleet token create --readmit {node}`)")]
+    Removed { id: String, node: String },
     #[error("join token {id}: allows joining as {allowed}, not as {asked}")]
     WrongRole {
         id: String,
@@ -144,9 +148,16 @@ pub struct TokenRecord {
     pub expires_unix: u64,
     /// Joins allowed in all.
     pub uses: u32,
-    /// The nodes that joined with it (a repeated join by one of them is not a new use).
+    /// The nodes that joined with it.
     pub used_by: Vec<String>,
     pub revoked: bool,
+    /// node -> the pin (`sha256:` of the public key) its join's certificate request carried:
+    /// the same node asking again with the same key (its answer was lost) is no new use.
+    #[serde(default)]
+    pub keys: std::collections::BTreeMap<String, String>,
+    /// Removed nodes it lets back in; any other removed node stays out.
+    #[serde(default)]
+    pub readmit: Vec<String>,
 }
 
 /// What `token list` shows.
@@ -172,14 +183,17 @@ impl TokenRecord {
         }
     }
 
-    /// Whether node `node` may join as `roles` with the secret hashing to `secret_sha256`.
-    /// A node that already joined with this token may repeat its join (join is idempotent).
+    /// Whether node `node` may join as `roles` with the secret hashing to `secret_sha256`
+    /// and a certificate request for the key pinned `key_pin`. A token's use is final: the
+    /// node that used it may ask again only with the same key (its first answer was lost,
+    /// and its request proves it holds that key), never with another.
     pub fn admit(
         &self,
         secret_sha256: &str,
         node: &str,
         roles: &[Role],
         now_unix: u64,
+        key_pin: &str,
     ) -> Result<(), TokenError> {
         let id = self.id.clone();
         // Compare hashes in constant time: the hash of a guess leaks nothing useful, but
@@ -204,6 +218,12 @@ impl TokenRecord {
             });
         }
         let repeat = self.used_by.iter().any(|n| n == node);
+        if repeat && self.keys.get(node).map(String::as_str) != Some(key_pin) {
+            return Err(TokenError::Spent {
+                id,
+                node: node.to_owned(),
+            });
+        }
         if !repeat && self.used_by.len() as u64 >= u64::from(self.uses) {
             return Err(TokenError::UsedUp {
                 id,
@@ -294,28 +314,40 @@ mod tests {
             uses: 1,
             used_by: vec![],
             revoked: false,
+            keys: Default::default(),
+            readmit: vec![],
         };
         let (_, hash) = split_credential(&token.credential()).unwrap();
-        assert_eq!(record.admit(&hash, "n1", &[Role::Compute], 150), Ok(()));
+        assert_eq!(
+            record.admit(&hash, "n1", &[Role::Compute], 150, "k1"),
+            Ok(())
+        );
         assert!(matches!(
-            record.admit("00", "n1", &[Role::Compute], 150),
+            record.admit("00", "n1", &[Role::Compute], 150, "k1"),
             Err(TokenError::WrongSecret(_))
         ));
         assert!(matches!(
-            record.admit(&hash, "n1", &[Role::Compute], 200),
+            record.admit(&hash, "n1", &[Role::Compute], 200, "k1"),
             Err(TokenError::Expired { .. })
         ));
         assert!(matches!(
-            record.admit(&hash, "n1", &[Role::Storage], 150),
+            record.admit(&hash, "n1", &[Role::Storage], 150, "k1"),
             Err(TokenError::WrongRole { .. })
         ));
         let used = TokenRecord {
             used_by: vec!["n1".into()],
+            keys: [("n1".to_owned(), "k1".to_owned())].into(),
             ..record.clone()
         };
-        assert_eq!(used.admit(&hash, "n1", &[Role::Compute], 150), Ok(()));
+        // The same node and key again (a lost answer): no new use. Another key, the same
+        // name: spent, the use is final.
+        assert_eq!(used.admit(&hash, "n1", &[Role::Compute], 150, "k1"), Ok(()));
         assert!(matches!(
-            used.admit(&hash, "n2", &[Role::Compute], 150),
+            used.admit(&hash, "n1", &[Role::Compute], 150, "k2"),
+            Err(TokenError::Spent { .. })
+        ));
+        assert!(matches!(
+            used.admit(&hash, "n2", &[Role::Compute], 150, "k1"),
             Err(TokenError::UsedUp { .. })
         ));
         assert_eq!(used.state(150), TokenState::UsedUp);
@@ -324,7 +356,7 @@ mod tests {
             ..record
         };
         assert!(matches!(
-            revoked.admit(&hash, "n1", &[Role::Compute], 150),
+            revoked.admit(&hash, "n1", &[Role::Compute], 150, "k1"),
             Err(TokenError::Revoked(_))
         ));
     }

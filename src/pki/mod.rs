@@ -183,6 +183,13 @@ pub fn node_csr(node: &str) -> Result<(String, String), PkiError> {
     Ok((csr.pem()?, key.serialize_pem()))
 }
 
+/// The pin of the key a certificate request (PEM) asks a certificate for; the request is
+/// signed with that key, so it proves the sender holds it.
+pub fn pin_of_csr(csr_pem: &str) -> Result<String, PkiError> {
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(pin_of(&csr.public_key.subject_public_key_info()))
+}
+
 /// The pin of a CA certificate, as a joining node computes it from what it was sent.
 pub fn pin_of_cert(cert_pem: &str) -> Result<String, PkiError> {
     Ok(pin_of(&cert_public_key_info(cert_pem)?))
