@@ -64,6 +64,9 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         tokio::sync::watch::channel(standalone_candidates(&settings));
     let (placement_tx, placement_rx) = tokio::sync::watch::channel(None);
     let metrics = std::sync::Arc::new(crate::metrics::Metrics::default());
+    // One plain HTTP client for the components' probes and the leader's look at a
+    // server's health endpoint (a client holds ~1.8 MB; each call bounds its own wait).
+    let plain_http = crate::supervise::health::client()?;
     let channels = ClusterChannels {
         role: role_tx,
         lease_until: lease_until_tx,
@@ -76,7 +79,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         standalone_candidates: candidates_rx,
         placement: placement_tx,
         metrics: metrics.clone(),
-        health_http: crate::cluster::placement::health_client()?,
+        health_http: plain_http.clone(),
     };
     let mut cluster = ClusterLoops::default();
     cluster.follow(&settings, &channels).await;
@@ -98,7 +101,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             heartbeat: heartbeat.clone(),
             status: supervision_tx,
-            probe_http: crate::supervise::health::client()?,
+            probe_http: plain_http,
         },
     ));
     let pki_dir = state_dir().join("pki");

@@ -512,11 +512,6 @@ async fn evaluate(
     Ok(recheck)
 }
 
-/// The leader's client for servers' health endpoints.
-pub fn health_client() -> anyhow::Result<reqwest::Client> {
-    crate::host::plain_http_client(HEALTH_TIMEOUT)
-}
-
 /// Whether the Milvus server on `address` answers its health endpoint in time. Any
 /// HTTP answer counts, "unhealthy" (500 while it starts) included: the question is
 /// whether the process runs, not whether it is ready.
