@@ -157,12 +157,15 @@ const fn route(
     }
 }
 
-/// Who may call `method` on the route `path` (its pattern); None: no such route.
-fn need_of(method: &str, path: &str) -> Option<Need> {
+/// Who may call `method` on the route `path` (its pattern). HEAD is a GET (axum serves
+/// it with the GET handler); a pair the table does not name needs an operator: the check
+/// fails closed.
+fn need_of(method: &str, path: &str) -> Need {
+    let method = if method == "HEAD" { "GET" } else { method };
     ROUTES
         .iter()
         .find(|r| r.method == method && r.path == path)
-        .map(|r| r.need)
+        .map_or(Need::Operator, |r| r.need)
 }
 
 /// The routers: `full` for a client with a cluster certificate and for the local socket,
@@ -199,15 +202,17 @@ async fn authorize(
     next: axum::middleware::Next,
 ) -> Response {
     let caller = caller.map_or(Caller::Anyone, |c| c.0);
-    let need = matched.and_then(|m| need_of(request.method().as_str(), m.as_str()));
-    match need {
-        Some(need) if !caller.may(need) => ApiError::Forbidden(match need {
-            Need::Operator => "this call needs an operator: root or the milvus-fleet group on a member's local socket, or an operator's certificate (`milvus-fleet pki issue --operator NAME`)".into(),
-            _ => "this call needs a certificate of this cluster".into(),
-        })
-        .into_response(),
-        _ => next.run(request).await,
+    let need = matched.map_or(Need::Operator, |m| {
+        need_of(request.method().as_str(), m.as_str())
+    });
+    if caller.may(need) {
+        return next.run(request).await;
     }
+    ApiError::Forbidden(match need {
+        Need::Operator => "this call needs an operator: root or the milvus-fleet group on a member's local socket, or an operator's certificate (`milvus-fleet pki issue --operator NAME`)".into(),
+        _ => "this call needs a certificate of this cluster".into(),
+    })
+    .into_response()
 }
 
 fn layers(router: Router<Arc<ApiState>>, state: &ApiState) -> Router<Arc<ApiState>> {
@@ -706,10 +711,13 @@ mod tests {
 
     #[test]
     fn every_route_names_who_may_call_it_and_callers_get_what_their_role_allows() {
-        assert_eq!(need_of("POST", "/v1/join"), Some(Need::Anyone));
-        assert_eq!(need_of("GET", "/v1/status"), Some(Need::Member));
-        assert_eq!(need_of("POST", "/v1/tokens"), Some(Need::Operator));
-        assert_eq!(need_of("DELETE", "/v1/tokens"), None);
+        assert_eq!(need_of("POST", "/v1/join"), Need::Anyone);
+        assert_eq!(need_of("GET", "/v1/status"), Need::Member);
+        assert_eq!(need_of("POST", "/v1/tokens"), Need::Operator);
+        // HEAD runs the GET handler: it needs what GET needs; anything unnamed, an operator.
+        assert_eq!(need_of("HEAD", "/v1/tokens"), Need::Operator);
+        assert_eq!(need_of("HEAD", "/metrics"), Need::Anyone);
+        assert_eq!(need_of("DELETE", "/v1/status"), Need::Operator);
         for route in ROUTES {
             assert!(Caller::Operator.may(route.need), "{}", route.path);
             assert_eq!(
