@@ -70,11 +70,7 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32, owner: Option<&str>) -> 
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let dir = OpenDir {
-        file: open_dir_no_follow(parent)?,
-        path: parent.to_owned(),
-    };
+    let dir = OpenDir::open(parent)?;
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file name", path.display()))?;

@@ -285,6 +285,11 @@ impl Election {
         self.role.subscribe()
     }
 
+    /// The lease TTL asked for: what bounds each call of the election.
+    fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs.max(1) as u64)
+    }
+
     fn leader_key(&self) -> String {
         keys::leader(&self.prefix)
     }
@@ -350,7 +355,7 @@ impl Election {
         // waits out etcd's request timeout (5 s and more) otherwise, and this daemon with
         // it (a cut of the leader's host measured a 6 s stall and a 13.4 s gap). On a
         // timeout the run loop begins again with a new lease; the old one ends by its TTL.
-        let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
+        let ttl = self.ttl();
         let mut lease = super::bounded("granting a lease", ttl, self.grant_lease()).await?;
         let end = loop {
             let key = self.leader_key();
@@ -533,11 +538,7 @@ impl Election {
                 otherwise: vec![],
             };
             // Bounded: a resign left unanswered ends with the lease anyway.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(self.ttl_secs.max(1) as u64),
-                self.kv.txn(resign),
-            )
-            .await;
+            let _ = tokio::time::timeout(self.ttl(), self.kv.txn(resign)).await;
         }
         Ok(end)
     }

@@ -98,7 +98,6 @@ pub fn must_kill(proof: Option<Proof>, alive: bool, stalled: bool, now_ns: u64) 
 /// follower then acts on the older proof, which only ends sooner. Written three times a
 /// second with a 1 s lease: into a directory opened once, with no fsync (a runtime file).
 pub async fn publish(mut lease_until: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>) {
-    let path = Path::new(LEASE_PROOF_FILE);
     let mut dir = None;
     loop {
         let left = lease_until
@@ -106,8 +105,7 @@ pub async fn publish(mut lease_until: tokio::sync::watch::Receiver<Option<tokio:
             .map(|until| until.saturating_duration_since(tokio::time::Instant::now()));
         let written = match &dir {
             Some(dir) => write_proof(dir, left),
-            None => crate::host::OpenDir::open(path.parent().unwrap_or(Path::new("/")))
-                .and_then(|opened| write_proof(dir.insert(opened), left)),
+            None => proof_dir().and_then(|opened| write_proof(dir.insert(opened), left)),
         };
         if let Err(e) = written {
             tracing::warn!("writing the lease proof {LEASE_PROOF_FILE}: {e:#}");
@@ -124,11 +122,15 @@ pub async fn publish(mut lease_until: tokio::sync::watch::Receiver<Option<tokio:
 /// Writes the proof of daemon `pid` (this process) whose lease is proven for `left` more,
 /// once (at the daemon's stop: no lease).
 pub fn write(left: Option<Duration>) -> anyhow::Result<()> {
-    crate::host::write_file(
-        Path::new(LEASE_PROOF_FILE),
-        encode(std::process::id(), left).as_bytes(),
-        0o644,
-        None,
+    write_proof(&proof_dir()?, left)
+}
+
+/// The directory the lease proof and the kill request live in, opened.
+fn proof_dir() -> anyhow::Result<crate::host::OpenDir> {
+    crate::host::OpenDir::open(
+        Path::new(LEASE_PROOF_FILE)
+            .parent()
+            .unwrap_or(Path::new("/")),
     )
 }
 
@@ -148,11 +150,12 @@ pub const KILL_REQUEST_NAME: &str = "kill-request";
 
 /// Asks the follower whose pid is `follower` to kill its server now.
 pub fn request_kill(follower: u32) -> anyhow::Result<()> {
-    crate::host::write_file(
-        &Path::new(LEASE_PROOF_FILE).with_file_name(KILL_REQUEST_NAME),
+    proof_dir()?.write(
+        KILL_REQUEST_NAME.as_ref(),
         format!("{follower}\n").as_bytes(),
         0o644,
         None,
+        false,
     )
 }
 
