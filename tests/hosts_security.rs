@@ -217,7 +217,7 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
     let planted = as_daemon_user(
         &hosts,
         "h1",
-        "find / \\( -path /proc -o -path /sys \\) -prune -o -type d -writable -print | \
+        "find / \\( -path /proc -o -path /sys \\) -prune -o -type d -writable -print 2>/dev/null | \
          while read -r d; do mkdir -p \"$d/fleet.d\" 2>/dev/null; \
          cp /tmp/evil.toml \"$d/fleet.d/50-evil.toml\" 2>/dev/null && echo \"$d/fleet.d\"; \
          cp /tmp/evil.toml \"$d/50-evil.toml\" 2>/dev/null; done",
