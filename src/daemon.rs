@@ -29,6 +29,7 @@ pub fn run(paths: ConfigPaths) -> anyhow::Result<()> {
 async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let mut settings = Settings::load(&paths)?;
     crate::logging::init(settings.config.daemon.log_level.as_str());
+    crate::cluster::probe_members_at(&settings.config);
     info!(
         fingerprint = %settings.fingerprint(),
         files = settings.sources.len(),
@@ -229,6 +230,7 @@ async fn campaign(
         &state_dir(),
     );
     let election = election
+        .with_candidacy(config.may_lead(&settings.node_name))
         .with_member_urls(etcd_urls.clone())
         .with_lease_until(lease_until.clone())
         .with_placement(placement.subscribe());

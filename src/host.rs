@@ -17,6 +17,11 @@ pub const DAEMON_USER: &str = "milvus-fleet";
 pub const LEASE_PROOF_FILE: &str = "/run/milvus-fleet/lease-proof";
 /// Written by `init` and `join`: this host's name and how its etcd member starts.
 pub const NODE_DROPIN: &str = "/etc/milvus-fleet/fleet.d/10-node.toml";
+/// Root's certificates for the data plane, written by `init` and `join`: `ca.crt`,
+/// `etcd.crt`/`etcd.key` (the member's server and peer certificate: this node's own),
+/// `milvus.crt`/`milvus.key` (the Milvus roles' etcd client, user `milvus`). Root-owned,
+/// keys 0600: the containers run as root without CAP_DAC_OVERRIDE and read them as owner.
+pub const TLS_DIR: &str = "/etc/milvus-fleet/tls";
 /// What cloud-init writes for `milvus-fleet-join.service`: server, roles and token (0600).
 pub const JOIN_FILE: &str = "/etc/milvus-fleet/join.toml";
 

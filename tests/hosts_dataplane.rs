@@ -52,6 +52,72 @@ roles = ["witness"]
     )
 }
 
+/// What init and join write to /etc/milvus-fleet/tls, made here with `milvus-fleet pki`:
+/// per host, (file name, local path, mode). etcd requires these certificates of every
+/// client and peer; without init, etcd's auth stays off.
+fn tls_files(
+    hosts: &Hosts,
+    dir: &std::path::Path,
+) -> std::collections::BTreeMap<String, Vec<(String, PathBuf, &'static str)>> {
+    let pki = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+            .arg("pki")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pki {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ca = dir.join("ca");
+    pki(&[
+        "create-ca",
+        "--cluster",
+        "dataplane-test",
+        "--out",
+        ca.to_str().unwrap(),
+    ]);
+    let milvus = dir.join("milvus");
+    pki(&[
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--operator",
+        "milvus",
+        "--out",
+        milvus.to_str().unwrap(),
+    ]);
+    hosts
+        .names()
+        .iter()
+        .map(|host| {
+            let out = dir.join(host);
+            let address = hosts.address(host);
+            pki(&[
+                "issue",
+                "--ca",
+                ca.to_str().unwrap(),
+                "--node",
+                host,
+                "--address",
+                &address,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let files = vec![
+                ("ca.crt".to_owned(), ca.join("ca.crt"), "0644"),
+                ("etcd.crt".to_owned(), out.join("node.crt"), "0644"),
+                ("etcd.key".to_owned(), out.join("node.key"), "0600"),
+                ("milvus.crt".to_owned(), milvus.join("operator.crt"), "0644"),
+                ("milvus.key".to_owned(), milvus.join("operator.key"), "0600"),
+            ];
+            (host.to_string(), files)
+        })
+        .collect()
+}
+
 #[test]
 #[ignore = "needs root, systemd-nspawn, the built .deb and a Docker engine: scripts/test-all.sh runs it"]
 fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
@@ -68,11 +134,13 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
         ],
     );
     let compose_plugin = PathBuf::from("/usr/libexec/docker/cli-plugins/docker-compose");
+    let tls_dir = tempfile::tempdir().unwrap();
+    let tls = tls_files(&hosts, tls_dir.path());
     let credentials = credentials();
 
     std::thread::scope(|scope| {
         for host in hosts.names() {
-            let (hosts, deb, images, plugin) = (&hosts, &deb, &images, &compose_plugin);
+            let (hosts, deb, images, plugin, tls) = (&hosts, &deb, &images, &compose_plugin, &tls);
             let (credentials, config) = (&credentials, config(hosts));
             scope.spawn(move || {
                 hosts.copy_in(host, deb, "/var/tmp/milvus-fleet.deb");
@@ -83,6 +151,9 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
                     hosts.docker_load(host, tarball);
                 }
                 hosts.write_file(host, "/etc/milvus-fleet/fleet.toml", &config, "0644");
+                for (name, path, mode) in &tls[host] {
+                    hosts.copy_in_with_mode(host, path, &format!("/etc/milvus-fleet/tls/{name}"), mode);
+                }
                 hosts.write_file(host, "/etc/milvus-fleet/credentials/object-storage", credentials, "0600");
                 // What init/join will do: render as root, install the units.
                 hosts.sh_ok(
@@ -102,7 +173,7 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
     let endpoints: Vec<String> = hosts
         .names()
         .iter()
-        .map(|h| format!("http://{}:2379", hosts.address(h)))
+        .map(|h| format!("https://{}:2379", hosts.address(h)))
         .collect();
     let health = format!(
         "docker exec mf-etcd etcdctl --endpoints={} endpoint health 2>&1",

@@ -13,6 +13,8 @@
 //!   certificate the same calls find no route; /metrics answers anyone.
 //! - Every container runs with no new privileges and only its listed capabilities, read
 //!   from its main process; its logs are bounded.
+//! - From the bridge, without a certificate: etcd's client and peer ports refuse; the
+//!   Milvus roles' etcd user reads Milvus' keys and none of milvus-fleet's.
 //! - From the hosts' bridge, without a certificate: 1,000 idle connections and 100 stalled
 //!   TLS handshakes held on the API port for 60 s change no leadership, and the local
 //!   status call keeps answering; the port closes what it cannot serve.
@@ -386,4 +388,75 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
     assert_eq!(token_ids(&hosts), tokens_before, "a token was minted");
     let jobs = hosts.sh_ok("h1", "milvus-fleet job list");
     assert!(!jobs.contains("node-remove"), "{jobs}");
+
+    // etcd, from the bridge: its client and peer ports refuse a caller without a cluster
+    // certificate; the client port answers the node's (the refusal is the certificate's).
+    let curl = |port: &str, with_cert: bool| {
+        let mut command = std::process::Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &hosts.switch_netns(),
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .arg("--cacert")
+            .arg(keys.path().join("ca.crt"));
+        if with_cert {
+            command
+                .arg("--cert")
+                .arg(keys.path().join("node.crt"))
+                .arg("--key")
+                .arg(keys.path().join("node.key"));
+        }
+        command
+            .arg(format!("https://{}:{port}/version", hosts.address("h1")))
+            .output()
+            .unwrap()
+    };
+    for port in ["2379", "2380"] {
+        let refused = curl(port, false);
+        assert!(
+            !refused.status.success(),
+            "etcd port {port} answered without a certificate: {}",
+            String::from_utf8_lossy(&refused.stdout)
+        );
+    }
+    let answered = curl("2379", true);
+    assert!(
+        String::from_utf8_lossy(&answered.stdout).contains("etcdserver"),
+        "etcd's client port with the node's certificate: {}{}",
+        String::from_utf8_lossy(&answered.stdout),
+        String::from_utf8_lossy(&answered.stderr)
+    );
+
+    // The Milvus roles' etcd user reaches Milvus' keys and nothing of milvus-fleet's.
+    let as_milvus = |command: &str| {
+        hosts.sh(
+            "h1",
+            &format!(
+                "docker run --rm --network host -v /etc/milvus-fleet/tls:/t:ro local/etcd:test \
+                 etcdctl --endpoints=https://{}:2379 --cacert=/t/ca.crt --cert=/t/milvus.crt \
+                 --key=/t/milvus.key {command} 2>&1",
+                hosts.address("h1")
+            ),
+        )
+    };
+    let fleet_keys = as_milvus("get --prefix --keys-only /milvus-fleet/");
+    let said = String::from_utf8_lossy(&fleet_keys.stdout).into_owned();
+    assert!(
+        !fleet_keys.status.success() && said.contains("permission denied"),
+        "the milvus user read milvus-fleet's keys: {said}"
+    );
+    let milvus_keys = as_milvus("get --prefix --keys-only --limit=1 by-dev/meta/session/");
+    let said = String::from_utf8_lossy(&milvus_keys.stdout).into_owned();
+    assert!(
+        milvus_keys.status.success() && said.contains("by-dev/meta/session/"),
+        "the milvus user could not read Milvus' sessions: {said}"
+    );
+    let write = as_milvus("put /milvus-fleet/security-test/leader evil");
+    assert!(!write.status.success(), "the milvus user wrote a fleet key");
 }

@@ -247,7 +247,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     hosts.sh_ok(
         "h3",
         &format!(
-            "milvus-fleet probe http://{}:2379/health",
+            "milvus-fleet probe http://{}:2381/health",
             hosts.address("h3")
         ),
     );

@@ -515,3 +515,55 @@ fn podman_runs_compose_and_its_api_socket_without_a_docker_dependency() {
     assert!(unit.contains("Requires=podman.socket"), "{unit}");
     assert!(!unit.contains("docker"), "{unit}");
 }
+
+/// `systemd-analyze security`'s overall exposure of a unit file (0 best, 10 worst).
+fn exposure(unit: &Path) -> f64 {
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--no-pager"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.split_once("Overall exposure level for ")?
+                .1
+                .split_once(": ")
+        })
+        .and_then(|(_, level)| level.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level for {}: {text}", unit.display()))
+}
+
+#[test]
+fn systemd_analyze_security_rates_the_daemon_at_most_2_and_every_unit_is_printed() {
+    let mut printed = Vec::new();
+    for unit in [
+        "milvus-fleet.service",
+        "milvus-fleet-apply.service",
+        "milvus-fleet-join.service",
+        "milvus-fleet-standalone-clear.service",
+    ] {
+        let level = exposure(&repo().join("systemd").join(unit));
+        printed.push(format!("{unit}: {level}"));
+        if unit == "milvus-fleet.service" {
+            assert!(level <= 2.0, "the daemon's exposure is {level}");
+        }
+    }
+    // The rendered units run compose as root (they drive the container engine): printed,
+    // not bounded; the containers' own limits are in tests/hosts_security.rs.
+    let dir = TempDir::new().unwrap();
+    for out in render_examples(dir.path()) {
+        for entry in fs::read_dir(out.join("units")).unwrap() {
+            let unit = entry.unwrap().path();
+            printed.push(format!(
+                "{}: {}",
+                unit.strip_prefix(dir.path()).unwrap().display(),
+                exposure(&unit)
+            ));
+        }
+    }
+    eprintln!(
+        "systemd-analyze security (exposure, 0 best .. 10 worst):\n{}",
+        printed.join("\n")
+    );
+}

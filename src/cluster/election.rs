@@ -144,6 +144,10 @@ pub struct Election {
     placement: Option<watch::Receiver<Option<super::placement::Placement>>>,
     /// No campaign before this (after stepping down, so that another daemon takes over).
     hold_campaign_until: Option<Instant>,
+    /// Whether this daemon may lead at all (`FleetConfig::may_lead`); one that may not
+    /// still holds a lease and registers (its server's fencing needs the lease), and
+    /// only reads the leader key.
+    candidate: bool,
 }
 
 /// How a leadership (or a lease) ended.
@@ -184,7 +188,14 @@ impl Election {
             lease_until: watch::channel(None).0,
             placement: None,
             hold_campaign_until: None,
+            candidate: true,
         }
+    }
+
+    /// Whether this daemon campaigns (see the field).
+    pub fn with_candidacy(mut self, candidate: bool) -> Self {
+        self.candidate = candidate;
+        self
     }
 
     /// A leader whose node runs the standalone server steps down when another daemon is
@@ -359,7 +370,8 @@ impl Election {
         let mut lease = super::bounded("granting a lease", ttl, self.grant_lease()).await?;
         let end = loop {
             let key = self.leader_key();
-            let held = self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
+            let held =
+                !self.candidate || self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
             let answer = super::bounded(
                 "the campaign",
                 ttl / 2,

@@ -23,6 +23,9 @@
 
 use crate::config::FleetConfig;
 
+/// Milvus' keys (etcd.rootPath): the `milvus` etcd user's whole reach.
+pub const MILVUS_ROOT: &str = "by-dev";
+
 /// Where Milvus keeps its component sessions in etcd (etcd.rootPath + metaSubPath).
 pub const MILVUS_SESSIONS: &str = "by-dev/meta/session/";
 

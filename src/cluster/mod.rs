@@ -2,6 +2,7 @@
 //! etcd is the single source of cluster truth; every key lives under
 //! `/milvus-fleet/<cluster>/`.
 
+pub mod auth;
 mod channel;
 pub mod election;
 pub mod jobs;
@@ -62,23 +63,41 @@ pub async fn connect_live(urls: &[String]) -> Result<(Client, Vec<String>), Clus
     let chosen = if live.is_empty() { urls.to_vec() } else { live };
     let client = Client::connect_with_balanced_channel(
         &chosen,
-        Some(connect_options()),
+        Some(connect_options(&chosen)?),
         channel::ResendRefused,
     )
     .await?;
     Ok((client, chosen))
 }
 
-fn connect_options() -> ConnectOptions {
-    ConnectOptions::new()
+pub(super) fn connect_options(urls: &[impl AsRef<str>]) -> Result<ConnectOptions, ClusterError> {
+    let options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
         .with_keep_alive_while_idle(true)
-        .with_connect_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(2));
+    if !urls.iter().any(|u| u.as_ref().starts_with("https://")) {
+        return Ok(options);
+    }
+    Ok(options.with_tls(node_tls()?))
+}
+
+/// This node's certificate and the cluster CA, for an etcd that asks for them (its
+/// common name is this node's etcd user; see `auth`).
+fn node_tls() -> Result<etcd_client::TlsOptions, ClusterError> {
+    use etcd_client::{Certificate, Identity, TlsOptions};
+    let dir = crate::host::pki_dir();
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|error| ClusterError::StateFile { path, error })
+    };
+    Ok(TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(read("ca.crt")?))
+        .identity(Identity::from_pem(read("node.crt")?, read("node.key")?)))
 }
 
 /// A client of the one etcd member at `url` (it connects on first use).
 pub async fn connect_one(url: &str) -> Result<Client, ClusterError> {
-    Ok(Client::connect([url], Some(connect_options())).await?)
+    Ok(Client::connect([url], Some(connect_options(&[url])?)).await?)
 }
 
 /// How long an endpoint may take to answer before it counts as gone.
@@ -86,8 +105,8 @@ const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Whether the etcd process behind `address` answers an HTTP request (`/version` on
 /// its client port). A bare TCP accept is not enough: the kernel accepts for a frozen
-/// (SIGSTOPped, wedged) member too, and requests routed to it hang. A TLS client port
-/// answers plain HTTP with a 400, which still proves the process runs.
+/// (SIGSTOPped, wedged) member too, and requests routed to it hang. Any HTTP answer (a
+/// 404 on a metrics port) proves the process runs.
 async fn answers(address: String) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
@@ -106,12 +125,38 @@ async fn answers(address: String) -> bool {
     )
 }
 
+/// The plain-HTTP port of the etcd members milvus-fleet runs (etcd.metrics_port), set
+/// once by a process that talks to them: a member's TLS client port refuses a probe
+/// without a certificate and logs every refusal, so the probe goes to this port instead.
+static PROBE_PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
+/// Makes the endpoint probe use the local members' metrics port (see [`PROBE_PORT`]).
+pub fn probe_members_at(config: &FleetConfig) {
+    if config.etcd.mode == crate::config::model::ServiceMode::Local {
+        let _ = PROBE_PORT.set(config.etcd.metrics_port);
+    }
+}
+
+/// Where to probe the member of client URL `url` (pure but for [`PROBE_PORT`]).
+fn probe_address(url: &str, probe_port: Option<u16>) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let address = rest.split('/').next().unwrap_or(rest);
+    match probe_port {
+        Some(port) if scheme == "https" => match raft_leader::url_host(url) {
+            v6 if v6.contains(':') => format!("[{v6}]:{port}"),
+            host => format!("{host}:{port}"),
+        },
+        _ => address.to_owned(),
+    }
+}
+
 /// The URLs whose etcd answers, probed together.
 async fn answering(urls: &[String]) -> Vec<String> {
+    let probe_port = PROBE_PORT.get().copied();
     let probes = urls.iter().map(|url| async move {
-        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
-        let address = rest.split('/').next().unwrap_or(rest).to_owned();
-        answers(address).await.then(|| url.clone())
+        answers(probe_address(url, probe_port))
+            .await
+            .then(|| url.clone())
     });
     futures_util::future::join_all(probes)
         .await
@@ -306,7 +351,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{reachable_majority, vouched, VOUCH_FOR};
+    use super::{probe_address, reachable_majority, vouched, VOUCH_FOR};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -322,6 +367,24 @@ mod tests {
         assert_eq!(vouched(Some(now), now + Duration::from_secs(10)), None);
         // No lease held.
         assert_eq!(vouched::<Instant>(None, now), None);
+    }
+
+    #[test]
+    fn a_tls_member_is_probed_on_its_plain_port_and_others_where_they_listen() {
+        let port = Some(2381);
+        assert_eq!(
+            probe_address("https://10.0.0.1:2379", port),
+            "10.0.0.1:2381"
+        );
+        assert_eq!(
+            probe_address("https://[fd00::1]:2379", port),
+            "[fd00::1]:2381"
+        );
+        assert_eq!(probe_address("http://10.0.0.1:2379", port), "10.0.0.1:2379");
+        assert_eq!(
+            probe_address("https://10.0.0.1:2379", None),
+            "10.0.0.1:2379"
+        );
     }
 
     #[test]

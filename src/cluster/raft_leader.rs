@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, Member};
+use etcd_client::{Client, Member};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -148,7 +148,7 @@ async fn move_off(
     };
     // etcd takes MoveLeader from the raft leader only; the balanced client could send it
     // to any member, so ask the leader's own endpoints.
-    let options = ConnectOptions::new()
+    let options = super::connect_options(leader.client_urls())?
         .with_connect_timeout(CALL_TIMEOUT)
         .with_timeout(CALL_TIMEOUT);
     let mut direct = Client::connect(leader.client_urls(), Some(options)).await?;

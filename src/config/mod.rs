@@ -131,8 +131,33 @@ impl Settings {
     }
 }
 
-/// The kernel's host name (not /proc/sys/kernel/hostname: the daemon's sandbox hides /proc/sys).
+/// etcd users that are not nodes: etcd's `root`, and `milvus` (the Milvus roles' client
+/// certificate). A node's certificate name is its etcd user, so no node may take these.
+pub const RESERVED_ETCD_USERS: [&str; 2] = ["root", "milvus"];
+
+/// The URL of a local etcd member's client or peer port at `address`: always TLS (the
+/// members and every client show a certificate of the cluster CA).
+pub fn etcd_url(address: &str, port: u16) -> String {
+    if address.contains(':') {
+        format!("https://[{address}]:{port}")
+    } else {
+        format!("https://{address}:{port}")
+    }
+}
+
 impl FleetConfig {
+    /// Whether node `name` may lead: the storage nodes, when the cluster has any (they
+    /// hold etcd's data and are its `root` users); every node of a cluster without.
+    /// A witness or compute node never leads beside a storage node (pure).
+    pub fn may_lead(&self, name: &str) -> bool {
+        use model::Role;
+        let storage = |n: &model::NodeConfig| n.roles.contains(&Role::Storage);
+        let any_storage = self.nodes.iter().any(storage);
+        self.nodes
+            .iter()
+            .any(|n| n.name == name && (storage(n) || !any_storage))
+    }
+
     /// The client URLs of the cluster's etcd: every local member (storage and witness
     /// nodes), or the external endpoints.
     pub fn etcd_client_urls(&self) -> Vec<String> {
@@ -147,12 +172,13 @@ impl FleetConfig {
                         .iter()
                         .any(|r| matches!(r, Role::Storage | Role::Witness))
                 })
-                .map(|n| format!("http://{}:{}", n.address, self.etcd.client_port))
+                .map(|n| etcd_url(&n.address, self.etcd.client_port))
                 .collect(),
         }
     }
 }
 
+/// The kernel's host name (not /proc/sys/kernel/hostname: the daemon's sandbox hides /proc/sys).
 fn local_host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it

@@ -170,6 +170,9 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Plain-HTTP `/health` and `/metrics` of a local member (no keys behind it): what the
+    /// daemon probes to tell a running member from a frozen one, without a TLS handshake.
+    pub metrics_port: u16,
     /// Raft timing. Short values allow short leader leases (etcd refuses a lease TTL
     /// below ~1.5 x the election timeout), at the cost of more heartbeat traffic.
     pub heartbeat_interval_ms: u32,
@@ -183,6 +186,7 @@ impl Default for EtcdConfig {
             endpoints: Vec::new(),
             client_port: 2379,
             peer_port: 2380,
+            metrics_port: 2381,
             heartbeat_interval_ms: 50,
             election_timeout_ms: 500,
         }

@@ -87,6 +87,16 @@ fn check_nodes(config: &FleetConfig) -> Check {
     for (i, node) in config.nodes.iter().enumerate() {
         let key = |field: &str| format!("nodes[{i}].{field}");
         dns_label(&key("name"), &node.name)?;
+        if crate::config::RESERVED_ETCD_USERS.contains(&node.name.as_str()) {
+            return Err(reject(
+                key("name"),
+                format!(
+                    "node name {:?} is reserved (a node's name is its etcd user; etcd has users {})",
+                    node.name,
+                    crate::config::RESERVED_ETCD_USERS.join(" and ")
+                ),
+            ));
+        }
         if !names.insert(node.name.as_str()) {
             return Err(reject(
                 key("name"),
@@ -344,6 +354,7 @@ fn check_ports(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
         ("milvus.metrics_port", config.milvus.metrics_port),
         ("etcd.client_port", config.etcd.client_port),
         ("etcd.peer_port", config.etcd.peer_port),
+        ("etcd.metrics_port", config.etcd.metrics_port),
         (
             "object_storage.minio_port",
             config.object_storage.minio_port,

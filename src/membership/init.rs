@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 use super::join::{peer_url, JoinRequest, JoinResponse, RequestError};
 use super::store::{cluster_config_text, MembershipStore};
 use super::token::JoinToken;
+use crate::cluster::auth::MILVUS_USER;
 use crate::config::model::{EtcdClusterState, NodeConfig, Role, ServiceMode};
 use crate::config::{ConfigPaths, FleetConfig, Settings};
 use crate::host::{self as local, write_file, DAEMON_USER};
@@ -85,6 +86,12 @@ pub fn init(
         crate::pki::NODE_VALIDITY,
     )?;
     write_pki(&ca.pem().cert, Some(&ca.pem().key), &node_pem)?;
+    let milvus_pem = identity
+        .roles
+        .contains(&Role::Compute)
+        .then(|| ca.issue_etcd_client(MILVUS_USER, crate::pki::NODE_VALIDITY))
+        .transpose()?;
+    write_tls(&ca.pem().cert, &node_pem, milvus_pem.as_ref())?;
 
     let votes = votes(&identity.roles) && config.etcd.mode == ServiceMode::Local;
     write_node_files(
@@ -97,9 +104,16 @@ pub fn init(
     super::apply::apply(paths, super::apply::Mode::Converge)?;
 
     // etcd is up (or external): the cluster's truth goes there, once.
+    crate::cluster::probe_members_at(&config);
     let runtime = local::runtime()?;
     let token = runtime.block_on(async {
-        let client = wait_for_etcd(&config.etcd_client_urls(), Duration::from_secs(120)).await?;
+        let mut client =
+            wait_for_etcd(&config.etcd_client_urls(), Duration::from_secs(120)).await?;
+        if config.etcd.mode == ServiceMode::Local {
+            let prefix = crate::cluster::prefix(&config);
+            crate::cluster::auth::enable(&mut client, &prefix, &name, config.may_lead(&name))
+                .await?;
+        }
         let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
         let cert = crate::pki::cert_sha256(&node_pem.cert).context("this node's certificate")?;
         if !store
@@ -184,25 +198,36 @@ pub fn join(
         })?,
     };
     let (csr, key) = crate::pki::node_csr(&name)?;
+    let milvus_key = identity
+        .roles
+        .contains(&Role::Compute)
+        .then(|| crate::pki::node_csr(MILVUS_USER))
+        .transpose()?;
     let request = JoinRequest {
         credential: token.credential(),
         name: name.clone(),
         address,
         roles: identity.roles.clone(),
         csr,
+        milvus_csr: milvus_key.as_ref().map(|(csr, _)| csr.clone()),
     };
     let runtime = local::runtime()?;
     let response = runtime.block_on(send_with_retries(server, token, &request))?;
 
     // Everything below only runs after the cluster said yes.
-    write_pki(
-        &response.ca_cert,
-        response.ca_key.as_deref(),
-        &Pem {
-            cert: response.node_cert.clone(),
+    let node_pem = Pem {
+        cert: response.node_cert.clone(),
+        key,
+    };
+    write_pki(&response.ca_cert, response.ca_key.as_deref(), &node_pem)?;
+    let milvus_pem = match (&response.milvus_cert, milvus_key) {
+        (Some(cert), Some((_, key))) => Some(Pem {
+            cert: cert.clone(),
             key,
-        },
-    )?;
+        }),
+        _ => None,
+    };
+    write_tls(&response.ca_cert, &node_pem, milvus_pem.as_ref())?;
     let config = super::store::parse_cluster_config(&response.config)?;
     if let Some(credentials) = &response.object_storage_credentials {
         let path = PathBuf::from(&config.object_storage.credentials_file);
@@ -249,7 +274,8 @@ async fn send_with_retries(
 /// Promotes this host's etcd learner once it has caught up, talking to the other
 /// members only (a learner answers no client requests).
 async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Result<()> {
-    let own = format!("http://{}:{}", address, config.etcd.client_port);
+    crate::cluster::probe_members_at(config);
+    let own = crate::config::etcd_url(address, config.etcd.client_port);
     let others: Vec<String> = config
         .etcd_client_urls()
         .into_iter()
@@ -329,6 +355,21 @@ fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<
     }
     write_file(&dir.join("node.crt"), node.cert.as_bytes(), 0o644, user)?;
     write_file(&dir.join("node.key"), node.key.as_bytes(), 0o600, user)
+}
+
+/// Root's copies for the data plane (see host::TLS_DIR): the CA, this node's certificate
+/// for its etcd member, and the Milvus roles' etcd client certificate when it runs them.
+fn write_tls(ca_cert: &str, node: &Pem, milvus: Option<&Pem>) -> anyhow::Result<()> {
+    let dir = PathBuf::from(local::TLS_DIR);
+    crate::host::make_dir(&dir, 0o700, "root")?;
+    write_file(&dir.join("ca.crt"), ca_cert.as_bytes(), 0o644, None)?;
+    write_file(&dir.join("etcd.crt"), node.cert.as_bytes(), 0o644, None)?;
+    write_file(&dir.join("etcd.key"), node.key.as_bytes(), 0o600, None)?;
+    if let Some(milvus) = milvus {
+        write_file(&dir.join("milvus.crt"), milvus.cert.as_bytes(), 0o644, None)?;
+        write_file(&dir.join("milvus.key"), milvus.key.as_bytes(), 0o600, None)?;
+    }
+    Ok(())
 }
 
 /// The cluster file (the daemon keeps it in step with etcd afterwards) and this node's

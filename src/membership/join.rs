@@ -30,6 +30,9 @@ pub struct JoinRequest {
     pub address: String,
     pub roles: Vec<Role>,
     pub csr: String,
+    /// A request for the Milvus roles' etcd client certificate (a compute node).
+    #[serde(default)]
+    pub milvus_csr: Option<String>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -39,6 +42,9 @@ pub struct JoinResponse {
     pub config: String,
     pub ca_cert: String,
     pub node_cert: String,
+    /// The Milvus roles' etcd client certificate (etcd user `milvus`), when asked for.
+    #[serde(default)]
+    pub milvus_cert: Option<String>,
     /// The CA key, for storage nodes only: any of them can then admit the next node.
     pub ca_key: Option<String>,
     /// `name=peer-url,...` for a new etcd member: the members it joins.
@@ -159,6 +165,17 @@ pub async fn admit(
                 std::slice::from_ref(&request.address),
             )
             .map_err(|e| JoinError::Invalid(format!("csr: {e}")))?;
+        let milvus_cert = request
+            .milvus_csr
+            .as_deref()
+            .filter(|_| wanted.roles.contains(&Role::Compute))
+            .map(|csr| {
+                signer
+                    .ca
+                    .sign_etcd_client_csr(csr, crate::cluster::auth::MILVUS_USER)
+            })
+            .transpose()
+            .map_err(|e| JoinError::Invalid(format!("milvus_csr: {e}")))?;
         let cert_hash = crate::pki::cert_sha256(&node_cert)
             .map_err(|e| JoinError::Invalid(format!("the signed certificate: {e}")))?;
 
@@ -171,6 +188,13 @@ pub async fn admit(
         } else {
             None
         };
+
+        if config.etcd.mode == ServiceMode::Local {
+            let may_lead = config.may_lead(&request.name);
+            crate::cluster::auth::add_node(&mut store.client, &request.name, may_lead)
+                .await
+                .map_err(|e| JoinError::Busy(e.to_string()))?;
+        }
 
         let mut token = record.clone();
         if !token.used_by.contains(&request.name) {
@@ -209,6 +233,7 @@ pub async fn admit(
             config: cluster_config_text(&config)?,
             ca_cert: signer.ca.pem().cert.clone(),
             node_cert,
+            milvus_cert,
             ca_key: storage.then(|| signer.ca.pem().key.clone()),
             etcd_initial_cluster,
             object_storage_credentials: signer
@@ -277,11 +302,7 @@ async fn add_etcd_learner(
 }
 
 pub fn peer_url(address: &str, port: u16) -> String {
-    if address.contains(':') {
-        format!("http://[{address}]:{port}")
-    } else {
-        format!("http://{address}:{port}")
-    }
+    crate::config::etcd_url(address, port)
 }
 
 /// The joining side: sends `request` to `server` (host[:port]) over TLS pinned to the

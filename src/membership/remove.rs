@@ -1,10 +1,12 @@
-//! Node removal, a leader job in two idempotent steps:
+//! Node removal, a leader job in three idempotent steps:
 //! 1. remove the node's etcd member (storage and witness nodes), while the rest still
 //!    have quorum; the removed member's etcd stops itself;
 //! 2. in one transaction guarded by the leader's term: drop the node from the cluster
 //!    configuration and revoke its certificate. Every daemon mirrors the new
 //!    configuration, so the node's own apply drains it (its Milvus roles stop gracefully,
-//!    its units are removed) and the other nodes' load balancers drop it (a reload).
+//!    its units are removed) and the other nodes' load balancers drop it (a reload);
+//! 3. delete its etcd user (a cluster whose etcd milvus-fleet runs): every member refuses
+//!    its certificate from then on.
 //!
 //! Refused up front, with the reason, when it would break etcd's quorum, the MinIO
 //! pool, or leave no node to run Milvus.
@@ -20,7 +22,7 @@ use crate::cluster::kv::{Check, Cmp, Op};
 use crate::config::model::{ObjectStorageKind, Role, ServiceMode};
 use crate::config::FleetConfig;
 
-pub const STEPS: u32 = 2;
+pub const STEPS: u32 = 3;
 
 /// Why a node cannot leave now.
 #[derive(Debug, thiserror::Error)]
@@ -98,11 +100,8 @@ pub async fn check(
 }
 
 async fn is_healthy(urls: &[String]) -> bool {
-    let options = etcd_client::ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(2));
     let probe = async {
-        let mut client = Client::connect(urls, Some(options)).await.ok()?;
+        let mut client = crate::cluster::connect_one(urls.first()?).await.ok()?;
         client.status().await.ok()
     };
     tokio::time::timeout(Duration::from_secs(3), probe)
@@ -191,7 +190,7 @@ pub async fn step(
                 ..Default::default()
             })
         }
-        _ => {
+        1 => {
             let mut config = config;
             config.nodes.retain(|n| n.name != node);
             let cert = reread(store, |mut store| async move { store.cert_of(node).await })
@@ -211,6 +210,21 @@ pub async fn step(
                 log: format!(
                     "removed {node} from the cluster configuration and revoked its certificate; its daemon stops its components, the load balancers drop it"
                 ),
+            })
+        }
+        _ => {
+            if config.etcd.mode != ServiceMode::Local {
+                return Ok(StepEffects {
+                    log: "etcd is external: no etcd user to remove".into(),
+                    ..Default::default()
+                });
+            }
+            crate::cluster::auth::remove_node(&mut store.client, node)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(StepEffects {
+                log: format!("removed {node}'s etcd user: etcd refuses its certificate"),
+                ..Default::default()
             })
         }
     }

@@ -160,6 +160,25 @@ impl Ca {
         })
     }
 
+    /// A client certificate and new key for etcd user `user` (the Milvus roles' `milvus`):
+    /// client auth only, no address, no role the API accepts (its hash is no node's).
+    pub fn issue_etcd_client(&self, user: &str, valid_for: Duration) -> Result<Pem, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = etcd_client_params(user, valid_for).signed_by(&key, &self.issuer)?;
+        Ok(Pem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a joining node's request for etcd user `user`'s client certificate (see
+    /// [`Ca::issue_etcd_client`]); only the public key is taken from the request.
+    pub fn sign_etcd_client_csr(&self, csr_pem: &str, user: &str) -> Result<String, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = etcd_client_params(user, NODE_VALIDITY);
+        Ok(csr.signed_by(&self.issuer)?.pem())
+    }
+
     /// Signs a joining node's CSR. Only the public key is taken from the request; the
     /// name, addresses and usages are the cluster's decision.
     pub fn sign_csr(
@@ -233,6 +252,18 @@ fn subject(common_name: &str, role: CertRole) -> DistinguishedName {
     let mut subject = name(common_name);
     subject.push(DnType::OrganizationalUnitName, role.unit());
     subject
+}
+
+fn etcd_client_params(user: &str, valid_for: Duration) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(user);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + valid_for;
+    params
 }
 
 fn node_params(

@@ -43,6 +43,8 @@ pub struct NodePlan {
     pub rendered_dir: &'static str,
     pub data_dir: String,
     pub credentials_file: String,
+    /// Root's copies of the certificates etcd and Milvus use (see host::TLS_DIR).
+    pub tls_dir: &'static str,
     pub images: ImagesConfig,
     pub etcd: EtcdView,
     pub minio: Option<MinioView>,
@@ -86,6 +88,7 @@ pub struct EtcdView {
     pub initial_cluster_state: &'static str,
     pub client_port: u16,
     pub peer_port: u16,
+    pub metrics_port: u16,
     pub heartbeat_interval_ms: u32,
     pub election_timeout_ms: u32,
 }
@@ -214,14 +217,20 @@ impl NodePlan {
             .contains(&Component::Etcd)
             .then(|| format!("{}:{}", node.address, etcd.client_port));
         let milvus_endpoints = if etcd_local {
-            format!("http://127.0.0.1:{}", config.load_balancer.etcd_port)
+            format!("https://127.0.0.1:{}", config.load_balancer.etcd_port)
         } else {
             endpoints.clone()
         };
         let initial_cluster = match config.local.etcd_initial_cluster.as_str() {
             "" => etcd_members
                 .iter()
-                .map(|m| format!("{}=http://{}:{}", m.name, m.address, etcd.peer_port))
+                .map(|m| {
+                    format!(
+                        "{}={}",
+                        m.name,
+                        crate::config::etcd_url(&m.address, etcd.peer_port)
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join(","),
             members => members.to_owned(),
@@ -305,6 +314,7 @@ impl NodePlan {
             rendered_dir: RENDERED_DIR,
             data_dir: config.cluster.data_dir.clone(),
             credentials_file: storage.credentials_file.clone(),
+            tls_dir: crate::host::TLS_DIR,
             images: config.images.clone(),
             etcd: EtcdView {
                 local: etcd_local,
@@ -317,6 +327,7 @@ impl NodePlan {
                 initial_cluster_state,
                 client_port: etcd.client_port,
                 peer_port: etcd.peer_port,
+                metrics_port: etcd.metrics_port,
                 heartbeat_interval_ms: etcd.heartbeat_interval_ms,
                 election_timeout_ms: etcd.election_timeout_ms,
             },
@@ -384,7 +395,7 @@ impl NodePlan {
     fn probe(&self, component: Component, metrics_base: u16) -> String {
         let address = &self.node.address;
         match component.spec().probe {
-            ProbeKind::EtcdHealth => format!("http://{address}:{}/health", self.etcd.client_port),
+            ProbeKind::EtcdHealth => format!("http://{address}:{}/health", self.etcd.metrics_port),
             ProbeKind::MinioLive => format!(
                 "http://{address}:{}/minio/health/live",
                 self.minio.as_ref().map_or(0, |m| m.port)
