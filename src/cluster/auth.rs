@@ -6,7 +6,7 @@
 //! |---------------|---------------------|--------------------------------------------------|
 //! | a storage node| `root`              | everything (it leads: members, users, fencing)   |
 //! | any other node| `milvus-fleet-node` | the cluster's prefix; Milvus' sessions, read     |
-//! | `milvus`      | `milvus`            | Milvus' root path only                           |
+//! | `milvus`      | `milvus`            | Milvus' root path; key `health`, read            |
 //! | `root`        | `root`              | nobody holds its certificate (etcd requires it)  |
 //!
 //! Removing a node deletes its user: every etcd member refuses its certificate's requests
@@ -40,7 +40,12 @@ pub fn roles(prefix: &str) -> Vec<(&'static str, Vec<Grant>)> {
             NODE_ROLE,
             vec![grant(prefix, true), grant(keys::MILVUS_SESSIONS, false)],
         ),
-        (MILVUS_ROLE, vec![grant(keys::MILVUS_ROOT, true)]),
+        // Milvus reads key `health` (absent) to tell that etcd answers before it opens a
+        // session.
+        (
+            MILVUS_ROLE,
+            vec![grant(keys::MILVUS_ROOT, true), grant("health", false)],
+        ),
     ]
 }
 
@@ -149,10 +154,16 @@ mod tests {
         let milvus = &roles.iter().find(|(r, _)| *r == MILVUS_ROLE).unwrap().1;
         assert_eq!(
             milvus,
-            &vec![Grant {
-                prefix: "by-dev".into(),
-                write: true
-            }]
+            &vec![
+                Grant {
+                    prefix: "by-dev".into(),
+                    write: true
+                },
+                Grant {
+                    prefix: "health".into(),
+                    write: false
+                }
+            ]
         );
         let node = &roles.iter().find(|(r, _)| *r == NODE_ROLE).unwrap().1;
         assert!(node
