@@ -176,7 +176,7 @@ fn rendered_units_run_etcd_load_balancer_and_milvus_that_a_client_uses() {
         .map(|h| format!("https://{}:2379", hosts.address(h)))
         .collect();
     let health = format!(
-        "docker exec mf-etcd etcdctl --endpoints={} endpoint health 2>&1",
+        "docker exec -e ETCDCTL_ENDPOINTS={} mf-etcd etcdctl endpoint health 2>&1",
         endpoints.join(",")
     );
     wait_until("3 healthy etcd members", Duration::from_secs(60), || {

@@ -485,7 +485,7 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             .sh(
                 "h1",
                 &format!(
-                    "docker exec mf-etcd etcdctl --endpoints=https://{}:2379 endpoint health",
+                    "docker exec -e ETCDCTL_ENDPOINTS=https://{}:2379 mf-etcd etcdctl endpoint health",
                     hosts.address("h2")
                 ),
             )
