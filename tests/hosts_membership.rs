@@ -191,7 +191,7 @@ fn join_h4(hosts: &Hosts, token: &str) -> (bool, String) {
         "h4",
         &format!(
             "milvus-fleet join {} --name h4 --address {} --roles compute < /root/token",
-            hosts.address("h1"),
+            hosts.address("h2"),
             hosts.address("h4")
         ),
     );
@@ -342,6 +342,20 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         "nothing restarted on h1 when h2 and h3 joined"
     );
     assert_lbs_route_to(&hosts, &["h1"], &["h1"], "h2 and h3 joined (storage only)");
+    // The CA's key never left h1: the joiners got signed certificates only. (h4 joins
+    // through h2 below, which signs with the key etcd keeps for the storage nodes.)
+    for host in ["h2", "h3"] {
+        let found = hosts.sh_ok(host, "find / -xdev -name ca.key 2>/dev/null || true");
+        assert_eq!(found, "", "a CA key on {host}");
+    }
+    assert_eq!(
+        hosts.sh_ok("h1", "stat -c '%U %a' /etc/milvus-fleet/tls/ca.key"),
+        "root 600"
+    );
+    assert_eq!(
+        hosts.sh_ok("h1", "ls /var/lib/milvus-fleet/pki"),
+        "ca.crt\nnode.crt\nnode.key"
+    );
     for host in ["h2", "h3"] {
         assert_eq!(
             hosts.sh_ok(
@@ -399,8 +413,8 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         secrets.push(secret_of(t));
     }
 
-    // h4 joins (compute): on h1 only the load balancer's upstreams change (a reload);
-    // nothing restarts.
+    // h4 joins (compute) through h2, a storage node that did not init: on h1 only the
+    // load balancer's upstreams change (a reload); nothing restarts.
     let units_h1 = h1_units;
     let reloads_before = hosts.sh_ok(
         "h1",
@@ -543,6 +557,23 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_lbs_route_to(&hosts, &["h1", "h4"], &["h1", "h4"], "h3 was removed");
+    // h3's certificate is a removed node's now: every remaining etcd member refuses it.
+    for member in ["h1", "h2"] {
+        let read = hosts.sh(
+            "h3",
+            &format!(
+                "docker run --rm --network host -v /etc/milvus-fleet/tls:/t:ro local/etcd:test \
+                 etcdctl --endpoints=https://{}:2379 --cacert=/t/ca.crt --cert=/t/etcd.crt \
+                 --key=/t/etcd.key get --prefix --keys-only /milvus-fleet/ 2>&1",
+                hosts.address(member)
+            ),
+        );
+        let said = String::from_utf8_lossy(&read.stdout);
+        assert!(
+            !read.status.success() && !said.contains("/milvus-fleet/"),
+            "{member}'s etcd answered the removed h3's certificate: {said}"
+        );
+    }
     // The removal does not move the leadership, unless it removed the leader. (An etcd
     // membership change can stall the leader's keepalives for a moment: it then leads on
     // under the same term, and a status read in that moment names no leader; wait that

@@ -28,13 +28,22 @@ fn store(state: &ApiState) -> Result<MembershipStore, ApiError> {
     state.members.borrow().clone().ok_or(ApiError::NoCluster)
 }
 
-fn signer(state: &ApiState) -> Result<Signer, ApiError> {
+/// The CA this node signs with: its key from etcd (a cluster whose etcd milvus-fleet runs:
+/// only storage nodes may read it), else from this node's PKI directory (an external etcd:
+/// the storage nodes keep it on disk).
+async fn signer(state: &ApiState, store: &mut MembershipStore) -> Result<Signer, ApiError> {
     let read = |name: &str| std::fs::read_to_string(state.pki_dir.join(name));
-    let (Ok(cert), Ok(key)) = (read("ca.crt"), read("ca.key")) else {
-        return Err(ApiError::Unavailable(format!(
+    let no_key = || {
+        ApiError::Unavailable(format!(
             "{} holds no CA key (only storage nodes sign certificates): join through a storage node",
             state.node
-        )));
+        ))
+    };
+    let cert = read("ca.crt").map_err(|_| no_key())?;
+    let key = match store.ca_key().await {
+        Ok(Some(key)) => key,
+        // Not kept in etcd (external etcd), or not readable by this node's etcd user.
+        Ok(None) | Err(_) => read("ca.key").map_err(|_| no_key())?,
     };
     let ca = Ca::load(&Pem { cert, key })
         .map_err(|e| ApiError::Unavailable(format!("the node's CA: {e}")))?;
@@ -65,8 +74,8 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<Response, ApiErro
         ));
     }
     let request: JoinRequest = parse(&body)?;
-    let signer = signer(&state)?;
     let mut store = store(&state)?;
+    let signer = signer(&state, &mut store).await?;
     match admit(&mut store, &signer, &request).await {
         Ok(response) => {
             info!(node = %request.name, address = %request.address, roles = %role_list(&request.roles), "node joined");

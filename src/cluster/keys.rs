@@ -18,6 +18,10 @@
 //!   alerts/peers/<node>        a raised peer-down alert (one per lost node)
 //! ```
 //!
+//! One key lives outside the prefix: `/milvus-fleet-ca/<cluster>`, the cluster CA's
+//! private key when milvus-fleet runs etcd (only etcd's `root` role reads it: the storage
+//! nodes, which sign joining nodes' certificates; see cluster::auth).
+//!
 //! Milvus keeps its own sessions under `by-dev/meta/session/` (etcd.rootPath `by-dev`),
 //! read to tell where a server runs and revoked to fence a lost one.
 
@@ -32,6 +36,17 @@ pub const MILVUS_SESSIONS: &str = "by-dev/meta/session/";
 /// The key prefix of one cluster.
 pub fn prefix(config: &FleetConfig) -> String {
     format!("/milvus-fleet/{}/", config.cluster.name)
+}
+
+/// The CA key of the cluster at `prefix` (`/milvus-fleet/<cluster>/`): beside the
+/// prefix, not in it, so that a role granted the prefix does not reach it.
+pub fn ca_key(prefix: &str) -> String {
+    let cluster = prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    format!("/milvus-fleet-ca/{cluster}")
 }
 
 pub fn leader(prefix: &str) -> String {
@@ -128,6 +143,8 @@ mod tests {
             drill_effect(p, "j", 7),
             "/milvus-fleet/c/drill-effects/j/0007"
         );
+        assert_eq!(ca_key(p), "/milvus-fleet-ca/c");
+        assert!(!ca_key(p).starts_with(p));
         // The leader key is no prefix of the acting key's watchers' concern: distinct keys.
         assert_ne!(leader(p), leader_acting(p));
     }

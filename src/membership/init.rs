@@ -71,12 +71,15 @@ pub fn init(
     crate::config::validate::validate(&config, &|_| true)
         .map_err(|r| anyhow::anyhow!("{}: {}", r.key, r.message))?;
 
-    // The CA survives a repeated init, so tokens printed earlier still pin it.
+    // The CA survives a repeated init, so tokens printed earlier still pin it. With
+    // milvus-fleet's etcd its key is root's here and etcd's (for the storage nodes that
+    // sign joins), never the daemon's; with an external etcd the daemon signs from disk.
     let pki = local::pki_dir();
-    let ca = match (
-        std::fs::read_to_string(pki.join("ca.crt")),
-        std::fs::read_to_string(pki.join("ca.key")),
-    ) {
+    let etcd_keeps_ca = config.etcd.mode == ServiceMode::Local;
+    let root_ca_key = PathBuf::from(local::TLS_DIR).join("ca.key");
+    let existing_key = std::fs::read_to_string(&root_ca_key)
+        .or_else(|_| std::fs::read_to_string(pki.join("ca.key")));
+    let ca = match (std::fs::read_to_string(pki.join("ca.crt")), existing_key) {
         (Ok(cert), Ok(key)) => Ca::load(&Pem { cert, key }).context("the existing CA")?,
         _ => Ca::create(&config.cluster.name)?,
     };
@@ -85,13 +88,17 @@ pub fn init(
         std::slice::from_ref(&address),
         crate::pki::NODE_VALIDITY,
     )?;
-    write_pki(&ca.pem().cert, Some(&ca.pem().key), &node_pem)?;
+    let daemon_ca_key = (!etcd_keeps_ca).then_some(ca.pem().key.as_str());
+    write_pki(&ca.pem().cert, daemon_ca_key, &node_pem)?;
     let milvus_pem = identity
         .roles
         .contains(&Role::Compute)
         .then(|| ca.issue_etcd_client(MILVUS_USER, crate::pki::NODE_VALIDITY))
         .transpose()?;
     write_tls(&ca.pem().cert, &node_pem, milvus_pem.as_ref())?;
+    if etcd_keeps_ca {
+        write_file(&root_ca_key, ca.pem().key.as_bytes(), 0o600, None)?;
+    }
 
     let votes = votes(&identity.roles) && config.etcd.mode == ServiceMode::Local;
     write_node_files(
@@ -115,6 +122,9 @@ pub fn init(
                 .await?;
         }
         let mut store = MembershipStore::new(client, crate::cluster::prefix(&config));
+        if etcd_keeps_ca {
+            store.keep_ca_key(&ca.pem().key).await?;
+        }
         let cert = crate::pki::cert_sha256(&node_pem.cert).context("this node's certificate")?;
         if !store
             .create_config(&config, (&config.nodes[0].name, &cert))

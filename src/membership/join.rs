@@ -45,7 +45,8 @@ pub struct JoinResponse {
     /// The Milvus roles' etcd client certificate (etcd user `milvus`), when asked for.
     #[serde(default)]
     pub milvus_cert: Option<String>,
-    /// The CA key, for storage nodes only: any of them can then admit the next node.
+    /// The CA key, for storage nodes of a cluster on an external etcd only (they sign the
+    /// next joins from disk); with milvus-fleet's etcd the key stays in etcd, never sent.
     pub ca_key: Option<String>,
     /// `name=peer-url,...` for a new etcd member: the members it joins.
     pub etcd_initial_cluster: Option<String>,
@@ -234,7 +235,8 @@ pub async fn admit(
             ca_cert: signer.ca.pem().cert.clone(),
             node_cert,
             milvus_cert,
-            ca_key: storage.then(|| signer.ca.pem().key.clone()),
+            ca_key: (storage && config.etcd.mode == ServiceMode::External)
+                .then(|| signer.ca.pem().key.clone()),
             etcd_initial_cluster,
             object_storage_credentials: signer
                 .object_storage_credentials

@@ -51,6 +51,28 @@ impl MembershipStore {
         Self { client, prefix }
     }
 
+    /// The cluster CA's key as etcd keeps it (see keys::ca_key), if it does.
+    pub async fn ca_key(&mut self) -> Result<Option<String>, StoreError> {
+        let key = keys::ca_key(&self.prefix);
+        let got = self.client.get(key, None).await?;
+        Ok(got
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok())
+            .map(str::to_owned))
+    }
+
+    /// Keeps the cluster CA's key in etcd (a cluster whose etcd milvus-fleet runs, with
+    /// auth on: only the `root` role reads it). Written once; a second write is a no-op.
+    pub async fn keep_ca_key(&mut self, key_pem: &str) -> Result<(), StoreError> {
+        let key = keys::ca_key(&self.prefix);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, key_pem, None)]);
+        self.client.txn(txn).await?;
+        Ok(())
+    }
+
     pub fn config_key(&self) -> String {
         keys::config(&self.prefix)
     }
