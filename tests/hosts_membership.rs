@@ -170,7 +170,7 @@ fn assert_lbs_route_to(hosts: &Hosts, lbs: &[&str], compute: &[&str], after: &st
 fn assert_nothing_joined(hosts: &Hosts, host: &str) {
     let left = hosts.sh_ok(
         host,
-        "ls /var/lib/milvus-fleet/cluster.toml /var/lib/milvus-fleet/pki /etc/milvus-fleet/fleet.d \
+        "ls /var/lib/milvus-fleet/cluster.toml /var/lib/milvus-fleet/pki /etc/milvus-fleet/tls /etc/milvus-fleet/fleet.d \
          /etc/systemd/system/milvus-fleet-* 2>/dev/null; systemctl is-active milvus-fleet || true",
     );
     assert_eq!(left, "inactive", "{host} is half-joined: {left}");
@@ -404,6 +404,22 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
         assert_nothing_joined(&hosts, "h4");
     }
+    // A spent token under the name that spent it (another host posing as h2): refused.
+    hosts.write_file("h4", "/root/token", &cloud_token, "0600");
+    let posing = hosts.sh(
+        "h4",
+        &format!(
+            "milvus-fleet join {} --name h2 --address {} --roles storage < /root/token",
+            hosts.address("h1"),
+            hosts.address("h4")
+        ),
+    );
+    let stderr = String::from_utf8_lossy(&posing.stderr);
+    assert!(
+        !posing.status.success() && stderr.contains("used by h2 already"),
+        "a spent token under its node's name: {stderr}"
+    );
+    assert_nothing_joined(&hosts, "h4");
     assert_eq!(
         hosts.sh_ok("h1", "cat /var/lib/milvus-fleet/cluster.toml"),
         config_before
