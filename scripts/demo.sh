@@ -119,8 +119,11 @@ done
 say "milvus-fleet status (h3)"
 $HOSTS exec h3 milvus-fleet status
 
-say "a Milvus client inserts 1000 vectors and searches them through h2's load balancer"
+say "a Milvus client logs in as root, inserts 1000 vectors and searches them through h2's load balancer"
 ns=mfh-sw   # the hosts' bridge network (the harness's switch namespace)
+# Milvus' root password: made by init, kept root-only on the nodes that run Milvus.
+MILVUS_PASSWORD=$($HOSTS exec h1 cat /etc/milvus-fleet/credentials/milvus)
+export MILVUS_PASSWORD
 for i in $(seq 1 60); do
     if ip netns exec "$ns" "$python" tests/client/vectors.py "$(addr h2)" 19537 write; then break; fi
     [ "$i" = 60 ] && exit 1
@@ -131,8 +134,10 @@ cat <<MSG
 
 The cluster is up:
 $($HOSTS list | sed 's/^/  /')
-Connect your own client to any node's load balancer, port 19537 (from the hosts' network):
-  ip netns exec $ns $python -c 'from pymilvus import connections; connections.connect(host="$(addr h2)", port=19537)'
+Connect your own client to any node's load balancer, port 19537 (from the hosts' network),
+as root with the password kept root-only in /etc/milvus-fleet/credentials/milvus:
+  export MILVUS_PASSWORD=\$($HOSTS exec h1 cat /etc/milvus-fleet/credentials/milvus)
+  ip netns exec $ns $python -c 'import os; from pymilvus import connections; connections.connect(host="$(addr h2)", port=19537, user="root", password=os.environ["MILVUS_PASSWORD"])'
 Look around:
   $HOSTS exec h1 milvus-fleet status          # the cluster as h1 sees it
   $HOSTS exec h1 milvus-fleet token list      # join tokens (h2's and h3's are used up)

@@ -103,6 +103,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
             heartbeat: heartbeat.clone(),
             status: supervision_tx,
             probe_http: plain_http,
+            milvus_root_password: milvus_root_password(),
         },
     ));
     let pki_dir = state_dir().join("pki");
@@ -116,6 +117,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         members: members_rx,
         pki_dir: pki_dir.clone(),
         credentials_file: credentials_file(&settings),
+        milvus_root_password: milvus_root_password(),
         metrics: metrics.clone(),
         started: std::time::Instant::now(),
         join_limit: crate::api::limits::join_bucket(),
@@ -510,6 +512,14 @@ fn node_names(settings: &Settings) -> Vec<String> {
         .iter()
         .map(|n| n.name.clone())
         .collect()
+}
+
+/// Milvus' root password (LoadCredential=milvus, read as root from the 0600 file), when
+/// this node has one (it runs Milvus).
+fn milvus_root_password() -> Option<String> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let text = std::fs::read_to_string(std::path::Path::new(&dir).join("milvus")).ok()?;
+    Some(text.trim().to_owned()).filter(|p| !p.is_empty())
 }
 
 /// Where the object-storage credentials are: systemd's credential (LoadCredential=,

@@ -13,6 +13,8 @@
 //!   certificate the same calls find no route; /metrics answers anyone.
 //! - Every container runs with no new privileges and only its listed capabilities, read
 //!   from its main process; its logs are bounded.
+//! - Milvus refuses a client that does not log in, and Milvus' first root password; the
+//!   cluster's (made by init, root-only) logs in; it shows in no journal or other file.
 //! - From the bridge, without a certificate: etcd's client and peer ports refuse; the
 //!   Milvus roles' etcd user reads Milvus' keys and none of milvus-fleet's.
 //! - From the hosts' bridge, without a certificate: 1,000 idle connections and 100 stalled
@@ -26,7 +28,8 @@ use std::time::Duration;
 use support::repo;
 
 use support::dataplane::{
-    images, init_h1, install_package, prepare_hosts, start_site_s3, wait_active, wait_until,
+    client_python, images, init_h1, install_package, prepare_hosts, start_site_s3, wait_active,
+    wait_until,
 };
 use support::{deb_path, Hosts};
 
@@ -459,4 +462,45 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
     );
     let write = as_milvus("put /milvus-fleet/security-test/leader evil");
     assert!(!write.status.success(), "the milvus user wrote a fleet key");
+
+    // Milvus: clients log in. The daemon set root's password to the cluster's (made by
+    // init, root-only) the first time the server answered; Milvus' first password and
+    // none at all are refused.
+    let python = client_python();
+    let login = |password: &str| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &hosts.switch_netns(), &python])
+            .arg(repo().join("tests/client/vectors.py"))
+            .args([hosts.address("h1").as_str(), "19537", "login"])
+            .env("MILVUS_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        hosts.sh_ok("h1", "stat -c '%U %a' /etc/milvus-fleet/credentials/milvus"),
+        "root 600"
+    );
+    let password = hosts.sh_ok("h1", "cat /etc/milvus-fleet/credentials/milvus");
+    assert_eq!(password.len(), 32, "a generated password");
+    wait_until(
+        "the cluster's Milvus password to log in",
+        Duration::from_secs(120),
+        || login(&password).status.success(),
+    );
+    for refused in ["Milvus", ""] {
+        let out = login(refused);
+        assert!(
+            !out.status.success(),
+            "Milvus let in root with {refused:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let leaked = hosts.sh_ok(
+        "h1",
+        &format!(
+            "journalctl --no-pager -o cat | grep -c {password} || true; \
+             grep -rl {password} /var/lib/milvus-fleet /var/lib/milvus-fleet-rendered /run/milvus-fleet /etc/systemd 2>/dev/null || true"
+        ),
+    );
+    assert_eq!(leaked, "0", "the Milvus password leaked: {leaked}");
 }

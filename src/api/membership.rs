@@ -53,6 +53,7 @@ async fn signer(state: &ApiState, store: &mut MembershipStore) -> Result<Signer,
     Ok(Signer {
         ca,
         object_storage_credentials: credentials,
+        milvus_root_password: state.milvus_root_password.clone(),
     })
 }
 

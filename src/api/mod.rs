@@ -50,6 +50,8 @@ pub struct ApiState {
     pub pki_dir: PathBuf,
     /// The object-storage credentials handed to a joining node over the verified channel.
     pub credentials_file: PathBuf,
+    /// Milvus' root password, handed to a joining node that runs Milvus (same channel).
+    pub milvus_root_password: Option<String>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// The join route's rate (limits.rs): it answers peers that hold no certificate.

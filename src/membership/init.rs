@@ -99,6 +99,18 @@ pub fn init(
     if etcd_keeps_ca {
         write_file(&root_ca_key, ca.pem().key.as_bytes(), 0o600, None)?;
     }
+    // Milvus' root password: made once (a repeated init keeps it).
+    let milvus_password = PathBuf::from(local::MILVUS_ROOT_PASSWORD_FILE);
+    let kept = std::fs::read_to_string(&milvus_password).unwrap_or_default();
+    if kept.trim().is_empty() {
+        let password = super::token::random_string(32)?;
+        write_file(
+            &milvus_password,
+            format!("{password}\n").as_bytes(),
+            0o600,
+            None,
+        )?;
+    }
 
     let votes = votes(&identity.roles) && config.etcd.mode == ServiceMode::Local;
     write_node_files(
@@ -239,6 +251,10 @@ pub fn join(
     };
     write_tls(&response.ca_cert, &node_pem, milvus_pem.as_ref())?;
     let config = super::store::parse_cluster_config(&response.config)?;
+    if let Some(password) = &response.milvus_root_password {
+        let path = PathBuf::from(local::MILVUS_ROOT_PASSWORD_FILE);
+        write_file(&path, format!("{password}\n").as_bytes(), 0o600, None)?;
+    }
     if let Some(credentials) = &response.object_storage_credentials {
         let path = PathBuf::from(&config.object_storage.credentials_file);
         write_file(&path, credentials.as_bytes(), 0o600, None)?;

@@ -52,6 +52,9 @@ pub struct JoinResponse {
     pub etcd_initial_cluster: Option<String>,
     /// The object-storage credentials file's contents, when the cluster has one.
     pub object_storage_credentials: Option<String>,
+    /// Milvus' root password, for a node that runs Milvus.
+    #[serde(default)]
+    pub milvus_root_password: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +93,7 @@ pub fn reads_object_storage_keys(config: &crate::config::model::FleetConfig, nam
 pub struct Signer {
     pub ca: Ca,
     pub object_storage_credentials: Option<String>,
+    pub milvus_root_password: Option<String>,
 }
 
 /// Admits one node (see the module docs); safe to repeat for a node that joined already.
@@ -242,6 +246,10 @@ pub async fn admit(
                 .object_storage_credentials
                 .clone()
                 .filter(|_| reads_object_storage_keys(&config, &request.name)),
+            milvus_root_password: signer
+                .milvus_root_password
+                .clone()
+                .filter(|_| wanted.roles.contains(&Role::Compute)),
         });
     }
     Err(JoinError::Busy(

@@ -250,7 +250,7 @@ pub fn role_list(roles: &[Role]) -> String {
 }
 
 /// `len` characters of [`ALPHABET`] from the kernel's random source.
-fn random_string(len: usize) -> std::io::Result<String> {
+pub(crate) fn random_string(len: usize) -> std::io::Result<String> {
     let mut bytes = vec![0u8; len];
     let mut filled = 0;
     while filled < len {

@@ -114,6 +114,9 @@ pub struct ComponentSpec {
     /// The Linux capabilities its container keeps; every other one is dropped
     /// (templates/compose/container-limits.yaml).
     pub capabilities: &'static [&'static str],
+    /// Milvus clients connect to it (`milvus.proxy_port`): the daemon sets Milvus' root
+    /// password through it (supervise::milvus_auth).
+    pub serves_clients: bool,
 }
 
 const ETCD_CONFIGS: &[ConfigFile] = &[
@@ -175,6 +178,7 @@ const fn milvus_role(
         milvus_run,
         metrics_offset: Some(metrics_offset),
         capabilities: &[],
+        serves_clients: false,
     }
 }
 
@@ -198,6 +202,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         milvus_run: &[],
         metrics_offset: None,
         capabilities: &[],
+        serves_clients: false,
     },
     ComponentSpec {
         component: Component::Minio,
@@ -216,6 +221,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         milvus_run: &[],
         metrics_offset: None,
         capabilities: &[],
+        serves_clients: false,
     },
     ComponentSpec {
         component: Component::Pulsar,
@@ -235,6 +241,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         metrics_offset: None,
         // Unverified here (no Pulsar image): its own user needs no capability.
         capabilities: &[],
+        serves_clients: false,
     },
     ComponentSpec {
         component: Component::Lb,
@@ -254,6 +261,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         // nginx: the root master reads the daemon's placement directory (0750, not
         // root's), makes its temp directories its workers' and drops to their user.
         capabilities: &["CHOWN", "SETGID", "SETUID", "DAC_READ_SEARCH"],
+        serves_clients: false,
     },
     // One process holds every coordinator; with active-standby on, the copies on the
     // other compute nodes wait to take over.
@@ -307,13 +315,16 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         &["querynode"],
         2,
     ),
-    milvus_role(
-        Component::Proxy,
-        "proxy",
-        distributed_compute,
-        &["proxy"],
-        0,
-    ),
+    ComponentSpec {
+        serves_clients: true,
+        ..milvus_role(
+            Component::Proxy,
+            "proxy",
+            distributed_compute,
+            &["proxy"],
+            0,
+        )
+    },
     // The standalone-ha topology's one server, on the node the leader placed it on.
     ComponentSpec {
         runs_on: |config, node| {
@@ -322,6 +333,7 @@ pub const COMPONENTS: &[ComponentSpec] = &[
         after: BEFORE_MILVUS,
         wanted_by_target: false,
         fences_on_lease: true,
+        serves_clients: true,
         ..milvus_role(
             Component::Standalone,
             "standalone",

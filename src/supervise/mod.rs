@@ -6,6 +6,7 @@
 pub mod container;
 pub mod health;
 pub mod lease_proof;
+pub mod milvus_auth;
 pub mod node;
 pub mod peers;
 pub mod reconcile;

@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::health::{Health, Probe};
+use super::milvus_auth::{ensure_root_password, MilvusAuthError, RootPassword};
 use super::reconcile::{
     converge, lb_placement_entry, needs_clean_state, placement_id, standalone_wanted,
     StandaloneWanted, CLEAR_STANDALONE_UNIT, JOB_TIMEOUT,
@@ -112,7 +113,21 @@ pub struct Inputs {
     pub status: watch::Sender<String>,
     /// The components' health probes' client (supervise::health::client).
     pub probe_http: reqwest::Client,
+    /// Milvus' root password, when this node has one (it runs Milvus).
+    pub milvus_root_password: Option<String>,
 }
+
+/// Setting Milvus' root password through a server on this node (supervise::milvus_auth).
+struct MilvusRoot {
+    password: Option<String>,
+    /// Confirmed in this daemon's run: nothing more to do.
+    done: bool,
+    task: Option<JoinHandle<Result<RootPassword, MilvusAuthError>>>,
+    next_try: Instant,
+}
+
+/// How long after a failed attempt the next one comes (a server still starting).
+const MILVUS_ROOT_RETRY: Duration = Duration::from_secs(5);
 
 /// What the supervisor knows of one component.
 struct Watched {
@@ -129,6 +144,8 @@ struct Watched {
     probing: Option<JoinHandle<(Health, Instant)>>,
     /// Why the last finished probe got no answer.
     silence: String,
+    /// Its last finished probe said healthy (in this activation).
+    healthy: bool,
     restarts: VecDeque<Instant>,
     gave_up: bool,
     /// Since when the unit has been "failed" (systemd passes through "failed" on every
@@ -189,6 +206,12 @@ pub async fn run(mut inputs: Inputs) {
         lb_reloading: None,
         status_tx: inputs.status.clone(),
         metrics: inputs.metrics.clone(),
+        milvus_root: MilvusRoot {
+            password: inputs.milvus_root_password.clone(),
+            done: false,
+            task: None,
+            next_try: Instant::now(),
+        },
     };
     let (events_tx, mut events) = mpsc::channel::<(String, ActiveState)>(64);
     let mut followed: BTreeMap<String, JoinHandle<()>> = BTreeMap::new();
@@ -220,6 +243,9 @@ pub async fn run(mut inputs: Inputs) {
                     supervisor.maybe_converge(&settings).await;
                 }
                 supervisor.check_health(&settings, &probe_client).await;
+                supervisor
+                    .ensure_milvus_root(settings.config.milvus.proxy_port)
+                    .await;
                 supervisor.alert_failed_units();
                 supervisor.fence_if_lapsed(&settings).await;
                 supervisor.fence_while_out_of_touch(&settings).await;
@@ -360,9 +386,50 @@ struct Supervisor {
     lb_reloading: Option<(String, JoinHandle<bool>)>,
     status_tx: watch::Sender<String>,
     metrics: Arc<crate::metrics::Metrics>,
+    milvus_root: MilvusRoot,
 }
 
 impl Supervisor {
+    /// Once a Milvus server on this node answers its probe, makes the cluster's root
+    /// password Milvus' (one attempt at a time, beside the loop; again after a failure).
+    async fn ensure_milvus_root(&mut self, proxy_port: u16) {
+        let root = &mut self.milvus_root;
+        if root.done {
+            return;
+        }
+        let Some(password) = root.password.clone() else {
+            return;
+        };
+        if let Some(finished) = root.task.take_if(|t| t.is_finished()) {
+            match finished.await {
+                Ok(Ok(RootPassword::AlreadySet)) => {
+                    info!("Milvus' root password is the cluster's");
+                    root.done = true;
+                }
+                Ok(Ok(RootPassword::Changed)) => {
+                    info!("Milvus' root password changed from its first one to the cluster's");
+                    root.done = true;
+                }
+                Ok(Err(e)) => warn!("Milvus' root password: {e}; trying again"),
+                Err(e) => warn!("Milvus' root password: the attempt failed: {e}"),
+            }
+            return;
+        }
+        let serving = self.watched.iter().any(|(component, watched)| {
+            component.spec().serves_clients
+                && watched.active == ActiveState::Active
+                && watched.healthy
+        });
+        let now = Instant::now();
+        if root.task.is_none() && serving && now >= root.next_try {
+            root.next_try = now + MILVUS_ROOT_RETRY;
+            let endpoint = format!("http://127.0.0.1:{proxy_port}");
+            root.task = Some(tokio::spawn(async move {
+                ensure_root_password(&endpoint, &password).await
+            }));
+        }
+    }
+
     fn status(&self, line: &str) {
         self.status_tx.send_replace(line.to_owned());
     }
@@ -399,6 +466,7 @@ impl Supervisor {
                 answered_at: None,
                 probing: None,
                 silence: String::new(),
+                healthy: false,
                 restarts: VecDeque::new(),
                 gave_up: false,
                 failed_since: None,
@@ -955,6 +1023,7 @@ impl Supervisor {
             else {
                 // Not running: a restarted unit starts counting afresh.
                 watched.answered_at = None;
+                watched.healthy = false;
                 if let Some(probing) = watched.probing.take() {
                     probing.abort();
                 }
@@ -962,6 +1031,7 @@ impl Supervisor {
             };
             if let Some(finished) = watched.probing.take_if(|p| p.is_finished()) {
                 if let Ok((health, at)) = finished.await {
+                    watched.healthy = health == Health::Healthy;
                     match health {
                         Health::NoAnswer(why) => watched.silence = why,
                         // Answering: alive, even if not yet healthy (etcd without quorum).

@@ -4,13 +4,17 @@ balancer, write vectors, search them.
   vectors.py HOST PORT write   create the collection, insert 1000 vectors, index, load
   vectors.py HOST PORT check   the collection is there: count and a nearest-neighbour search
   vectors.py HOST PORT count   like check, but only prints {"count": N, "top": ID} (no verdict)
+  vectors.py HOST PORT login   one attempt, no retry: prints "logged in" or why not
   vectors.py HOST[,HOST...] PORT watch STOPFILE
                                search ten times a second through each host's load balancer
                                until STOPFILE exists; print one JSON line per load balancer:
                                searches, failures, and the longest gap between answers
 
+Logs in as root with the password in MILVUS_PASSWORD (the cluster's, from
+/etc/milvus-fleet/credentials/milvus; Milvus' first one, "Milvus", when unset).
 Prints one line per step; exits non-zero on any failure.
 """
+import os
 import random
 import sys
 import time
@@ -18,6 +22,7 @@ import time
 from pymilvus import Collection, CollectionSchema, DataType, FieldSchema, connections, utility
 
 NAME, DIM, ROWS = "fleet_smoke", 16, 1000
+LOGIN = {"user": "root", "password": os.environ.get("MILVUS_PASSWORD", "Milvus")}
 
 
 def vectors():
@@ -45,7 +50,7 @@ def watch(hosts, port, stopfile):
             tick = time.monotonic()
             try:
                 if collection is None:
-                    connections.connect(alias=alias, host=host, port=port, timeout=2)
+                    connections.connect(alias=alias, host=host, port=port, timeout=2, **LOGIN)
                     collection = Collection(NAME, using=alias)
                 hits = collection.search([data[123]], "vec", {"metric_type": "L2", "params": {}},
                                          limit=1, timeout=2)[0]
@@ -79,11 +84,21 @@ def watch(hosts, port, stopfile):
         print(json.dumps(results[h]))
 
 
+def login(host, port):
+    """One login and one call that needs it; exits non-zero with the reason when refused."""
+    try:
+        connections.connect(host=host, port=port, timeout=10, **LOGIN)
+        utility.list_collections(timeout=10)
+    except Exception as e:  # noqa: BLE001 - the refusal is the answer
+        sys.exit(f"refused: {type(e).__name__}: {e}")
+    print("logged in")
+
+
 def main(host, port, mode):
     deadline = time.time() + 120
     while True:  # the server may still be starting behind the load balancer
         try:
-            connections.connect(host=host, port=port, timeout=10)
+            connections.connect(host=host, port=port, timeout=10, **LOGIN)
             print("server version:", utility.get_server_version())
             break
         except Exception as e:  # noqa: BLE001 - any failure to connect is retried
@@ -121,5 +136,7 @@ def main(host, port, mode):
 if __name__ == "__main__":
     if sys.argv[3] == "watch":
         watch(sys.argv[1].split(","), sys.argv[2], sys.argv[4])
+    elif sys.argv[3] == "login":
+        login(sys.argv[1], sys.argv[2])
     else:
         main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -30,6 +30,25 @@ pub fn client_python() -> String {
 }
 
 /// Runs the Milvus client against `host:port` from the hosts' bridge network.
+/// Milvus' root password as the cluster keeps it on h1 (made by init), or Milvus' first one
+/// where no init ran (the data-plane test): what the test clients log in with. Read once,
+/// before any fault can take h1 away.
+pub fn milvus_password(hosts: &Hosts) -> String {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PASSWORD
+        .get_or_init(|| {
+            let kept = hosts.sh_ok(
+                "h1",
+                "cat /etc/milvus-fleet/credentials/milvus 2>/dev/null || true",
+            );
+            match kept.trim() {
+                "" => "Milvus".to_owned(),
+                password => password.to_owned(),
+            }
+        })
+        .clone()
+}
+
 pub fn client(hosts: &Hosts, python: &str, address: &str, port: u16, mode: &str) -> String {
     client_result(hosts, python, address, port, mode).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -48,6 +67,7 @@ pub fn client_result(
         .args(["netns", "exec", &hosts.switch_netns(), python])
         .arg(&script)
         .args([address, port.as_str(), mode])
+        .env("MILVUS_PASSWORD", milvus_password(hosts))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -94,7 +114,8 @@ impl Searching {
             .args(["netns", "exec", &hosts.switch_netns(), python])
             .arg(repo().join("tests/client/vectors.py"))
             .args([&addresses.join(","), "19537", "watch"])
-            .arg(&stop_file);
+            .arg(&stop_file)
+            .env("MILVUS_PASSWORD", milvus_password(hosts));
         // The client dies with the test or bench that started it: one left behind by an
         // interrupted run searched on for half an hour and skewed the next run's figures.
         // SAFETY: prctl in the forked child before exec touches no memory of ours.
