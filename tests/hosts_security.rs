@@ -46,6 +46,9 @@ kind = "s3"
 endpoint = "{h1}:9000"
 bucket = "milvus-test"
 
+[load_balancer]
+addresses = ["node"]
+
 [images]
 etcd = "local/etcd:test"
 nginx = "local/nginx:test"
@@ -503,4 +506,12 @@ fn the_daemon_user_and_outsiders_cannot_take_the_cluster_over() {
         ),
     );
     assert_eq!(leaked, "0", "the Milvus password leaked: {leaked}");
+
+    // The load balancer's clients' port listens where it was told: the node's address.
+    let listening = hosts.sh_ok("h1", "ss -Hltn 'sport = :19537' | awk '{print $4}'");
+    assert_eq!(
+        listening,
+        format!("{}:19537", hosts.address("h1")),
+        "load_balancer.addresses = [\"node\"]"
+    );
 }

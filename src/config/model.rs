@@ -269,6 +269,10 @@ pub struct KafkaConfig {
 pub struct LoadBalancerConfig {
     /// Port of the nginx L4 load balancer in front of the proxies (what clients use).
     pub port: u16,
+    /// Where that port listens: IP addresses, or `node` for the node's own address; empty
+    /// (the default): every address. A per-host choice belongs in a drop-in in
+    /// /etc/milvus-fleet/fleet.d.
+    pub addresses: Vec<String>,
     /// Port on compute nodes through which the Milvus roles reach the MinIO pool, so
     /// that losing one storage node does not cut any compute node off its objects.
     pub s3_port: u16,
@@ -284,6 +288,7 @@ impl Default for LoadBalancerConfig {
     fn default() -> Self {
         Self {
             port: 19537,
+            addresses: Vec::new(),
             s3_port: 19538,
             etcd_port: 23790,
             health_port: 19539,

@@ -39,8 +39,21 @@ pub fn validate(config: &FleetConfig, is_set: &dyn Fn(&str) -> bool) -> Check {
     check_etcd(config)?;
     check_object_storage(config)?;
     check_ports(config, is_set)?;
+    check_load_balancer(config)?;
     check_images(&config.images)?;
     check_daemon(config)
+}
+
+fn check_load_balancer(config: &FleetConfig) -> Check {
+    for (i, address) in config.load_balancer.addresses.iter().enumerate() {
+        if address != "node" && address.parse::<IpAddr>().is_err() {
+            return Err(reject(
+                format!("load_balancer.addresses[{i}]"),
+                format!("{address:?} is neither an IP address nor \"node\" (this node's address)"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_local(config: &FleetConfig) -> Check {

@@ -126,6 +126,8 @@ pub struct MilvusView {
 #[derive(Debug, Clone, Serialize)]
 pub struct LbView {
     pub port: u16,
+    /// nginx `listen` values of the clients' port (`port` alone: every address).
+    pub listen: Vec<String>,
     pub s3_port: u16,
     pub etcd_port: u16,
     pub health_port: u16,
@@ -135,6 +137,31 @@ pub struct LbView {
     /// the daemon's placement file picks the group. Empty in the distributed topology.
     pub placed_upstreams: Vec<PlacedUpstream>,
     pub placement_dir: &'static str,
+}
+
+/// Where the clients' port listens (pure): each configured address (`node`: the node's
+/// own), or every address when none is configured.
+fn lb_listen(lb: &crate::config::model::LoadBalancerConfig, node_address: &str) -> Vec<String> {
+    if lb.addresses.is_empty() {
+        return vec![lb.port.to_string()];
+    }
+    let mut listen: Vec<String> = lb
+        .addresses
+        .iter()
+        .map(|a| {
+            if a == "node" {
+                node_address
+            } else {
+                a.as_str()
+            }
+        })
+        .map(|a| match a.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]:{}", lb.port),
+            _ => format!("{a}:{}", lb.port),
+        })
+        .collect();
+    listen.dedup();
+    listen
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -356,6 +383,7 @@ impl NodePlan {
             },
             lb: LbView {
                 port: config.load_balancer.port,
+                listen: lb_listen(&config.load_balancer, &node.address),
                 s3_port: config.load_balancer.s3_port,
                 etcd_port: config.load_balancer.etcd_port,
                 health_port: config.load_balancer.health_port,
@@ -420,4 +448,21 @@ pub fn compose_path(component: Component) -> String {
 
 pub fn unit_path(component: Component) -> String {
     format!("units/{}", component.unit_name())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lb_listen;
+    use crate::config::model::LoadBalancerConfig;
+
+    #[test]
+    fn the_load_balancer_listens_on_every_address_or_where_it_is_told() {
+        let mut lb = LoadBalancerConfig::default();
+        assert_eq!(lb_listen(&lb, "10.0.0.1"), ["19537"]);
+        lb.addresses = vec!["node".into(), "127.0.0.1".into(), "fd00::1".into()];
+        assert_eq!(
+            lb_listen(&lb, "10.0.0.1"),
+            ["10.0.0.1:19537", "127.0.0.1:19537", "[fd00::1]:19537"]
+        );
+    }
 }
