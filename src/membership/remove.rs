@@ -219,9 +219,40 @@ pub async fn step(
                     ..Default::default()
                 });
             }
+            // A node that leads (this job's own runner, when it removes itself) first
+            // stops leading: without its user it could no longer resign, and its lease
+            // (keepalives need no permission) would hold the leader key for good. The
+            // step's commit then fails with the term, and the next leader runs it again.
+            let leader_key = crate::cluster::keys::leader(&store.prefix);
+            let leader = store
+                .client
+                .get(leader_key, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(kv) = leader
+                .kvs()
+                .first()
+                .filter(|kv| kv.value() == node.as_bytes())
+            {
+                let _ = store.client.lease_revoke(kv.lease()).await;
+                return Ok(StepEffects {
+                    log: format!("{node} led: its leadership ended first; the next leader removes its etcd user"),
+                    ..Default::default()
+                });
+            }
             crate::cluster::auth::remove_node(&mut store.client, node)
                 .await
                 .map_err(|e| e.to_string())?;
+            // Whatever lease it still holds (its registration's) ends now, not at its TTL.
+            let member = crate::cluster::keys::member(&store.prefix, node);
+            let registered = store
+                .client
+                .get(member, None)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(kv) = registered.kvs().first().filter(|kv| kv.lease() != 0) {
+                let _ = store.client.lease_revoke(kv.lease()).await;
+            }
             Ok(StepEffects {
                 log: format!("removed {node}'s etcd user: etcd refuses its certificate"),
                 ..Default::default()
