@@ -15,20 +15,8 @@ use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use reqwest::{Certificate, Client, Identity, StatusCode};
 use serde_json::Value;
 use support::cluster::{client as etcd_client, next_acting, Daemon, Etcd};
+use support::pki;
 use tempfile::TempDir;
-
-fn pki(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-        .arg("pki")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pki {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `milvus-fleet pki issue` with the CA in `ca` of a `--node` or an `--operator` named
 /// `name`, into `out`.

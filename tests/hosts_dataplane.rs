@@ -59,18 +59,7 @@ fn tls_files(
     hosts: &Hosts,
     dir: &std::path::Path,
 ) -> std::collections::BTreeMap<String, Vec<(String, PathBuf, &'static str)>> {
-    let pki = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
-            .arg("pki")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pki {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    use support::pki;
     let ca = dir.join("ca");
     pki(&[
         "create-ca",

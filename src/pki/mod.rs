@@ -145,14 +145,7 @@ impl Ca {
     /// auth only, no address) and says it is an operator's.
     pub fn issue_operator(&self, name: &str, valid_for: Duration) -> Result<Pem, PkiError> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = subject(name, CertRole::Operator);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::minutes(5);
-        params.not_after = now + valid_for;
+        let params = client_params(subject(name, CertRole::Operator), valid_for);
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),
@@ -164,7 +157,7 @@ impl Ca {
     /// client auth only, no address, no role the API accepts (its hash is no node's).
     pub fn issue_etcd_client(&self, user: &str, valid_for: Duration) -> Result<Pem, PkiError> {
         let key = KeyPair::generate()?;
-        let cert = etcd_client_params(user, valid_for).signed_by(&key, &self.issuer)?;
+        let cert = client_params(name(user), valid_for).signed_by(&key, &self.issuer)?;
         Ok(Pem {
             cert: cert.pem(),
             key: key.serialize_pem(),
@@ -175,7 +168,7 @@ impl Ca {
     /// [`Ca::issue_etcd_client`]); only the public key is taken from the request.
     pub fn sign_etcd_client_csr(&self, csr_pem: &str, user: &str) -> Result<String, PkiError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        csr.params = etcd_client_params(user, NODE_VALIDITY);
+        csr.params = client_params(name(user), NODE_VALIDITY);
         Ok(csr.signed_by(&self.issuer)?.pem())
     }
 
@@ -254,9 +247,10 @@ fn subject(common_name: &str, role: CertRole) -> DistinguishedName {
     subject
 }
 
-fn etcd_client_params(user: &str, valid_for: Duration) -> CertificateParams {
+/// A client-only certificate (no address) for `subject`.
+fn client_params(subject: DistinguishedName, valid_for: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name = name(user);
+    params.distinguished_name = subject;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;

@@ -38,6 +38,20 @@ fn built(env_var: &str, dir: &str, extension: &str) -> PathBuf {
     found.into_iter().next().unwrap()
 }
 
+/// `milvus-fleet pki ARGS...` with this build's binary; panics with its error.
+pub fn pki(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_milvus-fleet"))
+        .arg("pki")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pki {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn deb_path() -> PathBuf {
     built("MILVUS_FLEET_DEB", "debian", "deb")
 }
