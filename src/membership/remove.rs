@@ -5,8 +5,9 @@
 //!    configuration and revoke its certificate. Every daemon mirrors the new
 //!    configuration, so the node's own apply drains it (its Milvus roles stop gracefully,
 //!    its units are removed) and the other nodes' load balancers drop it (a reload);
-//! 3. delete its etcd user (a cluster whose etcd milvus-fleet runs): every member refuses
-//!    its certificate from then on.
+//! 3. once its daemon has left (it drains its node from the configuration it can still
+//!    read; a dead node's lease ends by its TTL), delete its etcd user (a cluster whose
+//!    etcd milvus-fleet runs): every member refuses its certificate from then on.
 //!
 //! Refused up front, with the reason, when it would break etcd's quorum, the MinIO
 //! pool, or leave no node to run Milvus.
@@ -23,6 +24,9 @@ use crate::config::model::{ObjectStorageKind, Role, ServiceMode};
 use crate::config::FleetConfig;
 
 pub const STEPS: u32 = 3;
+
+/// How long the last step waits for the removed node's daemon to leave on its own.
+const LEAVE_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a node cannot leave now.
 #[derive(Debug, thiserror::Error)]
@@ -219,8 +223,25 @@ pub async fn step(
                     ..Default::default()
                 });
             }
-            // A node that leads (this job's own runner, when it removes itself) first
-            // stops leading: without its user it could no longer resign, and its lease
+            // Its daemon, reading the configuration without it, drains its node and leaves
+            // the election (its registration goes with its lease): wait for that first,
+            // since without its user it could read nothing more. A dead node's lease
+            // ends by its TTL.
+            let member = crate::cluster::keys::member(&store.prefix, node);
+            let deadline = std::time::Instant::now() + LEAVE_WAIT;
+            while std::time::Instant::now() < deadline {
+                let registered = store
+                    .client
+                    .get(member.as_str(), None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if registered.kvs().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            // A node that leads still (this job's own runner, when it removes itself and
+            // has not noticed yet) first stops leading: without its user it could no longer resign, and its lease
             // (keepalives need no permission) would hold the leader key for good. The
             // step's commit then fails with the term, and the next leader runs it again.
             let leader_key = crate::cluster::keys::leader(&store.prefix);
@@ -244,7 +265,6 @@ pub async fn step(
                 .await
                 .map_err(|e| e.to_string())?;
             // Whatever lease it still holds (its registration's) ends now, not at its TTL.
-            let member = crate::cluster::keys::member(&store.prefix, node);
             let registered = store
                 .client
                 .get(member, None)
