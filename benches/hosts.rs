@@ -102,6 +102,23 @@ struct Figure {
     note: String,
 }
 
+/// The address of etcd's raft leader, as `observer`'s member sees the cluster.
+fn raft_leader_address(hosts: &Hosts, observer: &str) -> Option<String> {
+    let out = hosts.sh_ok(
+        observer,
+        "docker exec mf-etcd etcdctl --command-timeout=2s endpoint status --cluster -w json 2>/dev/null || true",
+    );
+    let statuses: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    statuses.as_array()?.iter().find_map(|status| {
+        let header = &status["Status"]["header"];
+        (header["member_id"] == status["Status"]["leader"]).then(|| {
+            let endpoint = status["Endpoint"].as_str().unwrap_or_default();
+            let host_port = endpoint.split("://").last().unwrap_or(endpoint);
+            host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).to_owned()
+        })
+    })
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (count, freezes) = if quick { (4, 2) } else { (15, 10) };
@@ -336,14 +353,23 @@ fn main() {
         note: String::new(),
     };
     let mut stale_writes = 0;
-    for _ in 0..if quick { 1 } else { 3 } {
-        let old = leader_seen_by(compute[0]).expect("a leader before the cut");
+    let mut raft_leader_on_cut_host = 0;
+    for _ in 0..if quick { 1 } else { 5 } {
+        let mut old = String::new();
+        wait_until("a leader before the cut", Duration::from_secs(60), || {
+            leader_seen_by(compute[0]).map(|l| old = l).is_some()
+        });
         let observer = names[..STORAGE]
             .iter()
             .find(|h| **h != old)
             .unwrap()
             .as_str();
         let (_, old_term) = acting_on(observer).expect("an acting leader before the cut");
+        // Where etcd's own (raft) leader is: on the cut host, etcd elects first and then
+        // extends every lease (the fleet leader keeps it off its host; see raft_leader).
+        let raft_leader = raft_leader_address(&hosts, observer);
+        let raft_on_cut_host = raft_leader.as_deref() == Some(hosts.address(&old).as_str());
+        raft_leader_on_cut_host += usize::from(raft_on_cut_host);
         hosts.cut(&old);
         let since = Instant::now();
         let (mut new_leader, mut new_term) = (String::new(), 0);
@@ -363,11 +389,21 @@ fn main() {
         if took > Duration::from_millis(1500) {
             // Over the goal: show what the new leader's daemon saw meanwhile.
             eprintln!(
-                "cut of {old}: {took:?}; {new_leader}'s daemon meanwhile:\n{}",
+                "cut of {old}: {took:?} (etcd's raft leader on the cut host: {raft_on_cut_host}); {new_leader}'s daemon meanwhile:\n{}",
                 hosts.sh_ok(
                     &new_leader,
                     &format!(
                         "journalctl -q -o short-precise --since=-{}s -u milvus-fleet | tail -30",
+                        took.as_secs() + 3
+                    )
+                )
+            );
+            eprintln!(
+                "{observer}'s etcd meanwhile:\n{}",
+                hosts.sh_ok(
+                    observer,
+                    &format!(
+                        "docker logs --since {}s mf-etcd 2>&1 | grep -v 'rejected connection' | tail -40",
                         took.as_secs() + 3
                     )
                 )
@@ -399,7 +435,9 @@ fn main() {
     }
     cut.note = format!(
         "the acting record read from a surviving etcd member every ~0.1 s; lease 1 s; \
-         writes of the cut-off leader's term accepted after the new term began: {stale_writes}"
+         writes of the cut-off leader's term accepted after the new term began: {stale_writes}; \
+         etcd's raft leader on the cut host in {raft_leader_on_cut_host} of {} cuts",
+        cut.samples.len()
     );
 
     let rebooted_host = compute.last().unwrap().as_str();

@@ -317,6 +317,7 @@ async fn campaign(
     };
     let raft_role = election.subscribe();
     let probe_now = election.endpoint_probe();
+    let endpoint_drops = election.endpoint_drops();
     let vouch = crate::cluster::vouch_while_reachable(
         lease_until.clone(),
         etcd_urls.clone(),
@@ -343,7 +344,7 @@ async fn campaign(
         _ = election.run(stop) => {}
         _ = raft_leader => {}
         _ = vouch => {}
-        _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now) => {}
+        _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now, endpoint_drops) => {}
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}

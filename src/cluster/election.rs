@@ -134,6 +134,15 @@ pub struct Election {
     /// client could hand the new stream to the same silent member, and at a 1 s lease
     /// there is no time for a second try.
     member_urls: Option<watch::Receiver<Vec<String>>>,
+    /// A client per etcd member (by client URL) for reopening keepalive streams, kept so
+    /// that a reopen pays no new connection (a TLS handshake per member) within its
+    /// third of the TTL.
+    member_clients: std::collections::HashMap<String, Client>,
+    /// Counts the endpoints the prober took out of the client's channel: a follower's
+    /// watch may sit on the member that went silent (its HTTP/2 connection outlives the
+    /// endpoint's removal until a keepalive ping times out), so a follower campaigns
+    /// again, which reads the leader key and watches anew through members that answer.
+    endpoints_dropped: watch::Sender<u64>,
     /// Until when this daemon's lease surely lives in etcd, as this daemon can prove it:
     /// the send time of the last keepalive etcd answered, plus the TTL (etcd counts from
     /// its receipt, which is later). A node's supervisor fences its own standalone server
@@ -185,6 +194,8 @@ impl Election {
             role,
             probe_endpoints: Default::default(),
             member_urls: None,
+            member_clients: Default::default(),
+            endpoints_dropped: watch::channel(0).0,
             lease_until: watch::channel(None).0,
             placement: None,
             hold_campaign_until: None,
@@ -292,6 +303,11 @@ impl Election {
         self.probe_endpoints.clone()
     }
 
+    /// What the endpoint prober counts its removals on (see `endpoints_dropped`).
+    pub fn endpoint_drops(&self) -> watch::Sender<u64> {
+        self.endpoints_dropped.clone()
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
     }
@@ -372,12 +388,21 @@ impl Election {
             let key = self.leader_key();
             let held =
                 !self.candidate || self.hold_campaign_until.is_some_and(|t| Instant::now() < t);
-            let answer = super::bounded(
+            let campaigned = super::bounded(
                 "the campaign",
                 ttl / 2,
                 campaign(self.kv.as_ref(), &key, &self.node, lease.id, held),
             )
-            .await?;
+            .await;
+            let answer = match campaigned {
+                // The lease lapsed in etcd (its keepalives went unanswered): a new one at
+                // once, not after the run loop's pause for errors.
+                Err(e) if e.is_lease_gone() => {
+                    warn!("the campaign found this daemon's lease gone; taking a new one");
+                    break End::LeaseLost;
+                }
+                other => other?,
+            };
             match outcome(&answer, lease.id, !lease.lapsed()) {
                 Outcome::Lead { term, resumed } => {
                     if resumed {
@@ -472,8 +497,10 @@ impl Election {
         // leader key is read again now and then, and at once when the keepalive stalls.
         let mut recheck = tokio::time::interval(LEADER_RECHECK);
         recheck.reset();
+        let mut dropped = self.endpoints_dropped.subscribe();
         loop {
             tokio::select! {
+                Ok(()) = dropped.changed() => return Ok(Followed::CampaignAgain),
                 message = events.message() => {
                     // A broken or cancelled watch: campaign again (which reads the key
                     // and watches anew), keeping the lease.
@@ -619,9 +646,13 @@ impl Election {
             .as_ref()
             .map(|urls| urls.borrow().clone())
             .unwrap_or_default();
+        self.member_clients.retain(|url, _| urls.contains(url));
         let mut clients = Vec::with_capacity(urls.len());
         for url in &urls {
-            if let Ok(client) = super::connect_one(url).await {
+            if let Some(client) = self.member_clients.get(url) {
+                clients.push(client.clone());
+            } else if let Ok(client) = super::connect_one(url).await {
+                self.member_clients.insert(url.clone(), client.clone());
                 clients.push(client);
             }
         }

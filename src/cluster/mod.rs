@@ -39,6 +39,14 @@ pub enum ClusterError {
     },
 }
 
+impl ClusterError {
+    /// etcd's answer to a request under a lease it no longer has (the only thing a
+    /// campaign or a keepalive can find missing).
+    pub fn is_lease_gone(&self) -> bool {
+        matches!(self, Self::Etcd(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::NotFound)
+    }
+}
+
 pub use keys::prefix;
 
 /// Connects to the cluster's etcd. The HTTP/2 keepalive ping is 10 s: etcd drops a
@@ -240,12 +248,13 @@ fn reachable_majority(answered: usize, remote: usize) -> bool {
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
 /// (or left `urls`, the cluster's members as they change) out of its balanced channel
 /// and puts in those that answer (again). The last answering endpoints are never taken
-/// out.
+/// out. Each removal is counted on `dropped` (streams may still sit on the member).
 pub async fn keep_endpoints_live(
     client: Client,
     urls: tokio::sync::watch::Receiver<Vec<String>>,
     connected: Vec<String>,
     probe_now: std::sync::Arc<tokio::sync::Notify>,
+    dropped: tokio::sync::watch::Sender<u64>,
 ) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
     // Every second: until a dead member is out, requests the channel routes to it fail
@@ -285,6 +294,7 @@ pub async fn keep_endpoints_live(
                         included.insert(url.clone());
                     } else {
                         included.remove(url);
+                        dropped.send_modify(|count| *count += 1);
                     }
                 }
                 Err(e) => tracing::warn!("etcd endpoint {url}: {e}"),
