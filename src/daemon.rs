@@ -317,7 +317,8 @@ async fn campaign(
     };
     let raft_role = election.subscribe();
     let probe_now = election.endpoint_probe();
-    let endpoint_drops = election.endpoint_drops();
+    let endpoint_changes = election.endpoint_changes();
+    let endpoints_seen = endpoint_changes.subscribe();
     let vouch = crate::cluster::vouch_while_reachable(
         lease_until.clone(),
         etcd_urls.clone(),
@@ -334,6 +335,7 @@ async fn campaign(
                     address,
                     server_host,
                     raft_role,
+                    endpoints_seen,
                 )
                 .await
             }
@@ -344,7 +346,7 @@ async fn campaign(
         _ = election.run(stop) => {}
         _ = raft_leader => {}
         _ = vouch => {}
-        _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now, endpoint_drops) => {}
+        _ = crate::cluster::keep_endpoints_live(client.clone(), etcd_urls, connected, probe_now, endpoint_changes) => {}
         _ = forward => {}
         _ = jobs => {}
         _ = peers => {}

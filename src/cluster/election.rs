@@ -138,11 +138,11 @@ pub struct Election {
     /// that a reopen pays no new connection (a TLS handshake per member) within its
     /// third of the TTL.
     member_clients: std::collections::HashMap<String, Client>,
-    /// Counts the endpoints the prober took out of the client's channel: a follower's
+    /// Counts what the endpoint prober changed; on a drop, a follower's
     /// watch may sit on the member that went silent (its HTTP/2 connection outlives the
     /// endpoint's removal until a keepalive ping times out), so a follower campaigns
     /// again, which reads the leader key and watches anew through members that answer.
-    endpoints_dropped: watch::Sender<u64>,
+    endpoint_changes: watch::Sender<super::EndpointChanges>,
     /// Until when this daemon's lease surely lives in etcd, as this daemon can prove it:
     /// the send time of the last keepalive etcd answered, plus the TTL (etcd counts from
     /// its receipt, which is later). A node's supervisor fences its own standalone server
@@ -195,7 +195,7 @@ impl Election {
             probe_endpoints: Default::default(),
             member_urls: None,
             member_clients: Default::default(),
-            endpoints_dropped: watch::channel(0).0,
+            endpoint_changes: watch::channel(Default::default()).0,
             lease_until: watch::channel(None).0,
             placement: None,
             hold_campaign_until: None,
@@ -303,9 +303,9 @@ impl Election {
         self.probe_endpoints.clone()
     }
 
-    /// What the endpoint prober counts its removals on (see `endpoints_dropped`).
-    pub fn endpoint_drops(&self) -> watch::Sender<u64> {
-        self.endpoints_dropped.clone()
+    /// What the endpoint prober counts its changes on (see `endpoint_changes`).
+    pub fn endpoint_changes(&self) -> watch::Sender<super::EndpointChanges> {
+        self.endpoint_changes.clone()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Role> {
@@ -497,10 +497,15 @@ impl Election {
         // leader key is read again now and then, and at once when the keepalive stalls.
         let mut recheck = tokio::time::interval(LEADER_RECHECK);
         recheck.reset();
-        let mut dropped = self.endpoints_dropped.subscribe();
+        let mut changes = self.endpoint_changes.subscribe();
+        let dropped_before = changes.borrow_and_update().dropped;
         loop {
             tokio::select! {
-                Ok(()) = dropped.changed() => return Ok(Followed::CampaignAgain),
+                Ok(()) = changes.changed() => {
+                    if changes.borrow_and_update().dropped != dropped_before {
+                        return Ok(Followed::CampaignAgain);
+                    }
+                }
                 message = events.message() => {
                     // A broken or cancelled watch: campaign again (which reads the key
                     // and watches anew), keeping the lease.

@@ -244,17 +244,26 @@ fn reachable_majority(answered: usize, remote: usize) -> bool {
     answered > 0 && (answered + 1) * 2 > remote + 1
 }
 
+/// What the endpoint prober changed in the client's channel, counted: streams may still
+/// sit on a dropped member (followers watch anew), and a member back lets the fleet
+/// leader move etcd's raft leadership off its host (raft_leader).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointChanges {
+    pub dropped: u64,
+    pub back: u64,
+}
+
 /// Runs beside a long-lived client (the daemon's): every second, and at once when
 /// `probe_now` is notified (a keepalive stalled), takes endpoints that stopped answering
 /// (or left `urls`, the cluster's members as they change) out of its balanced channel
 /// and puts in those that answer (again). The last answering endpoints are never taken
-/// out. Each removal is counted on `dropped` (streams may still sit on the member).
+/// out. Each change is counted on `changes`.
 pub async fn keep_endpoints_live(
     client: Client,
     urls: tokio::sync::watch::Receiver<Vec<String>>,
     connected: Vec<String>,
     probe_now: std::sync::Arc<tokio::sync::Notify>,
-    dropped: tokio::sync::watch::Sender<u64>,
+    changes: tokio::sync::watch::Sender<EndpointChanges>,
 ) {
     let mut included: std::collections::BTreeSet<String> = connected.into_iter().collect();
     // Every second: until a dead member is out, requests the channel routes to it fail
@@ -292,9 +301,10 @@ pub async fn keep_endpoints_live(
                     );
                     if wanted {
                         included.insert(url.clone());
+                        changes.send_modify(|c| c.back += 1);
                     } else {
                         included.remove(url);
-                        dropped.send_modify(|count| *count += 1);
+                        changes.send_modify(|c| c.dropped += 1);
                     }
                 }
                 Err(e) => tracing::warn!("etcd endpoint {url}: {e}"),

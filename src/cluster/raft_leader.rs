@@ -42,12 +42,14 @@ pub enum ServerHost {
 
 /// Runs while `role` is open: whenever this daemon leads, keeps etcd's raft leader off
 /// `own_address` (this node's address, as the etcd members' client URLs name it) and off
-/// the standalone server's node, which `server_host` tells.
+/// the standalone server's node, which `server_host` tells; soon after `endpoints` change
+/// as well as every few seconds.
 pub async fn keep_off_this_host(
     client: Client,
     own_address: String,
     server_host: impl Fn() -> ServerHost,
     mut role: watch::Receiver<Role>,
+    mut endpoints: watch::Receiver<super::EndpointChanges>,
 ) {
     loop {
         let leading = matches!(*role.borrow_and_update(), Role::Leader { .. });
@@ -66,6 +68,12 @@ pub async fn keep_off_this_host(
                         return;
                     }
                     break;
+                }
+                // A member dropped or back (a host cut off, or healed): raft leadership
+                // may have moved, and may be movable again; look soon.
+                Ok(()) = endpoints.changed() => {
+                    wait = FIRST_CHECK;
+                    continue;
                 }
             }
             wait = CHECK_EVERY;
