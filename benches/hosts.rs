@@ -114,7 +114,10 @@ fn raft_leader_address(hosts: &Hosts, observer: &str) -> Option<String> {
         (header["member_id"] == status["Status"]["leader"]).then(|| {
             let endpoint = status["Endpoint"].as_str().unwrap_or_default();
             let host_port = endpoint.split("://").last().unwrap_or(endpoint);
-            host_port.rsplit_once(':').map_or(host_port, |(h, _)| h).to_owned()
+            host_port
+                .rsplit_once(':')
+                .map_or(host_port, |(h, _)| h)
+                .to_owned()
         })
     })
 }

@@ -242,6 +242,52 @@ pub fn make_dir(path: &Path, mode: u32, user: &str) -> anyhow::Result<()> {
         .with_context(|| format!("giving {} to {user}", path.display()))
 }
 
+/// Creates root's directory `dir` (0755) when missing, and refuses it unless it and every
+/// directory on its way, as written and as resolved, belong to root and no group or
+/// other user may write them: the containers' data is bind-mounted from there, and a
+/// directory another user could swap (the daemon's state directory, say) would let that
+/// user point root's mounts anywhere.
+pub fn root_only_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let resolved =
+        std::fs::canonicalize(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    for path in [dir, resolved.as_path()] {
+        for step in path.ancestors() {
+            if let Some(why) = not_roots_alone(step)? {
+                anyhow::bail!(
+                    "{}: {} {why}; root keeps the cluster's data only under directories that \
+                     root alone can change",
+                    dir.display(),
+                    step.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `path` (not followed) could be changed by someone other than root, if it could.
+fn not_roots_alone(path: &Path) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::symlink_metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(if meta.uid() != 0 {
+        Some(format!("belongs to uid {}, not root", meta.uid()))
+    } else if !meta.file_type().is_symlink() && meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "is writable by its group or others (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    })
+}
+
 fn user_ids(user: &str) -> Option<(u32, u32)> {
     let name = std::ffi::CString::new(user).ok()?;
     // SAFETY: getpwnam returns a pointer to static storage or null; we copy two integers
@@ -290,6 +336,31 @@ mod tests {
     fn is_root() -> bool {
         // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() == 0 }
+    }
+
+    #[test]
+    fn a_data_dir_under_a_directory_another_user_can_change_is_refused() {
+        if !is_root() {
+            eprintln!("skipped: needs root (it makes directories of other owners)");
+            return;
+        }
+        let base = tempfile::TempDir::new_in("/var/tmp").unwrap();
+        // TempDir is 0700 under the sticky, world-writable /var/tmp: refused as it is.
+        let data = base.path().join("data");
+        let refused = root_only_dir(&data).unwrap_err().to_string();
+        assert!(refused.contains("/var/tmp"), "{refused}");
+        // A directory of another user on the way is refused, wherever it sits.
+        let owned = base.path().join("owned");
+        std::fs::create_dir(&owned).unwrap();
+        std::os::unix::fs::chown(&owned, Some(65534), Some(65534)).unwrap();
+        let refused = root_only_dir(&owned.join("data")).unwrap_err().to_string();
+        assert!(refused.contains("uid 65534"), "{refused}");
+        // Root's own directories all the way: made and accepted.
+        let roots = Path::new("/var/lib/milvus-fleet-unit-test-data");
+        let _ = std::fs::remove_dir(roots);
+        root_only_dir(roots).unwrap();
+        assert!(roots.is_dir());
+        std::fs::remove_dir(roots).unwrap();
     }
 
     #[test]

@@ -17,6 +17,8 @@ const FOOTPRINT: &[&str] = &[
     "/usr/lib/systemd/system/milvus-fleet-join.service",
     "/usr/lib/systemd/system/milvus-fleet-apply.service",
     "/usr/lib/systemd/system/milvus-fleet-standalone-clear.service",
+    "/usr/lib/systemd/system/milvus-fleet-renew.service",
+    "/usr/lib/systemd/system/milvus-fleet-renew.timer",
     "/usr/share/polkit-1/rules.d/50-milvus-fleet.rules",
     "/usr/lib/sysusers.d/milvus-fleet.conf",
     "/usr/lib/tmpfiles.d/milvus-fleet.conf",

@@ -326,7 +326,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
         ),
         (
             original.replace(
-                "data_dir = \"/var/lib/milvus-fleet/data\"",
+                "data_dir = \"/var/lib/milvus-fleet-data\"",
                 "data_dir = \"/etc\"",
             ),
             "cluster.data_dir",
@@ -438,7 +438,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     let searching = Searching::start(&hosts, &python, &["h2", "h3"]);
     // Stale local state on both survivors, as a node that ran the server earlier would
     // keep (its node-local message log): whichever starts the server now must clear it.
-    let stale = "/var/lib/milvus-fleet/data/milvus/standalone/stale-from-an-earlier-run";
+    let stale = "/var/lib/milvus-fleet-data/milvus/standalone/stale-from-an-earlier-run";
     for host in ["h2", "h3"] {
         hosts.sh_ok(
             host,
@@ -532,7 +532,7 @@ fn daemon_supervises_its_node_over_dbus_and_fails_the_standalone_server_over() {
     // Under the same placement the server's local state is its own (unflushed writes in
     // a node-local log): a server that a restarted daemon starts again there (as after a
     // reboot of its node) keeps it.
-    let own = "/var/lib/milvus-fleet/data/milvus/standalone/own-state";
+    let own = "/var/lib/milvus-fleet-data/milvus/standalone/own-state";
     hosts.sh_ok(
         server,
         &format!("systemctl stop milvus-fleet-standalone && touch {own} && systemctl restart milvus-fleet"),

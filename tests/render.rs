@@ -542,6 +542,7 @@ fn systemd_analyze_security_rates_the_daemon_at_most_2_and_every_unit_is_printed
         "milvus-fleet-apply.service",
         "milvus-fleet-join.service",
         "milvus-fleet-standalone-clear.service",
+        "milvus-fleet-renew.service",
     ] {
         let level = exposure(&repo().join("systemd").join(unit));
         printed.push(format!("{unit}: {level}"));

@@ -1,6 +1,7 @@
 //! Membership routes: `POST /v1/join` (the only route a client without a certificate
 //! reaches), and join tokens: `GET/POST /v1/tokens`, `POST /v1/tokens/rotate`,
-//! `POST /v1/tokens/{id}/revoke`.
+//! `POST /v1/tokens/{id}/revoke`; a node's certificate renewal,
+//! `POST /v1/certificates/renew`.
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use super::{parse, ApiError, ApiState};
 use crate::config::model::Role;
 use crate::membership::join::{admit, JoinRequest, Signer};
+use crate::membership::renew::{renew, RenewRequest};
 use crate::membership::store::MembershipStore;
 use crate::membership::token::{role_list, JoinToken, TokenRecord};
 use crate::pki::{Ca, Pem};
@@ -85,6 +87,33 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<Response, ApiErro
         Err(e) => {
             // The token id is not secret; the secret never reaches a log.
             warn!(node = %request.name, address = %request.address, "join refused: {e}");
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /v1/certificates/renew`: a node renews its certificates, proving who it is with
+/// its current one (membership/renew.rs).
+pub async fn renew_certificates(
+    State(state): Shared,
+    cert: Option<axum::Extension<super::ClientCert>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(axum::Extension(cert)) = cert.filter(|c| c.role == crate::pki::CertRole::Node) else {
+        return Err(ApiError::Forbidden(
+            "a renewal needs the node's current certificate, shown over TLS".into(),
+        ));
+    };
+    let request: RenewRequest = parse(&body)?;
+    let mut store = store(&state)?;
+    let signer = signer(&state, &mut store).await?;
+    match renew(&mut store, &signer.ca, &cert.name, &cert.hash, &request).await {
+        Ok(response) => {
+            info!(node = %cert.name, "node certificate renewed");
+            Ok(Json(response).into_response())
+        }
+        Err(e) => {
+            warn!(node = %cert.name, "certificate renewal refused: {e}");
             Err(e.into())
         }
     }

@@ -94,6 +94,16 @@ impl Admission {
     }
 }
 
+/// The certificate a TLS caller showed (absent on the local socket).
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// Its SHA-256 (hex): how the cluster names it.
+    pub hash: String,
+    pub role: crate::pki::CertRole,
+    /// Its common name: a node certificate's node name.
+    pub name: String,
+}
+
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Need {
@@ -136,6 +146,12 @@ const ROUTES: &[Route] = &[
     route("POST", "/v1/tokens/{id}/revoke", Need::Operator, || {
         post(membership::revoke_token)
     }),
+    route(
+        "POST",
+        crate::membership::renew::ROUTE,
+        Need::Member,
+        || post(membership::renew_certificates),
+    ),
     route("GET", "/v1/jobs", Need::Member, || get(list_jobs)),
     route("POST", "/v1/jobs", Need::Operator, || post(submit_job)),
     route("GET", "/v1/jobs/{id}", Need::Member, || get(show_job)),
@@ -653,13 +669,16 @@ async fn serve_tls(
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
-                .map(|cert| {
-                    let hash = crate::config::hex(&Sha256::digest(cert.as_ref()));
-                    (hash, crate::pki::CertRole::of_der(cert.as_ref()))
+                .map(|cert| ClientCert {
+                    hash: crate::config::hex(&Sha256::digest(cert.as_ref())),
+                    role: crate::pki::CertRole::of_der(cert.as_ref()),
+                    name: crate::pki::common_name_of_der(cert.as_ref()).unwrap_or_default(),
                 });
             let router = match client_cert {
-                Some((hash, role)) => match admission.borrow().caller(&hash, role) {
-                    Some(caller) => full.layer(axum::Extension(caller)),
+                Some(cert) => match admission.borrow().caller(&cert.hash, cert.role) {
+                    Some(caller) => full
+                        .layer(axum::Extension(caller))
+                        .layer(axum::Extension(cert)),
                     None => return,
                 },
                 None => public.layer(axum::Extension(Caller::Anyone)),

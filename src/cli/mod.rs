@@ -133,7 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::run(args),
         Command::Render(args) => render::run(args, &paths),
         Command::Job(args) => job::run(args),
-        Command::Pki(command) => pki::run(command),
+        Command::Pki(command) => pki::run(command, &paths),
         Command::Init(args) => membership::init(args, &paths),
         Command::Join(args) => membership::join(args, &paths),
         Command::Token(args) => membership::token(args),

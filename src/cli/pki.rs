@@ -10,6 +10,14 @@ use crate::pki::{self, Ca, Pem};
 
 #[derive(Debug, Subcommand)]
 pub enum PkiCommand {
+    /// Renew this node's certificates when a third of their lifetime is left (as root;
+    /// what milvus-fleet-renew.timer runs daily): new keys, signed by a storage node
+    /// that checks the current certificate; then the daemon restarts.
+    Renew {
+        /// Renew now, due or not.
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a new cluster CA: DIR/ca.crt and DIR/ca.key (0600). Prints its pin.
     CreateCa {
         #[arg(long)]
@@ -68,8 +76,20 @@ pub enum PkiCommand {
     },
 }
 
-pub fn run(command: PkiCommand) -> anyhow::Result<()> {
+pub fn run(command: PkiCommand, paths: &crate::config::ConfigPaths) -> anyhow::Result<()> {
     match command {
+        PkiCommand::Renew { force } => {
+            use crate::membership::renew::{renew_this_node, Renewed};
+            match renew_this_node(paths, force)? {
+                Renewed::NotDue { ends, from } => println!(
+                    "Not due: this node's certificate is valid until {ends}; renewal from {from}."
+                ),
+                Renewed::Renewed { ends, milvus } => println!(
+                    "Renewed this node's certificate{} (valid until {ends}) and restarted the daemon.",
+                    if milvus { " and the Milvus roles' etcd certificate" } else { "" }
+                ),
+            }
+        }
         PkiCommand::CreateCa { cluster, out } => {
             let ca = Ca::create(&cluster)?;
             write(&out.join("ca.crt"), &ca.pem().cert, 0o644)?;

@@ -74,7 +74,7 @@ impl Default for ClusterConfig {
         Self {
             name: "milvus-fleet".into(),
             topology: Topology::default(),
-            data_dir: "/var/lib/milvus-fleet/data".into(),
+            data_dir: "/var/lib/milvus-fleet-data".into(),
         }
     }
 }

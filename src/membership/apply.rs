@@ -107,6 +107,26 @@ pub fn guard_host_settings(settings: &Settings, paths: &ConfigPaths) -> anyhow::
     Ok(())
 }
 
+/// Where releases before the data directory left the daemon's state directory kept data.
+const OLD_DEFAULT_DATA_DIR: &str = "/var/lib/milvus-fleet/data";
+
+/// Refuses to start on an empty default data directory while the old default holds data:
+/// the components would start afresh beside the node's real data.
+fn refuse_data_left_in_the_old_default(data_dir: &str) -> anyhow::Result<()> {
+    let default = FleetConfig::default().cluster.data_dir;
+    let old = Path::new(OLD_DEFAULT_DATA_DIR);
+    let has_entries = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+    if data_dir == default && has_entries(old) && !has_entries(Path::new(&default)) {
+        bail!(
+            "{OLD_DEFAULT_DATA_DIR} holds this node's data, and its data directory is now \
+             {default} (outside the daemon's state directory): stop the node's units \
+             (`systemctl stop milvus-fleet.target`), `mv {OLD_DEFAULT_DATA_DIR} {default}`, \
+             and apply again; nothing was rendered"
+        );
+    }
+    Ok(())
+}
+
 fn lookup<'a>(table: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     let (section, name) = key.split_once('.')?;
     table.get(section)?.as_table()?.get(name)
@@ -152,6 +172,9 @@ async fn apply_settings(settings: &Settings, mode: Mode) -> anyhow::Result<Apply
         return Ok(report);
     };
 
+    // Before anything is rendered: the data directory is bind-mounted into containers.
+    refuse_data_left_in_the_old_default(&config.cluster.data_dir)?;
+    crate::host::root_only_dir(Path::new(&config.cluster.data_dir))?;
     let templates = Templates::load(Some(Path::new(TEMPLATE_OVERRIDE_DIR)))?;
     let rendered = render_node(config, &node, &templates)?;
     let manifest = rendered.manifest(&node);

@@ -460,7 +460,9 @@ fn write_node_files(
 }
 
 fn enable_daemon() -> anyhow::Result<()> {
-    super::apply::enable_now("milvus-fleet.service")
+    super::apply::enable_now("milvus-fleet.service")?;
+    // The daily certificate check (membership/renew.rs).
+    super::apply::enable_now("milvus-fleet-renew.timer")
 }
 
 /// The local address this host uses to reach `server` (or the default route).

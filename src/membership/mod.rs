@@ -7,6 +7,7 @@
 //! - `apply` (apply.rs) is the root side on every node: cluster config -> rendered files
 //!   -> units, restarting only what changed;
 //! - node removal (remove.rs) is a leader job;
+//! - certificate renewal (renew.rs): root asks a storage node with the current certificate;
 //! - cloud-init (cloud_init.rs) prints the user-data that joins a VM at its first boot.
 
 pub mod apply;
@@ -14,6 +15,7 @@ pub mod cloud_init;
 pub mod init;
 pub mod join;
 pub mod remove;
+pub mod renew;
 pub mod store;
 pub mod token;
 

@@ -64,6 +64,19 @@ impl CertRole {
     }
 }
 
+/// The common name of a certificate (DER): a node certificate's node name.
+pub fn common_name_of_der(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    Some(name)
+}
+
 /// PEM-encoded certificate and private key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pem {
