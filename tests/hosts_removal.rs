@@ -141,6 +141,35 @@ impl NodeCert {
         Ok((status.trim().parse().unwrap(), body.trim().to_owned()))
     }
 
+    /// What `host`'s etcd answers a put of `value` at `key` with this certificate.
+    fn etcd_put(&self, hosts: &Hosts, host: &str, key: &str, value: &str) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let body = format!(r#"{{"key":"{}","value":"{}"}}"#, b64(key), b64(value));
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &hosts.switch_netns(),
+                "curl",
+                "-sS",
+                "--max-time",
+                "5",
+            ])
+            .args(["--cacert", &self.path("ca.crt")])
+            .args([
+                "--cert",
+                &self.path("node.crt"),
+                "--key",
+                &self.path("node.key"),
+            ])
+            .args(["-X", "POST", "-d", &body])
+            .arg(format!("https://{}:2379/v3/kv/put", hosts.address(host)))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Whether `host`'s etcd answers a read with this certificate, from the bridge.
     fn etcd_answers(&self, hosts: &Hosts, host: &str) -> bool {
         let out = std::process::Command::new("ip")
@@ -245,6 +274,31 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
     assert!(!hosts
         .sh_ok("h1", "milvus-fleet job list")
         .contains("node-remove"));
+    // ... nor through etcd: it reads the cluster's records and writes none of them.
+    assert!(
+        witness.etcd_answers(&hosts, "h2"),
+        "the witness cannot read etcd"
+    );
+    let config_in_etcd = || {
+        hosts.sh_ok(
+            "h1",
+            "docker exec mf-etcd etcdctl get /milvus-fleet/removal-test/config --print-value-only | sha256sum",
+        )
+    };
+    let config_before = config_in_etcd();
+    for key in [
+        "/milvus-fleet/removal-test/config",
+        "/milvus-fleet/removal-test/tokens/forged",
+        "/milvus-fleet/removal-test/members/h2",
+        "/milvus-fleet/removal-test/leader",
+    ] {
+        let said = witness.etcd_put(&hosts, "h2", key, "forged");
+        assert!(
+            said.contains("permission denied"),
+            "the witness's put of {key}: {said}"
+        );
+    }
+    assert_eq!(config_in_etcd(), config_before);
 
     // Renewal: the timer is on; nothing is renewed before it is due.
     for host in ["h1", "h2", "h3"] {

@@ -45,6 +45,10 @@ impl ApiError {
     }
 }
 
+/// What a compute or witness node answers a call that would change the cluster's records.
+const READ_ONLY: &str = "this node may not change the cluster's records (etcd gives compute and \
+                         witness nodes read access only): run it on a storage node";
+
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
@@ -52,6 +56,9 @@ impl From<JobError> for ApiError {
             JobError::NotFound(_) => ApiError::NotFound(e.to_string()),
             JobError::InvalidResource(_) | JobError::InvalidDrill => {
                 ApiError::BadRequest(e.to_string())
+            }
+            JobError::Cluster(e) if e.is_permission_denied() => {
+                ApiError::Forbidden(READ_ONLY.into())
             }
             JobError::Corrupt { .. }
             | JobError::Encode { .. }
@@ -66,6 +73,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NoToken(_) => ApiError::NotFound(e.to_string()),
             StoreError::NoConfig => ApiError::NoCluster,
+            StoreError::Cluster(e) if e.is_permission_denied() => {
+                ApiError::Forbidden(READ_ONLY.into())
+            }
             _ => ApiError::Unavailable(e.to_string()),
         }
     }

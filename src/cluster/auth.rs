@@ -2,15 +2,17 @@
 //! shows a certificate of the cluster CA, its common name is its etcd user, and the
 //! user's roles bound what it reaches. Which user gets which role is data here:
 //!
-//! | user          | role                | reaches                                          |
-//! |---------------|---------------------|--------------------------------------------------|
-//! | a storage node| `root`              | everything (it leads: members, users, fencing)   |
-//! | any other node| `milvus-fleet-node` | the cluster's prefix; Milvus' sessions, read     |
-//! | `milvus`      | `milvus`            | Milvus' root path; key `health`, read            |
-//! | `root`        | `root`              | nobody holds its certificate (etcd requires it)  |
+//! | user            | role                       | reaches                                   |
+//! |-----------------|----------------------------|-------------------------------------------|
+//! | a storage node  | `root`                     | everything (it leads: members, users, fencing) |
+//! | any other node N| `milvus-fleet-node-N`      | the cluster's prefix, read; its own registration (`members/N`), read-write; Milvus' sessions, read |
+//! | `milvus`        | `milvus`                   | Milvus' root path; key `health`, read     |
+//! | `root`          | `root`                     | nobody holds its certificate (etcd requires it) |
 //!
-//! Removing a node deletes its user: every etcd member refuses its certificate's requests
-//! from then on, whatever certificate lifetime is left.
+//! So a compromised compute or witness node can change no record of the cluster (its
+//! configuration, tokens, jobs, the leader key, other registrations); operators change
+//! them through a storage node. Removing a node deletes its user (and role): every etcd
+//! member refuses its certificate's requests from then on, whatever lifetime is left.
 
 use etcd_client::{Client, Permission, UserAddOptions};
 
@@ -19,43 +21,54 @@ use super::keys;
 /// The etcd user of the Milvus roles' client certificate.
 pub const MILVUS_USER: &str = "milvus";
 const ROOT: &str = "root";
-const NODE_ROLE: &str = "milvus-fleet-node";
 const MILVUS_ROLE: &str = "milvus";
 
-/// What a role may touch: read or read-write on a key prefix.
+/// What a role may touch: read or read-write on a key prefix, or on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    pub prefix: String,
+    pub key: String,
+    /// `key` is a prefix (every key under it), not one key.
+    pub prefix: bool,
     pub write: bool,
 }
 
-/// The roles milvus-fleet defines, with their grants, for the cluster at `prefix` (pure).
-pub fn roles(prefix: &str) -> Vec<(&'static str, Vec<Grant>)> {
-    let grant = |prefix: &str, write| Grant {
-        prefix: prefix.to_owned(),
+fn grant(key: &str, prefix: bool, write: bool) -> Grant {
+    Grant {
+        key: key.to_owned(),
+        prefix,
         write,
-    };
-    vec![
-        (
-            NODE_ROLE,
-            vec![grant(prefix, true), grant(keys::MILVUS_SESSIONS, false)],
-        ),
-        // Milvus reads key `health` (absent) to tell that etcd answers before it opens a
-        // session.
-        (
-            MILVUS_ROLE,
-            vec![grant(keys::MILVUS_ROOT, true), grant("health", false)],
-        ),
-    ]
+    }
 }
 
-/// The role of node user `node`: `root` for a node that may lead, else the node role.
-pub fn node_role(may_lead: bool) -> &'static str {
+/// The roles every cluster has, with their grants (pure).
+pub fn shared_roles() -> Vec<(String, Vec<Grant>)> {
+    // Milvus reads key `health` (absent) to tell that etcd answers before it opens a
+    // session.
+    vec![(
+        MILVUS_ROLE.to_owned(),
+        vec![
+            grant(keys::MILVUS_ROOT, true, true),
+            grant("health", false, false),
+        ],
+    )]
+}
+
+/// The role of node user `node` of the cluster at `prefix`: `root` for a node that may
+/// lead (no grants to make), else a role of its own with its grants (pure).
+pub fn node_role(prefix: &str, node: &str, may_lead: bool) -> (String, Vec<Grant>) {
     if may_lead {
-        ROOT
-    } else {
-        NODE_ROLE
+        return (ROOT.to_owned(), vec![]);
     }
+    (
+        format!("milvus-fleet-node-{node}"),
+        vec![
+            grant(prefix, true, false),
+            // Its registration, put and revoked with its lease (a lease revoke needs
+            // write access to the keys it holds).
+            grant(&keys::member(prefix, node), false, true),
+            grant(keys::MILVUS_SESSIONS, true, false),
+        ],
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +86,34 @@ fn failed(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> AuthErr
 /// Whether etcd refused because the thing exists already (a repeated init or join).
 fn exists(error: &etcd_client::Error) -> bool {
     error.to_string().contains("already exists")
+}
+
+/// Makes `role` with `grants` (the grants are added again on a repeat: etcd keeps one).
+async fn add_role(client: &mut Client, role: &str, grants: &[Grant]) -> Result<(), AuthError> {
+    if role == ROOT {
+        return Ok(());
+    }
+    match client.role_add(role).await {
+        Err(e) if !exists(&e) => return Err(failed(format!("adding role {role}"))(e)),
+        _ => {}
+    }
+    for grant in grants {
+        let permission = if grant.write {
+            Permission::read_write(grant.key.clone())
+        } else {
+            Permission::read(grant.key.clone())
+        };
+        let permission = if grant.prefix {
+            permission.with_prefix()
+        } else {
+            permission
+        };
+        client
+            .role_grant_permission(role, permission)
+            .await
+            .map_err(failed(format!("granting {} to role {role}", grant.key)))?;
+    }
+    Ok(())
 }
 
 async fn add_user(client: &mut Client, user: &str, role: &str) -> Result<(), AuthError> {
@@ -99,27 +140,12 @@ pub async fn enable(
     node: &str,
     may_lead: bool,
 ) -> Result<(), AuthError> {
-    for (role, grants) in roles(prefix) {
-        match client.role_add(role).await {
-            Err(e) if !exists(&e) => return Err(failed(format!("adding role {role}"))(e)),
-            _ => {}
-        }
-        for grant in grants {
-            let permission = if grant.write {
-                Permission::read_write(grant.prefix.clone())
-            } else {
-                Permission::read(grant.prefix.clone())
-            }
-            .with_prefix();
-            client
-                .role_grant_permission(role, permission)
-                .await
-                .map_err(failed(format!("granting {} to role {role}", grant.prefix)))?;
-        }
+    for (role, grants) in shared_roles() {
+        add_role(client, &role, &grants).await?;
     }
     add_user(client, ROOT, ROOT).await?;
     add_user(client, MILVUS_USER, MILVUS_ROLE).await?;
-    add_user(client, node, node_role(may_lead)).await?;
+    add_node(client, prefix, node, may_lead).await?;
     client
         .auth_enable()
         .await
@@ -127,17 +153,30 @@ pub async fn enable(
     Ok(())
 }
 
-/// Gives a joining node its user (see [`node_role`]). Safe to repeat.
-pub async fn add_node(client: &mut Client, node: &str, may_lead: bool) -> Result<(), AuthError> {
-    add_user(client, node, node_role(may_lead)).await
+/// Gives node `node` of the cluster at `prefix` its user and role (see [`node_role`]).
+/// Safe to repeat.
+pub async fn add_node(
+    client: &mut Client,
+    prefix: &str,
+    node: &str,
+    may_lead: bool,
+) -> Result<(), AuthError> {
+    let (role, grants) = node_role(prefix, node, may_lead);
+    add_role(client, &role, &grants).await?;
+    add_user(client, node, &role).await
 }
 
-/// Takes a removed node's user away: its certificate reaches nothing from now on.
-pub async fn remove_node(client: &mut Client, node: &str) -> Result<(), AuthError> {
+/// Takes a removed node's user (and its own role) away: its certificate reaches nothing
+/// from now on.
+pub async fn remove_node(client: &mut Client, prefix: &str, node: &str) -> Result<(), AuthError> {
+    let gone = |e: &etcd_client::Error| e.to_string().contains("not found");
     match client.user_delete(node).await {
-        Err(e) if !e.to_string().contains("not found") => {
-            Err(failed(format!("deleting user {node}"))(e))
-        }
+        Err(e) if !gone(&e) => return Err(failed(format!("deleting user {node}"))(e)),
+        _ => {}
+    }
+    let (role, _) = node_role(prefix, node, false);
+    match client.role_delete(role.as_str()).await {
+        Err(e) if !gone(&e) => Err(failed(format!("deleting role {role}"))(e)),
         _ => Ok(()),
     }
 }
@@ -147,28 +186,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_node_that_may_lead_is_root_and_milvus_reaches_only_its_root_path() {
-        assert_eq!(node_role(true), "root");
-        assert_eq!(node_role(false), NODE_ROLE);
-        let roles = roles("/milvus-fleet/c/");
-        let milvus = &roles.iter().find(|(r, _)| *r == MILVUS_ROLE).unwrap().1;
+    fn only_a_node_that_may_lead_is_root_and_others_write_only_their_registration() {
+        let prefix = "/milvus-fleet/c/";
+        assert_eq!(node_role(prefix, "s1", true), ("root".to_owned(), vec![]));
+        let (role, grants) = node_role(prefix, "c1", false);
+        assert_eq!(role, "milvus-fleet-node-c1");
+        let writes: Vec<&Grant> = grants.iter().filter(|g| g.write).collect();
+        assert_eq!(
+            writes,
+            vec![&Grant {
+                key: "/milvus-fleet/c/members/c1".into(),
+                prefix: false,
+                write: true
+            }],
+            "a compute or witness node writes its own registration and nothing else"
+        );
+        assert!(grants.contains(&grant(prefix, true, false)));
+        let shared = shared_roles();
+        let milvus = &shared.iter().find(|(r, _)| r == MILVUS_ROLE).unwrap().1;
         assert_eq!(
             milvus,
-            &vec![
-                Grant {
-                    prefix: "by-dev".into(),
-                    write: true
-                },
-                Grant {
-                    prefix: "health".into(),
-                    write: false
-                }
-            ]
+            &vec![grant("by-dev", true, true), grant("health", false, false)]
         );
-        let node = &roles.iter().find(|(r, _)| *r == NODE_ROLE).unwrap().1;
-        assert!(node
-            .iter()
-            .all(|g| !g.write || g.prefix == "/milvus-fleet/c/"));
         // Milvus' sessions are inside its root path: the node role only reads them.
         assert!(keys::MILVUS_SESSIONS.starts_with(keys::MILVUS_ROOT));
     }

@@ -727,7 +727,7 @@ pub struct CampaignAnswer {
 
 /// One campaign of `node` holding `lease`: create the leader key, bound to the lease, if
 /// there is none, in one transaction; the key's create revision is the term. While
-/// `held` (after stepping down) the key is only read: create_revision is never < 0.
+/// `held` (after stepping down, or a node that may not lead) the key is only read.
 pub async fn campaign(
     kv: &dyn Kv,
     leader_key: &str,
@@ -735,14 +735,23 @@ pub async fn campaign(
     lease: i64,
     held: bool,
 ) -> Result<CampaignAnswer, ClusterError> {
-    let vacant = if held { Cmp::Less } else { Cmp::Equal };
-    let txn = Txn {
-        when: vec![Check::create_revision(leader_key, vacant, 0)],
-        then: vec![
-            Op::put_with_lease(leader_key, node, lease),
-            Op::get(leader_key),
-        ],
-        otherwise: vec![Op::get(leader_key)],
+    // Held: a read alone (etcd checks a transaction's every branch against the caller's
+    // role, and a node that may not lead has no write access to the leader key).
+    let txn = if held {
+        Txn {
+            when: vec![],
+            then: vec![Op::get(leader_key)],
+            otherwise: vec![],
+        }
+    } else {
+        Txn {
+            when: vec![Check::create_revision(leader_key, Cmp::Equal, 0)],
+            then: vec![
+                Op::put_with_lease(leader_key, node, lease),
+                Op::get(leader_key),
+            ],
+            otherwise: vec![Op::get(leader_key)],
+        }
     };
     let TxnAnswer {
         succeeded,
@@ -750,7 +759,7 @@ pub async fn campaign(
         got,
     } = kv.txn(txn).await?;
     Ok(CampaignAnswer {
-        won: succeeded,
+        won: succeeded && !held,
         revision,
         leader: got.into_iter().flatten().next(),
     })

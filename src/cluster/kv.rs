@@ -45,7 +45,6 @@ pub enum Revision {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cmp {
     Equal,
-    Less,
 }
 
 #[cfg(test)]
@@ -53,7 +52,6 @@ impl Cmp {
     fn holds(self, actual: i64, target: i64) -> bool {
         match self {
             Cmp::Equal => actual == target,
-            Cmp::Less => actual < target,
         }
     }
 }
@@ -195,7 +193,6 @@ fn to_etcd_compare(check: &Check) -> etcd_client::Compare {
     use etcd_client::{Compare, CompareOp};
     let op = match check.cmp {
         Cmp::Equal => CompareOp::Equal,
-        Cmp::Less => CompareOp::Less,
     };
     match check.revision {
         Revision::Create => Compare::create_revision(check.key.clone(), op, check.target),

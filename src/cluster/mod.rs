@@ -45,6 +45,12 @@ impl ClusterError {
     pub fn is_lease_gone(&self) -> bool {
         matches!(self, Self::Etcd(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::NotFound)
     }
+
+    /// etcd refused the request to this node's user (see `auth`): a compute or witness
+    /// node may change no record of the cluster.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Self::Etcd(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::PermissionDenied)
+    }
 }
 
 pub use keys::prefix;

@@ -196,9 +196,14 @@ pub async fn admit(
 
         if config.etcd.mode == ServiceMode::Local {
             let may_lead = config.may_lead(&request.name);
-            crate::cluster::auth::add_node(&mut store.client, &request.name, may_lead)
-                .await
-                .map_err(|e| JoinError::Busy(e.to_string()))?;
+            crate::cluster::auth::add_node(
+                &mut store.client,
+                &store.prefix,
+                &request.name,
+                may_lead,
+            )
+            .await
+            .map_err(|e| JoinError::Busy(e.to_string()))?;
         }
 
         let mut token = record.clone();

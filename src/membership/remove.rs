@@ -261,7 +261,7 @@ pub async fn step(
                     ..Default::default()
                 });
             }
-            crate::cluster::auth::remove_node(&mut store.client, node)
+            crate::cluster::auth::remove_node(&mut store.client, &store.prefix, node)
                 .await
                 .map_err(|e| e.to_string())?;
             // Whatever lease it still holds (its registration's) ends now, not at its TTL.
