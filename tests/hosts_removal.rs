@@ -1,6 +1,7 @@
 //! A witness, and the removal of the node that ran `init`, on real systemd hosts (issue
-//! 18): h1 inits the cluster (storage), h2 joins as storage, h3 as the witness (an etcd
-//! voter and nothing else).
+//! 18): h1 inits the cluster (storage and compute: the real Milvus server), h2 joins as
+//! storage and compute, h3 as the witness (an etcd voter and nothing else); h4 is no
+//! member, only the site's S3.
 //!
 //! - The witness holds no object-storage keys and no Milvus password: not in the files
 //!   milvus-fleet writes, nowhere on its disk.
@@ -19,7 +20,8 @@ mod support;
 use std::time::Duration;
 
 use support::dataplane::{
-    credentials, images, install_package, prepare_hosts, wait_until, write_credentials,
+    credentials, images, install_package, prepare_hosts, start_site_s3, wait_until,
+    write_credentials,
 };
 use support::{deb_path, repo, Hosts};
 
@@ -41,7 +43,7 @@ etcd = "local/etcd:test"
 nginx = "local/nginx:test"
 milvus = "local/milvus:test"
 "#,
-        h1 = hosts.address("h1"),
+        h1 = hosts.address("h4"),
     )
 }
 
@@ -190,13 +192,26 @@ impl NodeCert {
 fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
     let deb = deb_path();
     let images = images();
-    let hosts = Hosts::up_with("mfrm", "172.31.89", 3, &[("FLEET_HOSTS_DOCKER", "1")]);
-    prepare_hosts(&hosts, &deb, PKG, &images, |_| vec!["etcd", "nginx"]);
-    for host in hosts.names() {
+    let hosts = Hosts::up_with(
+        "mfrm",
+        "172.31.89",
+        4,
+        &[
+            ("FLEET_HOSTS_PACKAGES", "docker.io"),
+            ("FLEET_HOSTS_DOCKER", "1"),
+        ],
+    );
+    prepare_hosts(&hosts, &deb, PKG, &images, |host| match host {
+        "h1" | "h2" => vec!["etcd", "nginx", "milvus"],
+        "h3" => vec!["etcd", "nginx"],
+        _ => vec!["seaweedfs"],
+    });
+    for host in ["h1", "h2", "h3"] {
         install_package(&hosts, host, PKG);
     }
+    start_site_s3(&hosts, "h4");
 
-    // h1: init as a storage node (no Milvus here: this test is about the control plane).
+    // h1: init as a storage and compute node.
     hosts.write_file(
         "h1",
         "/etc/milvus-fleet/fleet.toml",
@@ -207,11 +222,11 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
     hosts.sh_ok(
         "h1",
         &format!(
-            "milvus-fleet init --name h1 --address {} --roles storage >/dev/null",
+            "milvus-fleet init --name h1 --address {} --roles storage,compute >/dev/null",
             hosts.address("h1")
         ),
     );
-    join(&hosts, "h2", "h1", "storage");
+    join(&hosts, "h2", "h1", "storage,compute");
     join(&hosts, "h3", "h1", "witness");
     wait_until(
         "every node up in every status",
@@ -241,13 +256,13 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
         found, "",
         "the witness holds object-storage keys or a password"
     );
-    // h2 (storage, no Milvus either) holds none as well; h1 (init) holds the keys.
+    // h2 runs Milvus: it holds both (the check can find them).
     assert_eq!(
         hosts.sh_ok(
             "h2",
-            "find /etc/milvus-fleet/credentials -type f -size +0 2>/dev/null || true"
+            "find /etc/milvus-fleet/credentials -type f -size +0 | sort"
         ),
-        ""
+        "/etc/milvus-fleet/credentials/milvus\n/etc/milvus-fleet/credentials/object-storage"
     );
 
     // A compromised witness: its certificate may read the status, not act as an operator.

@@ -82,6 +82,16 @@ pub async fn join(State(state): Shared, body: Bytes) -> Result<Response, ApiErro
     match admit(&mut store, &signer, &request).await {
         Ok(response) => {
             info!(node = %request.name, address = %request.address, roles = %role_list(&request.roles), "node joined");
+            // A new etcd learner whose own user may not promote it (a witness): this
+            // node, a storage node with etcd's root role, does once it has caught up.
+            if let Some(peer) = response
+                .etcd_initial_cluster
+                .as_deref()
+                .and_then(|members| learner_peer(members, &request.name))
+            {
+                let client = store.client.clone();
+                tokio::spawn(crate::membership::join::promote_when_in_sync(client, peer));
+            }
             Ok(Json(response).into_response())
         }
         Err(e) => {
@@ -117,6 +127,14 @@ pub async fn renew_certificates(
             Err(e.into())
         }
     }
+}
+
+/// The peer URL of member `name` in `name=peer-url,...` (pure).
+fn learner_peer(members: &str, name: &str) -> Option<String> {
+    members
+        .split(',')
+        .find_map(|m| m.strip_prefix(&format!("{name}=")))
+        .map(str::to_owned)
 }
 
 /// The body of `POST /v1/tokens` and `/v1/tokens/rotate`.

@@ -49,8 +49,13 @@ impl ClusterError {
     /// etcd refused the request to this node's user (see `auth`): a compute or witness
     /// node may change no record of the cluster.
     pub fn is_permission_denied(&self) -> bool {
-        matches!(self, Self::Etcd(etcd_client::Error::GRpcStatus(status)) if status.code() == tonic::Code::PermissionDenied)
+        matches!(self, Self::Etcd(e) if permission_denied(e))
     }
+}
+
+/// Whether etcd refused a request to the caller's user (see `auth`).
+pub fn permission_denied(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::PermissionDenied)
 }
 
 pub use keys::prefix;

@@ -297,8 +297,9 @@ async fn send_with_retries(
     }
 }
 
-/// Promotes this host's etcd learner once it has caught up, talking to the other
-/// members only (a learner answers no client requests).
+/// Promotes this host's etcd learner once it has caught up (or, a witness, waits for the
+/// node that admitted it to), talking to the other members only (a learner answers no
+/// client requests).
 async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Result<()> {
     crate::cluster::probe_members_at(config);
     let own = crate::config::etcd_url(address, config.etcd.client_port);
@@ -331,6 +332,11 @@ async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Res
         }
         match client.member_promote(member.id()).await {
             Ok(_) => return Ok(()),
+            // A witness's etcd user may not promote: the storage node that admitted it
+            // does (api/membership.rs); wait for that.
+            Err(e) if crate::cluster::permission_denied(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             // A learner is promoted only once it is in sync with the leader.
             Err(e) if Instant::now() < deadline => {
                 tracing::info!("etcd member not promoted yet: {e}");
@@ -347,8 +353,10 @@ async fn wait_for_etcd(urls: &[String], timeout: Duration) -> anyhow::Result<etc
     loop {
         let attempt = async {
             let mut client = crate::cluster::connect_to(urls).await?;
+            // A member list: etcd answers it to any user (a witness's may read no key
+            // outside its cluster's prefix).
             client
-                .get("/milvus-fleet/", None)
+                .member_list()
                 .await
                 .map_err(crate::cluster::ClusterError::from)?;
             Ok::<_, crate::cluster::ClusterError>(client)

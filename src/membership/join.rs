@@ -262,6 +262,30 @@ pub async fn admit(
     ))
 }
 
+/// Promotes the etcd learner at `peer` once it is in sync, trying every second for two
+/// minutes (the joining node starts its member meanwhile); done when it votes.
+pub async fn promote_when_in_sync(mut client: etcd_client::Client, peer: String) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let Ok(members) = client.member_list().await else {
+            continue;
+        };
+        let Some(member) = members
+            .members()
+            .iter()
+            .find(|m| m.peer_urls().contains(&peer))
+        else {
+            return;
+        };
+        if !member.is_learner() || client.member_promote(member.id()).await.is_ok() {
+            tracing::info!(peer = %peer, "the new etcd member votes");
+            return;
+        }
+    }
+    tracing::warn!(peer = %peer, "the new etcd member at {peer} was not promoted within 2 minutes: it stays a learner (`etcdctl member promote` on a storage node)");
+}
+
 /// Adds `node` to etcd as a learner unless it is a member already; returns the members
 /// it joins as `name=peer-url,...`.
 async fn add_etcd_learner(
