@@ -142,11 +142,23 @@ pub enum Renewed {
 /// daemon restarted. A failure is logged as an alert and changes no file.
 pub fn renew_this_node(paths: &ConfigPaths, force: bool) -> anyhow::Result<Renewed> {
     crate::host::require_root("pki renew")?;
-    let settings = Settings::load(paths)?;
     let tls = PathBuf::from(TLS_DIR);
-    let node_cert = tls.join("etcd.crt");
+    let renewed = renew_if_due(paths, &tls, force);
+    if let Err(e) = &renewed {
+        let ends =
+            validity(&tls.join("etcd.crt")).map_or_else(|_| "unknown".into(), |(_, to)| date(to));
+        error!(
+            message_id = CERT_RENEWAL_FAILED,
+            "this node's certificates (valid until {ends}) could not be renewed: {e:#}"
+        );
+    }
+    renewed
+}
+
+fn renew_if_due(paths: &ConfigPaths, tls: &Path, force: bool) -> anyhow::Result<Renewed> {
+    let settings = Settings::load(paths)?;
+    let (not_before, not_after) = validity(&tls.join("etcd.crt"))?;
     let milvus_cert = tls.join("milvus.crt");
-    let (not_before, not_after) = validity(&node_cert)?;
     let milvus = milvus_cert.is_file();
     let milvus_due = milvus && validity(&milvus_cert).is_ok_and(|(from, to)| due(from, to, now()));
     if !force && !due(not_before, not_after, now()) && !milvus_due {
@@ -157,23 +169,10 @@ pub fn renew_this_node(paths: &ConfigPaths, force: bool) -> anyhow::Result<Renew
         });
     }
     let runtime = crate::host::runtime()?;
-    match runtime.block_on(renew_files(&settings, &tls, milvus)) {
-        Ok(ends) => {
-            info!(node = %settings.node_name, "certificates renewed: the node's is valid until {ends}");
-            restart_daemon();
-            Ok(Renewed::Renewed { ends, milvus })
-        }
-        Err(e) => {
-            error!(
-                message_id = CERT_RENEWAL_FAILED,
-                node = %settings.node_name,
-                "the certificates of {} (valid until {}) could not be renewed: {e:#}",
-                settings.node_name,
-                date(not_after)
-            );
-            Err(e)
-        }
-    }
+    let ends = runtime.block_on(renew_files(&settings, tls, milvus))?;
+    info!(node = %settings.node_name, "certificates renewed: the node's is valid until {ends}");
+    restart_daemon();
+    Ok(Renewed::Renewed { ends, milvus })
 }
 
 fn now() -> i64 {
