@@ -80,6 +80,8 @@ pub fn run(command: PkiCommand, paths: &crate::config::ConfigPaths) -> anyhow::R
     match command {
         PkiCommand::Renew { force } => {
             use crate::membership::renew::{renew_this_node, Renewed};
+            // The timer's unit logs to the journal: the alert needs its MESSAGE_ID.
+            crate::logging::init("info");
             match renew_this_node(paths, force)? {
                 Renewed::NotDue { ends, from } => println!(
                     "Not due: this node's certificate is valid until {ends}; renewal from {from}."
