@@ -56,6 +56,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
     let (members_tx, members_rx) = tokio::sync::watch::channel(None);
     let (admission_tx, admission_rx) = tokio::sync::watch::channel(Default::default());
     let (nodes_tx, nodes_rx) = tokio::sync::watch::channel(node_names(&settings));
+    let (leaders_tx, leaders_rx) = tokio::sync::watch::channel(may_lead(&settings));
     // The etcd members change as storage nodes join and leave: the long-lived clients
     // follow this list rather than the one they started with.
     let (etcd_urls_tx, etcd_urls_rx) =
@@ -76,6 +77,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
         admission: admission_tx,
         config_changed: config_changed_tx,
         nodes: nodes_rx.clone(),
+        may_lead: leaders_rx,
         etcd_urls: etcd_urls_rx,
         standalone_candidates: candidates_rx,
         placement: placement_tx,
@@ -150,6 +152,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                leaders_tx.send_replace(may_lead(&settings));
                 candidates_tx.send_if_modified(|c| replace_if_changed(c, &standalone_candidates(&settings)));
                 etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
@@ -160,6 +163,7 @@ async fn main_loop(paths: ConfigPaths) -> anyhow::Result<()> {
                 let current = role.borrow().clone();
                 reload(&paths, &mut settings, &current);
                 nodes_tx.send_replace(node_names(&settings));
+                leaders_tx.send_replace(may_lead(&settings));
                 candidates_tx.send_if_modified(|c| replace_if_changed(c, &standalone_candidates(&settings)));
                 etcd_urls_tx.send_if_modified(|urls| replace_if_changed(urls, &settings.config.etcd_client_urls()));
                 settings_tx.send_if_modified(|s| replace_if_changed(s, &settings));
@@ -203,6 +207,7 @@ async fn campaign(
         admission,
         config_changed,
         nodes,
+        may_lead,
         etcd_urls,
         standalone_candidates,
         placement,
@@ -235,7 +240,7 @@ async fn campaign(
         .with_candidacy(config.may_lead(&settings.node_name))
         .with_member_urls(etcd_urls.clone())
         .with_lease_until(lease_until.clone())
-        .with_placement(placement.subscribe());
+        .with_placement(placement.subscribe(), may_lead);
     let mut updates = election.subscribe();
     let prefix = crate::cluster::prefix(config);
     let job_store =
@@ -451,6 +456,8 @@ struct ClusterChannels {
     admission: tokio::sync::watch::Sender<crate::api::Admission>,
     config_changed: tokio::sync::mpsc::Sender<()>,
     nodes: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The nodes that may lead (`FleetConfig::may_lead`).
+    may_lead: tokio::sync::watch::Receiver<Vec<String>>,
     etcd_urls: tokio::sync::watch::Receiver<Vec<String>>,
     /// The nodes that may run the standalone server, with their addresses.
     standalone_candidates: tokio::sync::watch::Receiver<Vec<(String, String)>>,
@@ -505,6 +512,17 @@ fn standalone_candidates(settings: &Settings) -> Vec<(String, String)> {
         .iter()
         .filter(|n| n.roles.contains(&NodeRole::Compute))
         .map(|n| (n.name.clone(), n.address.clone()))
+        .collect()
+}
+
+/// The nodes that may lead (storage nodes, or every node of a cluster without any).
+fn may_lead(settings: &Settings) -> Vec<String> {
+    let config = &settings.config;
+    config
+        .nodes
+        .iter()
+        .filter(|n| config.may_lead(&n.name))
+        .map(|n| n.name.clone())
         .collect()
 }
 

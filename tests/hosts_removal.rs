@@ -382,7 +382,7 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
     );
 
     // An operator on h2 removes h1, the node that ran init.
-    let removed = hosts.sh_ok("h2", "milvus-fleet node remove h1 2>&1");
+    let removed = hosts.sh_ok("h2", "timeout 180 milvus-fleet node remove h1 2>&1");
     assert!(removed.contains("revoked its certificate"), "{removed}");
     wait_until(
         "h1 gone from h2's and h3's status",

@@ -151,6 +151,8 @@ pub struct Election {
     /// Where the standalone server runs: a leader on that node steps down (see
     /// [`Election::with_placement`]).
     placement: Option<watch::Receiver<Option<super::placement::Placement>>>,
+    /// The nodes that may lead: only for one of them does a leader step down.
+    may_lead: Option<watch::Receiver<Vec<String>>>,
     /// No campaign before this (after stepping down, so that another daemon takes over).
     hold_campaign_until: Option<Instant>,
     /// Whether this daemon may lead at all (`FleetConfig::may_lead`); one that may not
@@ -198,6 +200,7 @@ impl Election {
             endpoint_changes: watch::channel(Default::default()).0,
             lease_until: watch::channel(None).0,
             placement: None,
+            may_lead: None,
             hold_campaign_until: None,
             candidate: true,
         }
@@ -209,14 +212,18 @@ impl Election {
         self
     }
 
-    /// A leader whose node runs the standalone server steps down when another daemon is
-    /// registered: losing a host with both would cost a leader election before the
-    /// server's failover could start (seconds of failed searches).
+    /// A leader whose node runs the standalone server steps down when another daemon that
+    /// may lead (one of `may_lead`) is registered: losing a host with both would cost a
+    /// leader election before the server's failover could start (seconds of failed
+    /// searches). With no such daemon it leads on: a compute or witness node cannot take
+    /// over.
     pub fn with_placement(
         mut self,
         placement: watch::Receiver<Option<super::placement::Placement>>,
+        may_lead: watch::Receiver<Vec<String>>,
     ) -> Self {
         self.placement = Some(placement);
+        self.may_lead = Some(may_lead);
         self
     }
 
@@ -234,9 +241,15 @@ impl Election {
         let Ok(Ok(registered)) = read else {
             return false;
         };
+        let may_lead = self
+            .may_lead
+            .as_ref()
+            .map(|m| m.borrow().clone())
+            .unwrap_or_default();
         let registered: Vec<&str> = registered
             .iter()
             .filter_map(|e| e.key.strip_prefix(&members))
+            .filter(|node| may_lead.iter().any(|n| n == node))
             .collect();
         step_down(server_node.as_deref(), &self.node, &registered)
     }
