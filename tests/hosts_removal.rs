@@ -10,7 +10,8 @@
 //! - Certificates renew: the daily timer is on; `pki renew` renews nothing that is not
 //!   due; forced on the witness and on h2, new keys and certificates land in the daemon's
 //!   and root's files, the old certificate is refused and the new one admitted, and the
-//!   nodes stay up.
+//!   nodes stay up; symlinks the daemon's user planted where root writes are replaced,
+//!   never written through.
 //! - h1, the init node, is removed by an operator on h2: afterwards h2's and h3's API and
 //!   etcd refuse h1's certificate, and the cluster goes on (h2 mints a token: it signs
 //!   with the CA key kept in etcd, not h1's copy); h1's renewal fails with an alert.
@@ -326,9 +327,25 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
     let not_due = hosts.sh_ok("h3", "milvus-fleet pki renew");
     assert!(not_due.starts_with("Not due"), "{not_due}");
     assert_eq!(cert_of("h3"), before);
-    // Forced on the witness (signed by a storage node) and on h2 (it signs its own).
+    // Forced on the witness (signed by a storage node) and on h2 (it signs its own). On
+    // the witness, the daemon's user first plants symlinks where root will write (its own
+    // PKI directory): root replaces them and writes nothing through them.
+    hosts.write_file("h3", "/root/planted-target", "untouched\n", "0644");
+    hosts.sh_ok(
+        "h3",
+        "setpriv --reuid=milvus-fleet --regid=milvus-fleet --init-groups -- sh -c \
+         'cd /var/lib/milvus-fleet/pki && cp node.crt node.crt.planted && \
+          ln -sf /root/planted-target node.crt && ln -sf /root/planted-target node.key'",
+    );
     for host in ["h3", "h2"] {
-        let before = cert_of(host);
+        let before = if host == "h3" {
+            hosts.sh_ok(
+                host,
+                "sha256sum < /var/lib/milvus-fleet/pki/node.crt.planted",
+            )
+        } else {
+            cert_of(host)
+        };
         let renewed = hosts.sh_ok(host, "milvus-fleet pki renew --force");
         assert!(renewed.starts_with("Renewed"), "{host}: {renewed}");
         assert_ne!(cert_of(host), before, "{host}'s certificate did not change");
@@ -345,6 +362,14 @@ fn a_witness_holds_no_keys_and_the_init_node_can_leave() {
             "milvus-fleet 600\nroot 600"
         );
     }
+    assert_eq!(
+        hosts.sh_ok(
+            "h3",
+            "cat /root/planted-target; find /var/lib/milvus-fleet/pki -type l"
+        ),
+        "untouched",
+        "root wrote through a symlink the daemon's user planted"
+    );
     wait_until(
         "every node up after the renewals",
         Duration::from_secs(60),
