@@ -542,6 +542,29 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
             !leader_before.is_empty()
         },
     );
+    // h3's certificate, kept to show the API refusing it after the removal.
+    let h3_keys = tempfile::TempDir::new().unwrap();
+    for file in ["ca.crt", "node.crt", "node.key"] {
+        let text = hosts.sh_ok("h3", &format!("cat /var/lib/milvus-fleet/pki/{file}"));
+        std::fs::write(h3_keys.path().join(file), text).unwrap();
+    }
+    let api_admits_h3 = |host: &str| {
+        let key = |f: &str| h3_keys.path().join(f).display().to_string();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &hosts.switch_netns(), "python3"])
+            .arg(support::repo().join("tests/client/api_call.py"))
+            .args([
+                hosts.address(host),
+                "19500".into(),
+                "GET".into(),
+                "/v1/status".into(),
+            ])
+            .args(["".into(), key("ca.crt"), key("node.crt"), key("node.key")])
+            .output()
+            .unwrap();
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("200")
+    };
+    assert!(api_admits_h3("h1"), "h1's API refused h3 while a member");
     let removed = hosts.sh_ok("h1", "milvus-fleet node remove h3 2>&1");
     assert!(removed.contains("revoked its certificate"), "{removed}");
     wait_until("h3 gone from every status", Duration::from_secs(60), || {
@@ -573,7 +596,11 @@ fn hosts_form_a_cluster_through_cloud_init_join_later_and_leave() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert_lbs_route_to(&hosts, &["h1", "h4"], &["h1", "h4"], "h3 was removed");
-    // h3's certificate is a removed node's now: every remaining etcd member refuses it.
+    // h3's certificate is a removed node's now: every remaining API and etcd member
+    // refuses it.
+    for host in ["h1", "h2", "h4"] {
+        assert!(!api_admits_h3(host), "{host}'s API admitted the removed h3");
+    }
     for member in ["h1", "h2"] {
         let read = hosts.sh(
             "h3",
