@@ -31,6 +31,9 @@ use super::{keys, ClusterError};
 const LEADER_RECHECK: Duration = Duration::from_secs(5);
 /// How long a leader that stepped down leaves the campaign to the others.
 const STEP_DOWN_HOLD: Duration = Duration::from_secs(3);
+/// How long the per-member clients of a keepalive reopen are kept after their last use:
+/// through a cut or a member's restart, not for good.
+const MEMBER_CLIENTS_KEPT: Duration = Duration::from_secs(60);
 
 /// This daemon's lease while it lives: its keepalive stream and what the answers prove.
 struct HeldLease {
@@ -138,6 +141,9 @@ pub struct Election {
     /// that a reopen pays no new connection (a TLS handshake per member) within its
     /// third of the TTL.
     member_clients: std::collections::HashMap<String, Client>,
+    /// When a reopen last used `member_clients`: they are dropped a while after (each
+    /// holds a connection and its buffers; an idle daemon needs none).
+    member_clients_used: Option<Instant>,
     /// Counts what the endpoint prober changed; on a drop, a follower's
     /// watch may sit on the member that went silent (its HTTP/2 connection outlives the
     /// endpoint's removal until a keepalive ping times out), so a follower campaigns
@@ -197,6 +203,7 @@ impl Election {
             probe_endpoints: Default::default(),
             member_urls: None,
             member_clients: Default::default(),
+            member_clients_used: None,
             endpoint_changes: watch::channel(Default::default()).0,
             lease_until: watch::channel(None).0,
             placement: None,
@@ -271,6 +278,13 @@ impl Election {
     async fn keep(&mut self, lease: &mut HeldLease, event: LeaseEvent) -> Kept {
         match event {
             LeaseEvent::Tick => {
+                if self
+                    .member_clients_used
+                    .is_some_and(|used| used.elapsed() > MEMBER_CLIENTS_KEPT)
+                {
+                    self.member_clients.clear();
+                    self.member_clients_used = None;
+                }
                 // Unanswered for half the TTL: the stream sits on a member that stopped
                 // answering; open another.
                 let stalled = lease.answered.elapsed() > lease.ttl / 2;
@@ -664,6 +678,7 @@ impl Election {
             .as_ref()
             .map(|urls| urls.borrow().clone())
             .unwrap_or_default();
+        self.member_clients_used = Some(Instant::now());
         self.member_clients.retain(|url, _| urls.contains(url));
         let mut clients = Vec::with_capacity(urls.len());
         for url in &urls {

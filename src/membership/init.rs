@@ -379,7 +379,7 @@ fn votes(roles: &[Role]) -> bool {
 }
 
 /// The certificates, owned by the daemon's user; keys 0600.
-fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<()> {
+pub(super) fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<()> {
     let dir = local::pki_dir();
     crate::host::make_dir(&dir, 0o700, DAEMON_USER)?;
     let user = Some(DAEMON_USER);
@@ -393,7 +393,7 @@ fn write_pki(ca_cert: &str, ca_key: Option<&str>, node: &Pem) -> anyhow::Result<
 
 /// Root's copies for the data plane (see host::TLS_DIR): the CA, this node's certificate
 /// for its etcd member, and the Milvus roles' etcd client certificate when it runs them.
-fn write_tls(ca_cert: &str, node: &Pem, milvus: Option<&Pem>) -> anyhow::Result<()> {
+pub(super) fn write_tls(ca_cert: &str, node: &Pem, milvus: Option<&Pem>) -> anyhow::Result<()> {
     let dir = PathBuf::from(local::TLS_DIR);
     crate::host::make_dir(&dir, 0o700, "root")?;
     write_file(&dir.join("ca.crt"), ca_cert.as_bytes(), 0o644, None)?;

@@ -25,8 +25,8 @@ use super::store::MembershipStore;
 use crate::cluster::messages::CERT_RENEWAL_FAILED;
 use crate::config::model::Role;
 use crate::config::{ConfigPaths, Settings};
-use crate::host::{write_file, DAEMON_USER, TLS_DIR};
-use crate::pki::Ca;
+use crate::host::TLS_DIR;
+use crate::pki::{Ca, Pem};
 
 /// The API route a node renews its certificates on.
 pub const ROUTE: &str = "/v1/certificates/renew";
@@ -235,13 +235,17 @@ async fn renew_files(settings: &Settings, tls: &Path, milvus: bool) -> anyhow::R
     let Some(answer) = answer else {
         bail!("no storage node signed ({})", refusals.join("; "));
     };
-    // The answer must certify the keys made here.
+    // The answer must be the cluster CA's and certify the keys made here.
+    let ca_cert = std::fs::read_to_string(tls.join("ca.crt"))
+        .with_context(|| format!("reading {}", tls.join("ca.crt").display()))?;
+    check_signed_by(&ca_cert, &answer.node_cert).context("the signed node certificate")?;
     let pin = crate::pki::pin_of_csr(&csr)?;
     if crate::pki::pin_of_cert(&answer.node_cert)? != pin {
         bail!("the signed node certificate is not for the key this node made");
     }
     let milvus_pem = match (&milvus_request, &answer.milvus_cert) {
         (Some((csr, key)), Some(cert)) => {
+            check_signed_by(&ca_cert, cert).context("the signed Milvus certificate")?;
             if crate::pki::pin_of_cert(cert)? != crate::pki::pin_of_csr(csr)? {
                 bail!("the signed Milvus certificate is not for the key this node made");
             }
@@ -251,29 +255,37 @@ async fn renew_files(settings: &Settings, tls: &Path, milvus: bool) -> anyhow::R
         _ => None,
     };
     // The storage node made the new certificate the node's current one: write it
-    // everywhere the old one was (root's copies for etcd, the daemon's own).
-    let pki = crate::host::pki_dir();
-    let daemon = Some(DAEMON_USER);
-    write_file(&pki.join("node.key"), key.as_bytes(), 0o600, daemon)?;
-    write_file(
-        &pki.join("node.crt"),
-        answer.node_cert.as_bytes(),
-        0o644,
-        daemon,
-    )?;
-    write_file(&tls.join("etcd.key"), key.as_bytes(), 0o600, None)?;
-    write_file(
-        &tls.join("etcd.crt"),
-        answer.node_cert.as_bytes(),
-        0o644,
-        None,
-    )?;
-    if let Some((cert, key)) = milvus_pem {
-        write_file(&tls.join("milvus.key"), key.as_bytes(), 0o600, None)?;
-        write_file(&tls.join("milvus.crt"), cert.as_bytes(), 0o644, None)?;
-    }
+    // everywhere the old one was (the daemon's own, root's copies for etcd and Milvus),
+    // as init and join write them.
+    let node_pem = Pem {
+        cert: answer.node_cert,
+        key,
+    };
+    let milvus_pem = milvus_pem.map(|(cert, key)| Pem { cert, key });
+    super::init::write_pki(&ca_cert, None, &node_pem)?;
+    super::init::write_tls(&ca_cert, &node_pem, milvus_pem.as_ref())?;
     let (_, ends) = validity(&tls.join("etcd.crt"))?;
     Ok(date(ends))
+}
+
+/// Fails unless `cert_pem` is a client certificate the CA `ca_pem` signed, valid now:
+/// the signer is a member, but the cluster file that named it is the daemon's.
+fn check_signed_by(ca_pem: &str, cert_pem: &str) -> anyhow::Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, UnixTime};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+            .build()?;
+    let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+    verifier
+        .verify_client_cert(&cert, &[], UnixTime::now())
+        .map_err(|e| anyhow::anyhow!("not the cluster CA's: {e}"))?;
+    Ok(())
 }
 
 /// An HTTPS client that trusts only the cluster CA and shows this node's certificate.
@@ -312,6 +324,20 @@ fn restart_daemon() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_is_accepted_only_from_the_cluster_ca() {
+        let ca = Ca::create("c").unwrap();
+        let other = Ca::create("c").unwrap();
+        let (csr, _) = crate::pki::node_csr("n1").unwrap();
+        let signed = ca.sign_csr(&csr, "n1", &["10.0.0.1".into()]).unwrap();
+        let forged = other.sign_csr(&csr, "n1", &["10.0.0.1".into()]).unwrap();
+        check_signed_by(&ca.pem().cert, &signed).unwrap();
+        assert!(check_signed_by(&ca.pem().cert, &forged).is_err());
+        let (milvus_csr, _) = crate::pki::node_csr("milvus").unwrap();
+        let milvus = ca.sign_etcd_client_csr(&milvus_csr, "milvus").unwrap();
+        check_signed_by(&ca.pem().cert, &milvus).unwrap();
+    }
 
     #[test]
     fn a_certificate_is_due_in_the_last_third_of_its_lifetime() {
