@@ -31,6 +31,6 @@ pub const STANDALONE_FENCED: &str = "9d4b2c7e1f0a4e6b8c3d5a7f2e1b9c04";
 /// A node killed its own standalone server: its daemon could not prove that its lease
 /// still lives, so the leader may count the node as lost and start a server elsewhere.
 pub const STANDALONE_SELF_FENCED: &str = "60ebe6a14b2c4da288892b3c4994a53c";
-/// A node's certificates could not be renewed (fields: NODE); the message says until
-/// when the current ones are valid and why.
+/// This node's certificates could not be renewed; the message says until when the
+/// current ones are valid and why.
 pub const CERT_RENEWAL_FAILED: &str = "1b7d5e93c0a24f6e9d28a4c7f3e05b61";

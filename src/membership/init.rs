@@ -312,26 +312,9 @@ async fn promote(config: &FleetConfig, address: &str, peer: &str) -> anyhow::Res
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut client = wait_for_etcd(&others, left).await?;
-        let members = match client.member_list().await {
-            Ok(members) => members,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-            Err(e) => bail!("listing etcd's members: {e}"),
-        };
-        let Some(member) = members
-            .members()
-            .iter()
-            .find(|m| m.peer_urls().iter().any(|u| u == peer))
-        else {
-            bail!("etcd has no member at {peer}");
-        };
-        if !member.is_learner() {
-            return Ok(());
-        }
-        match client.member_promote(member.id()).await {
-            Ok(_) => return Ok(()),
+        match super::join::promote_once(&mut client, peer).await {
+            Ok(Some(())) => return Ok(()),
+            Ok(None) => bail!("etcd has no member at {peer}"),
             // A witness's etcd user may not promote: the storage node that admitted it
             // does (api/membership.rs); wait for that.
             Err(e) if crate::cluster::permission_denied(&e) && Instant::now() < deadline => {

@@ -262,25 +262,40 @@ pub async fn admit(
     ))
 }
 
+/// One try at making the etcd member at `peer` a voter: Some once it votes (already, or
+/// promoted now), None when etcd has no member there. etcd refuses a learner not yet in
+/// sync, and a caller without its root role.
+pub async fn promote_once(
+    client: &mut etcd_client::Client,
+    peer: &str,
+) -> Result<Option<()>, etcd_client::Error> {
+    let members = client.member_list().await?;
+    let Some(member) = members
+        .members()
+        .iter()
+        .find(|m| m.peer_urls().iter().any(|u| u == peer))
+    else {
+        return Ok(None);
+    };
+    if member.is_learner() {
+        client.member_promote(member.id()).await?;
+    }
+    Ok(Some(()))
+}
+
 /// Promotes the etcd learner at `peer` once it is in sync, trying every second for two
 /// minutes (the joining node starts its member meanwhile); done when it votes.
 pub async fn promote_when_in_sync(mut client: etcd_client::Client, peer: String) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
     while tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let Ok(members) = client.member_list().await else {
-            continue;
-        };
-        let Some(member) = members
-            .members()
-            .iter()
-            .find(|m| m.peer_urls().contains(&peer))
-        else {
-            return;
-        };
-        if !member.is_learner() || client.member_promote(member.id()).await.is_ok() {
-            tracing::info!(peer = %peer, "the new etcd member votes");
-            return;
+        match promote_once(&mut client, &peer).await {
+            Ok(Some(())) => {
+                tracing::info!(peer = %peer, "the new etcd member votes");
+                return;
+            }
+            Ok(None) => return,
+            Err(_) => {}
         }
     }
     tracing::warn!(peer = %peer, "the new etcd member at {peer} was not promoted within 2 minutes: it stays a learner (`etcdctl member promote` on a storage node)");
