@@ -179,7 +179,8 @@ fn now() -> i64 {
     crate::host::now_unix() as i64
 }
 
-/// Asks the storage nodes in turn for new certificates; writes them all or none.
+/// Asks the storage nodes in turn for new certificates; writes them only once every
+/// answer checked out.
 async fn renew_files(settings: &Settings, tls: &Path, milvus: bool) -> anyhow::Result<String> {
     let node = &settings.node_name;
     let (csr, key) = crate::pki::node_csr(node)?;
